@@ -1,0 +1,129 @@
+"""Distributed helpers: the one place that knows about ranks.
+
+segkit runs as one process (``trainer.devices=1``), as N processes it starts itself
+(``trainer.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
+(rank/world read from the environment). Everything else asks this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job. ``device`` is the torch device it computes on."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment carries torchrun's rendezvous variables."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def select_device(accelerator: str, local_rank: int) -> torch.device:
+    """``accelerator`` is ``auto`` | ``cpu`` | ``cuda``; ``cuda:<local_rank>`` honours CUDA_VISIBLE_DEVICES."""
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "trainer.accelerator=cuda but no CUDA device is visible; "
+                "use trainer.accelerator=cpu (or auto), or check CUDA_VISIBLE_DEVICES"
+            )
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if accelerator != "cpu":
+        raise ValueError(f"trainer.accelerator={accelerator!r}: expected auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def init(accelerator: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group when RANK/WORLD_SIZE are set (torchrun or our own spawn).
+
+    Backend: NCCL when computing on CUDA, gloo otherwise.
+    """
+    if not launched_by_torchrun():
+        return DistInfo(device=select_device(accelerator, 0))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = select_device(accelerator, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        from datetime import timedelta
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM across ranks (no-op in a single process). Returns ``t``."""
+    if is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on at least one rank: control-flow decisions are agreed,
+    so no rank can leave a collective the others wait in."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_sum(t).item() > 0)
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+class ShardSampler(Sampler[int]):
+    """Validation sampler: rank r gets indices r, r+W, r+2W, ... of ``range(n)``.
+
+    Unlike ``DistributedSampler`` it never pads with duplicates, so every sample is
+    evaluated exactly once across ranks and summed confusion matrices equal a
+    single-process evaluation.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))

@@ -1,0 +1,102 @@
+"""Sweep summary: a Hydra callback that keeps a table of every multirun job.
+
+After each job (and so also when a later job fails or the sweep is interrupted) the
+sweep folder holds ``summary.csv`` and ``summary.md``: one row per job with its overrides,
+best val mIoU, epoch of best, duration and status (and the error of a failed job).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("job", "overrides", "status", "best_miou", "best_epoch", "duration_s", "error")
+ROWS_FILE = "summary_rows.jsonl"
+
+
+def job_row(config: DictConfig, job_return: JobReturn, duration_s: float) -> dict[str, Any]:
+    """One summary row from a finished job's Hydra config, its return and its result.json."""
+    out_dir = Path(config.hydra.runtime.output_dir)
+    row: dict[str, Any] = {
+        "job": config.hydra.job.num,
+        "overrides": " ".join(job_return.overrides or []),
+        "status": "completed" if job_return.status == JobStatus.COMPLETED else "failed",
+        "best_miou": None, "best_epoch": None, "duration_s": round(duration_s, 1), "error": "",
+    }
+    result = out_dir / "result.json"
+    if result.is_file():
+        data = json.loads(result.read_text())
+        row.update(best_miou=round(data["best_miou"], 4), best_epoch=data["best_epoch"])
+    if row["status"] == "failed":
+        err = getattr(job_return, "_return_value", None)
+        row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200] if err else "failed"
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as an aligned plain-text table (also valid markdown)."""
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+
+    def line(values):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(COLUMNS), sep, *(line(r) for r in cells)])
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    rows = sorted(rows, key=lambda r: r["job"])
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    table = format_table(rows)
+    (sweep_dir / "summary.md").write_text(table + "\n")
+    return table
+
+
+def read_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = sweep_dir / ROWS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class SweepSummary(Callback):
+    """Registered in ``conf/hydra/default.yaml``; does nothing outside ``-m`` runs."""
+
+    def __init__(self) -> None:
+        self._start = time.time()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._start = time.time()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        row = job_row(config, job_return, time.time() - self._start)
+        with open(sweep_dir / ROWS_FILE, "a") as f:  # append: jobs may run in other processes
+            f.write(json.dumps(row) + "\n")
+        table = write_summary(sweep_dir, read_rows(sweep_dir))
+        print(f"\nSweep so far ({sweep_dir / 'summary.md'}):\n{table}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = read_rows(sweep_dir)
+        if rows:
+            table = write_summary(sweep_dir, rows)
+            log.info("sweep summary (%s):\n%s", sweep_dir / "summary.md", table)
+            print(f"\nSweep summary ({sweep_dir}):\n{table}", flush=True)

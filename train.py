@@ -1,0 +1,16 @@
+"""Train a segmentation model: `python train.py model=unet` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from segkit.cli import run_task
+from segkit.run import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return run_task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
