@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from segkit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,7 +42,8 @@ def launched_by_torchrun() -> bool:
 
 
 def select_device(accelerator: str, local_rank: int) -> torch.device:
-    """``accelerator`` is ``auto`` | ``cpu`` | ``cuda``; ``cuda:<local_rank>`` honours CUDA_VISIBLE_DEVICES."""
+    """``accelerator``: auto | cpu | cuda. ``cuda:<local_rank>`` counts only the GPUs that
+    CUDA_VISIBLE_DEVICES shows."""
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if accelerator == "cuda":
@@ -51,7 +54,7 @@ def select_device(accelerator: str, local_rank: int) -> torch.device:
             )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if accelerator != "cpu":
-        raise ValueError(f"trainer.accelerator={accelerator!r}: expected auto, cpu or cuda")
+        raise ConfigError(f"trainer.accelerator={accelerator!r}: expected auto, cpu or cuda")
     return torch.device("cpu")
 
 

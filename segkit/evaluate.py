@@ -70,7 +70,9 @@ def evaluate(cfg: DictConfig) -> dict:
     index = 0
     with torch.inference_mode():
         for images, _ in tqdm(loader, desc="eval"):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
                 logits = model(images.to(device))["out"]
             for lg in logits:
                 _, mask = ds.load_raw(index)
@@ -81,8 +83,13 @@ def evaluate(cfg: DictConfig) -> dict:
                     save_palette_png(pred.cpu().numpy(), ds.palette, pred_dir / f"{stem}.png")
                 index += 1
     metrics = cm.compute()
-    report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": index,
-              "class_names": list(ds.class_names), **metrics}
+    report = {
+        "checkpoint": str(cfg.ckpt),
+        "split": cfg.split,
+        "num_images": index,
+        "class_names": list(ds.class_names),
+        **metrics,
+    }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     print(format_metrics(metrics, ds.class_names))
     log.info("metrics written to %s", out_dir / "metrics.json")
@@ -91,6 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def format_metrics(metrics: dict, class_names: list[str]) -> str:
     """Per-class IoU / recall / precision / Dice table followed by the means."""
+
     def pct(v: float) -> str:
         return "   -  " if v is None or math.isnan(v) else f"{100 * v:6.2f}"
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
+from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer, TrainerConfig
 
@@ -52,11 +53,13 @@ def resolve_devices(devices: Any, accelerator: str) -> int:
     try:
         n = int(devices)
     except (TypeError, ValueError):
-        raise ValueError(f"trainer.devices={devices!r}: expected a positive int or 'auto'") from None
+        raise ConfigError(
+            f"trainer.devices={devices!r}: expected a positive int or 'auto'"
+        ) from None
     if n < 1:
-        raise ValueError(f"trainer.devices={n}: expected >= 1")
+        raise ConfigError(f"trainer.devices={n}: expected >= 1")
     if accelerator == "cuda" and n > torch.cuda.device_count():
-        raise ValueError(
+        raise ConfigError(
             f"trainer.devices={n} but only {torch.cuda.device_count()} CUDA devices are visible "
             "(CUDA_VISIBLE_DEVICES); lower trainer.devices"
         )
@@ -88,8 +91,12 @@ def launch_workers(cfg: DictConfig, run_dir: Path, n: int) -> float:
 
 def _worker(local_rank: int, plain: dict, run_dir: str, world: int, port: int) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-        LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _setup_worker_logging(Path(run_dir), local_rank)
@@ -145,9 +152,16 @@ def _fit(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         optimizer, total_steps=cfg.trainer.max_epochs * per_epoch, steps_per_epoch=per_epoch
     )
     trainer = Trainer(
-        trainer_cfg, model=wrap_ddp(model, cfg, info), loss_fn=loss_fn, optimizer=optimizer,
-        scheduler=scheduler, train_loader=train_loader, val_loader=val_loader, info=info,
-        run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True),
+        trainer_cfg,
+        model=wrap_ddp(model, cfg, info),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        info=info,
+        run_dir=run_dir,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     resume_from(trainer, cfg.trainer.resume, run_dir, info)
     report = model_report(model, cfg)
@@ -155,14 +169,21 @@ def _fit(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         trainer.writer = make_writer(run_dir, trainer.state.step)
     state = trainer.fit()
     result = {
-        "best_miou": state.best_miou, "best_epoch": state.best_epoch, "epochs": state.epoch,
-        "steps": state.step, "duration_s": round(time.time() - t0, 2), "status": "completed",
-        "last": state.history[-1] if state.history else None, "complexity": report,
+        "best_miou": state.best_miou,
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "duration_s": round(time.time() - t0, 2),
+        "status": "completed",
+        "last": state.history[-1] if state.history else None,
+        "complexity": report,
     }
     if info.is_main:
         finish_writer(trainer.writer, cfg, result)
         (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
-        log.info("best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir)
+        log.info(
+            "best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir
+        )
     return state.best_miou
 
 
@@ -215,20 +236,31 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
     d = cfg.data
     per_rank = d.batch_size
     if len(train_ds) < per_rank * info.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"the train split has {len(train_ds)} samples, fewer than data.batch_size={per_rank} "
             f"x {info.world_size} process(es); lower data.batch_size"
         )
     sampler = DistributedSampler(
-        train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-        seed=cfg.seed, drop_last=True,
+        train_ds,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
     )
-    common = dict(num_workers=d.num_workers, pin_memory=info.device.type == "cuda",
-                  worker_init_fn=_seed_worker)
-    train_loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, drop_last=True, **common)
+    common = dict(
+        num_workers=d.num_workers,
+        pin_memory=info.device.type == "cuda",
+        worker_init_fn=_seed_worker,
+    )
+    train_loader = DataLoader(
+        train_ds, batch_size=per_rank, sampler=sampler, drop_last=True, **common
+    )
     val_loader = DataLoader(
-        val_ds, batch_size=d.val_batch_size,
-        sampler=dist.ShardSampler(len(val_ds), info.rank, info.world_size), **common,
+        val_ds,
+        batch_size=d.val_batch_size,
+        sampler=dist.ShardSampler(len(val_ds), info.rank, info.world_size),
+        **common,
     )
     return train_loader, val_loader
 
@@ -268,7 +300,7 @@ def build_loss(cfg: DictConfig, train_ds) -> torch.nn.Module:
     weights = loss_cfg.get("class_weights")
     if isinstance(weights, str):
         if weights not in ("auto", "median", "inverse"):
-            raise ValueError(
+            raise ConfigError(
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
                 "floats, or auto (median frequency) / median / inverse"
             )
@@ -276,7 +308,9 @@ def build_loss(cfg: DictConfig, train_ds) -> torch.nn.Module:
 
         method = "median" if weights == "auto" else weights
         loss_cfg["class_weights"] = auto_class_weights(train_ds, method)
-        log.info("loss.class_weights=%s -> %s", weights, [round(w, 4) for w in loss_cfg["class_weights"]])
+        log.info(
+            "loss.class_weights=%s -> %s", weights, [round(w, 4) for w in loss_cfg["class_weights"]]
+        )
     return instantiate(loss_cfg)
 
 
@@ -286,8 +320,13 @@ def resume_from(trainer: Trainer, resume: str | None, run_dir: Path, info: dist.
         return
     ckpt = ckpt_io.load(path, map_location=info.device)
     trainer.load_state(ckpt)
-    log.info("resumed from %s at epoch %d, step %d (saved by %d process(es))",
-             path, ckpt["epoch"], ckpt["step"], ckpt.get("world_size", 1))
+    log.info(
+        "resumed from %s at epoch %d, step %d (saved by %d process(es))",
+        path,
+        ckpt["epoch"],
+        ckpt["step"],
+        ckpt.get("world_size", 1),
+    )
 
 
 def model_report(model: torch.nn.Module, cfg: DictConfig) -> dict | None:
@@ -310,16 +349,20 @@ def make_writer(run_dir: Path, step: int):
     after its last checkpoint, so a resumed curve continues without overlap."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(run_dir / "tb"), purge_step=step if step > 0 else None)
+    return SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step > 0 else None)
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     """The hyperparameters a sweep varies, flattened for TensorBoard's HParams plugin."""
     flat = {
-        "model": cfg.model._target_.rsplit(".", 1)[-1], "loss": cfg.loss._target_.rsplit(".", 1)[-1],
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1], "lr": cfg.optimizer.lr,
-        "batch_size": cfg.data.batch_size, "max_epochs": cfg.trainer.max_epochs,
-        "precision": cfg.trainer.precision, "seed": cfg.seed,
+        "model": cfg.model._target_.rsplit(".", 1)[-1],
+        "loss": cfg.loss._target_.rsplit(".", 1)[-1],
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
+        "lr": cfg.optimizer.lr,
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.max_epochs,
+        "precision": cfg.trainer.precision,
+        "seed": cfg.seed,
     }
     for key in ("backbone", "base_channels"):
         if key in cfg.model:

@@ -32,7 +32,10 @@ def job_row(config: DictConfig, job_return: JobReturn, duration_s: float) -> dic
         "job": config.hydra.job.num,
         "overrides": " ".join(job_return.overrides or []),
         "status": "completed" if job_return.status == JobStatus.COMPLETED else "failed",
-        "best_miou": None, "best_epoch": None, "duration_s": round(duration_s, 1), "error": "",
+        "best_miou": None,
+        "best_epoch": None,
+        "duration_s": round(duration_s, 1),
+        "error": "",
     }
     result = out_dir / "result.json"
     if result.is_file():

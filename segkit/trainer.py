@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
+from segkit.errors import ConfigError
 from segkit.metrics import ConfusionMatrix
 from segkit.visualize import colorize, confusion_image, denormalize, panel
 
@@ -56,7 +57,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in _DTYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.precision={self.precision!r}: expected one of {sorted(_DTYPES)}"
             )
 
@@ -113,7 +114,8 @@ class Trainer:
     def autocast(self):
         """One code path for fp32/fp16/bf16: autocast is simply disabled for fp32."""
         return torch.autocast(
-            self.info.device.type, dtype=self.amp_dtype or torch.float32,
+            self.info.device.type,
+            dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         )
 
@@ -151,7 +153,9 @@ class Trainer:
             self.state.bad_epochs += 1
         entry = {"epoch": epoch + 1, "train_loss": train_loss}
         if metrics is not None:
-            entry.update(val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"])
+            entry.update(
+                val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
+            )
         self.state.history.append(entry)
         if self.info.is_main:
             self.save(ckpt_io.LAST, metrics)
@@ -173,8 +177,10 @@ class Trainer:
                 obj.set_epoch(epoch)
         total, count, skipped, t0 = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(
-            self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.max_epochs}",
-            disable=not (self.info.is_main and self.cfg.progress_bar), leave=False,
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{self.cfg.max_epochs}",
+            disable=not (self.info.is_main and self.cfg.progress_bar),
+            leave=False,
         )
         for i, (images, masks) in enumerate(bar):
             if i >= self.steps_per_epoch:
@@ -187,8 +193,11 @@ class Trainer:
             if self.info.is_main and (i % self.cfg.log_every == 0 or i + 1 == self.steps_per_epoch):
                 lr = self.optimizer.param_groups[0]["lr"]
                 rate = (i + 1) / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss if loss is not None else float('nan'):.4f}",
-                                lr=f"{lr:.2e}", its=f"{rate:.1f}")
+                bar.set_postfix(
+                    loss=f"{loss if loss is not None else float('nan'):.4f}",
+                    lr=f"{lr:.2e}",
+                    its=f"{rate:.1f}",
+                )
         if skipped:
             log.warning("epoch %d: skipped %d non-finite steps", epoch + 1, skipped)
         mean = total / max(count, 1)
@@ -220,7 +229,9 @@ class Trainer:
             self.writer.add_scalar("train/loss", value, self.state.step)
             self.writer.add_scalar("train/lr", lr, self.state.step)
         if self.cfg.fail_at_step is not None and self.state.step >= self.cfg.fail_at_step:
-            raise RuntimeError(f"trainer.fail_at_step={self.cfg.fail_at_step} reached (fault injection)")
+            raise RuntimeError(
+                f"trainer.fail_at_step={self.cfg.fail_at_step} reached (fault injection)"
+            )
         return None if skip else value
 
     # ----------------------------------------------------------------- eval
@@ -249,8 +260,12 @@ class Trainer:
                 logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear")
             pred = logits.argmax(1)
             self.cm.update(pred, masks)
-            loss_sum += torch.stack([loss.double() * images.shape[0], torch.tensor(
-                float(images.shape[0]), device=loss.device, dtype=torch.float64)])
+            loss_sum += torch.stack(
+                [
+                    loss.double() * images.shape[0],
+                    torch.tensor(float(images.shape[0]), device=loss.device, dtype=torch.float64),
+                ]
+            )
             if self.info.is_main and len(panels) < self.cfg.num_vis:
                 panels += self._panels(images, masks, pred, self.cfg.num_vis - len(panels))
         self.cm.all_reduce()
@@ -274,7 +289,10 @@ class Trainer:
         metrics, panels = self.evaluate()
         log.info(
             "epoch %d val loss %.4f mIoU %.4f pixel acc %.4f",
-            epoch + 1, metrics["loss"], metrics["miou"], metrics["pixel_acc"],
+            epoch + 1,
+            metrics["loss"],
+            metrics["miou"],
+            metrics["pixel_acc"],
         )
         if self.writer is not None:
             self._log_val(metrics, panels, epoch + 1)
@@ -303,12 +321,18 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": s.epoch, "step": s.step, "best_miou": s.best_miou, "best_epoch": s.best_epoch,
-            "bad_epochs": s.bad_epochs, "history": s.history,
+            "epoch": s.epoch,
+            "step": s.step,
+            "best_miou": s.best_miou,
+            "best_epoch": s.best_epoch,
+            "bad_epochs": s.bad_epochs,
+            "history": s.history,
             "rng": ckpt_io.rng_state(),
             "config": self.run_config,
-            "class_names": self.class_names, "palette": self.palette,
-            "metrics": clean, "world_size": self.info.world_size,
+            "class_names": self.class_names,
+            "palette": self.palette,
+            "metrics": clean,
+            "world_size": self.info.world_size,
         }
 
     def save(self, name: str, metrics: dict | None) -> Path:
@@ -323,8 +347,11 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(
-            epoch=ckpt["epoch"], step=ckpt["step"], best_miou=ckpt["best_miou"],
-            best_epoch=ckpt["best_epoch"], bad_epochs=ckpt.get("bad_epochs", 0),
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            best_miou=ckpt["best_miou"],
+            best_epoch=ckpt["best_epoch"],
+            bad_epochs=ckpt.get("bad_epochs", 0),
             history=list(ckpt.get("history", [])),
         )
         with contextlib.suppress(KeyError, ValueError, RuntimeError):

@@ -55,7 +55,9 @@ def test_scheduler_follows_the_pure_function_and_resumes():
     sched2 = WarmupCosineLR(opt2, total_steps=20, steps_per_epoch=5, warmup_epochs=1, eta_min=0.01)
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(sched.state_dict())
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.1 * warmup_cosine_factor(8, 20, 5, 0.1, 0.1))
+    assert opt2.param_groups[0]["lr"] == pytest.approx(
+        0.1 * warmup_cosine_factor(8, 20, 5, 0.1, 0.1)
+    )
     opt.step()
     sched.step()
     opt2.step()

@@ -1,0 +1,88 @@
+"""Save the feature maps of chosen layers for one image, from a segkit checkpoint.
+
+    python scripts/feature_maps.py --ckpt outputs/.../checkpoints/best.pt --list-layers
+    python scripts/feature_maps.py --ckpt best.pt --image img.jpg \
+        --layers encoder.downs.0 encoder.downs.3 --out feature_maps/
+    python scripts/feature_maps.py --ckpt best.pt --image img.jpg --layers head \
+        --tensorboard runs/features
+
+A checkpoint is a dict with "model" (state dict) and "config" (the resolved run config, whose
+"model" node has ``_target_``). The image is normalised with the checkpoint's dataset.mean/std
+(ImageNet's when the config has none) unless --mean/--std are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from segkit.data.io import read_image
+from segkit.data.transforms import normalize
+from segkit.features import FeatureRecorder, log_feature_maps, save_feature_maps
+from segkit.weights import load_weights, read_checkpoint
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", type=Path, required=True, help="segkit checkpoint (.pt)")
+    p.add_argument("--layers", nargs="+", help="names from model.named_modules()")
+    p.add_argument("--image", type=Path, help="input picture")
+    p.add_argument("--out", type=Path, help="directory for one PNG grid per layer")
+    p.add_argument("--tensorboard", type=Path, help="SummaryWriter log dir for the grids")
+    p.add_argument("--max-channels", type=int, default=16)
+    p.add_argument("--mean", type=float, nargs=3)
+    p.add_argument("--std", type=float, nargs=3)
+    p.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
+    args = p.parse_args()
+    if not args.list_layers and not (args.layers and args.image and (args.out or args.tensorboard)):
+        p.error("give --layers, --image and --out or --tensorboard (or --list-layers)")
+    return args
+
+
+def build_model(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model in eval mode, and its config dict."""
+    ckpt = read_checkpoint(ckpt_path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
+        raise SystemExit(f"{ckpt_path} is not a segkit checkpoint (needs 'model' and 'config')")
+    model_cfg = dict(ckpt["config"]["model"])
+    model_cfg.pop("init_from", None)  # a run.py option, not a constructor argument
+    model_cfg.update(pretrained=False, weights_path=None)  # the checkpoint has the weights
+    model = instantiate(model_cfg)
+    print(f"{ckpt_path}: {load_weights(model, ckpt['model'], min_match=0.9)}")
+    return model.eval(), ckpt["config"]
+
+
+def load_input(path: Path, cfg: dict, mean, std) -> torch.Tensor:
+    dataset = cfg.get("dataset") or {}
+    mean = mean or dataset.get("mean") or IMAGENET_MEAN
+    std = std or dataset.get("std") or IMAGENET_STD
+    return torch.from_numpy(normalize(read_image(path), mean, std)).unsqueeze(0)
+
+
+def main() -> None:
+    args = parse_args()
+    model, cfg = build_model(args.ckpt)
+    if args.list_layers:
+        print("\n".join(name for name, _ in model.named_modules() if name))
+        return
+    x = load_input(args.image, cfg, args.mean, args.std)
+    with FeatureRecorder(model, args.layers) as recorder, torch.inference_mode():
+        model(x)
+    if args.out:
+        for path in save_feature_maps(recorder.features, args.out, args.max_channels):
+            print(f"wrote {path}")
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(args.tensorboard) as writer:
+            log_feature_maps(writer, recorder.features, step=0, max_channels=args.max_channels)
+        print(f"logged {len(recorder.features)} feature grids to {args.tensorboard}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""SegmentationDataset: (image path, mask path) pairs -> normalised tensors, plus the collate.
+
+Sample i of epoch e draws all its randomness from np.random.default_rng([seed, e, i]), so the
+augmentation does not depend on the number of workers or ranks, and a resumed run is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segkit.data.io import DataError, encode_mask, read_image, read_mask
+from segkit.data.transforms import DEFAULT_AUGMENT, get_random_data, normalize
+
+log = logging.getLogger("segkit.data")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BAD_SAMPLE_MODES = ("raise", "skip")
+
+
+def voc_palette(n: int) -> list[list[int]]:
+    """The PASCAL VOC colour map: n [r, g, b] lists (0 black, 1 dark red, 2 dark green, ...)."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+def check_input_shape(input_shape: Sequence[int]) -> tuple[int, int]:
+    """(H, W) as two positive ints, else DataError naming dataset.input_shape."""
+    try:
+        h, w = (int(v) for v in input_shape)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"dataset.input_shape must be [H, W], got {input_shape!r}") from e
+    if h <= 0 or w <= 0:
+        raise DataError(f"dataset.input_shape must be positive [H, W], got {[h, w]}")
+    return h, w
+
+
+def check_class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """num_classes names; default "class_0", "class_1", ..."""
+    if names is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    names = [str(n) for n in names]
+    if len(names) != num_classes:
+        raise DataError(
+            f"dataset.class_names has {len(names)} names but dataset.num_classes={num_classes}; "
+            "give one name per class id"
+        )
+    return names
+
+
+def check_palette(palette: Sequence | None, num_classes: int) -> list[list[int]]:
+    """num_classes [r, g, b] int lists in 0..255; default the VOC colour map."""
+    if palette is None:
+        return voc_palette(num_classes)
+    palette = [list(p) for p in palette]
+    if len(palette) != num_classes:
+        raise DataError(
+            f"dataset.palette has {len(palette)} colours but dataset.num_classes={num_classes}"
+        )
+    for i, colour in enumerate(palette):
+        if len(colour) != 3 or not all(0 <= int(c) <= 255 for c in colour):
+            raise DataError(f"dataset.palette[{i}] = {colour} is not an [r, g, b] in 0..255")
+    return [[int(c) for c in colour] for colour in palette]
+
+
+def check_augment(augment: Mapping | None) -> dict:
+    """DEFAULT_AUGMENT updated with `augment`; unknown keys or bad values -> DataError."""
+    params = dict(DEFAULT_AUGMENT)
+    for key, value in (augment or {}).items():
+        if key not in DEFAULT_AUGMENT:
+            raise DataError(f"unknown key dataset.augment.{key}; known: {sorted(DEFAULT_AUGMENT)}")
+        params[key] = tuple(float(v) for v in value) if key == "scale" else float(value)
+    lo, hi = params["scale"] if len(params["scale"]) == 2 else (0, -1)
+    if not 0 < lo <= hi:
+        raise DataError(f"dataset.augment.scale must be [lo, hi] with 0 < lo <= hi: {lo, hi}")
+    if not 0 <= params["jitter"] < 1:
+        raise DataError(f"dataset.augment.jitter must be in [0, 1): {params['jitter']}")
+    return params
+
+
+def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+    """Three floats each, std > 0."""
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise DataError(f"dataset.mean/std must be 3 values each, std > 0: {mean}, {std}")
+    return mean, std
+
+
+def check_ids(num_classes: int, ignore_index: int) -> None:
+    """Masks are uint8: ids and ignore_index must fit, and ignore must not be a class id."""
+    if not 1 <= num_classes <= 255:
+        raise DataError(f"dataset.num_classes must be in 1..255, got {num_classes}")
+    if not num_classes <= ignore_index <= 255:
+        raise DataError(
+            f"dataset.ignore_index={ignore_index} must be in {num_classes}..255 (not a class id)"
+        )
+
+
+def to_one_hot(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """(H,W) ids -> (H,W,num_classes+1) float32 one-hot; ignored pixels hot in the last channel."""
+    ids = np.where(mask == ignore_index, num_classes, mask)
+    return np.eye(num_classes + 1, dtype=np.float32)[ids]
+
+
+class SegmentationDataset(Dataset):
+    """Pairs of (image path, mask path) -> (image (3,H,W) float32, mask (H,W) int64).
+
+    train=True: random aspect/scale/flip/offset + HSV jitter (see `augment`); train=False:
+    letterbox. Images are normalised (x/255 - mean)/std; masks hold ids in [0, num_classes) or
+    ignore_index (also used for padding). one_hot=True adds a third item, the notes' seg_labels
+    (H,W,num_classes+1) float32. A sample that cannot be loaded raises DataError naming index,
+    files and cause, or with on_bad_sample="skip" is replaced by the next loadable sample.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[tuple[str, str]],
+        *,
+        train: bool,
+        num_classes: int,
+        input_shape: Sequence[int],
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        augment: Mapping | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        label_map: Mapping | None = None,
+        color_map: Mapping | None = None,
+        seed: int = 0,
+        one_hot: bool = False,
+        on_bad_sample: str = "raise",
+        max_bad_fraction: float = 0.1,
+    ):
+        super().__init__()
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        check_ids(self.num_classes, self.ignore_index)
+        self.train = bool(train)
+        self.input_shape = check_input_shape(input_shape)
+        self.class_names = check_class_names(class_names, self.num_classes)
+        self.palette = check_palette(palette, self.num_classes)
+        self.augment = check_augment(augment)
+        self.mean, self.std = check_mean_std(mean, std)
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.color_map = {int(k): _plain(v) for k, v in (color_map or {}).items()}
+        self.seed, self.one_hot = int(seed), bool(one_hot)
+        # shared memory: DataLoader workers (persistent ones too) see set_epoch() of the parent
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        if on_bad_sample not in BAD_SAMPLE_MODES:
+            raise DataError(f"dataset.on_bad_sample must be one of {BAD_SAMPLE_MODES}")
+        self.on_bad_sample, self.max_bad_fraction = on_bad_sample, float(max_bad_fraction)
+        self.files = [(str(a), str(b)) for a, b in files]
+        self._bad: set[int] = set()  # bad indices seen by this process (skip mode)
+        self._drop_missing_files()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "val"
+        return f"{type(self).__name__}({len(self)} samples, {mode}, {self.num_classes} classes)"
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream: sample i uses default_rng([seed, epoch, i]). Call it
+        before iterating the loader; workers (also persistent ones) read the shared value."""
+        self._epoch.fill_(int(epoch))
+
+    def remove_samples(self, indices: Iterable[int]) -> list[tuple[str, str]]:
+        """Drop samples by index (e.g. found bad by a dataset check); returns the removed pairs."""
+        drop = set(int(i) for i in indices)
+        removed = [f for i, f in enumerate(self.files) if i in drop]
+        self.files = [f for i, f in enumerate(self.files) if i not in drop]
+        self._bad.clear()
+        return removed
+
+    def _drop_missing_files(self) -> None:
+        """Missing files are found up front (cheap stat) instead of mid-epoch."""
+        if not self.files:
+            raise DataError(f"{type(self).__name__}: the dataset has no samples")
+        missing = [
+            i
+            for i, (a, b) in enumerate(self.files)
+            if not (os.path.isfile(a) and os.path.isfile(b))
+        ]
+        if not missing:
+            return
+        shown = "; ".join(
+            f"{a} {'ok' if os.path.isfile(a) else 'MISSING'}, {b} "
+            f"{'ok' if os.path.isfile(b) else 'MISSING'}"
+            for a, b in (self.files[i] for i in missing[:5])
+        )
+        message = f"{len(missing)} of {len(self.files)} samples have missing files: {shown}"
+        if self.on_bad_sample == "raise" or len(missing) > self.max_bad_fraction * len(self.files):
+            raise DataError(
+                f"{message}. Fix the files or the split list, or set dataset.on_bad_sample=skip "
+                f"(drops up to dataset.max_bad_fraction={self.max_bad_fraction} of the samples)"
+            )
+        log.warning("%s; skipping them (dataset.on_bad_sample=skip)", message)
+        self.remove_samples(missing)
+
+    def load_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read + encode sample i without resizing: ((H,W,3) uint8 RGB, (H,W) uint8 ids)."""
+        image_path, mask_path = self.files[i]
+        image = read_image(image_path)
+        raw = read_mask(mask_path)
+        if image.shape[:2] != raw.shape[:2]:
+            raise DataError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} (WxH) but mask "
+                f"{mask_path} is {raw.shape[1]}x{raw.shape[0]}; they must be the same size "
+                "(check the pairing, or an EXIF rotation on only one of them)"
+            )
+        mask = encode_mask(
+            raw,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            label_map=self.label_map,
+            color_map=self.color_map,
+            path=mask_path,
+        )
+        return image, mask
+
+    def transform(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw pair -> input_shape pair (augmented when train, letterboxed otherwise)."""
+        return get_random_data(
+            image,
+            mask,
+            self.input_shape,
+            rng,
+            random=self.train,
+            ignore_index=self.ignore_index,
+            **self.augment,
+        )
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
+        try:
+            image, mask = self.load_raw(i)
+        except (DataError, OSError) as e:
+            image_path, mask_path = self.files[i]
+            raise DataError(
+                f"bad sample {i} (image {image_path}, mask {mask_path}): {e}. Fix or remove it, "
+                "or set dataset.on_bad_sample=skip"
+            ) from e
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return self.transform(image, mask, rng)
+
+    def _load_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Skip mode: the first loadable sample from index on (wrapping), deterministic."""
+        n = len(self.files)
+        for k in range(n):
+            i = (index + k) % n
+            try:
+                return self._load(i)
+            except DataError as e:
+                if i not in self._bad:  # warn once per sample and process, not every epoch
+                    log.warning("skipping %s", e)
+                self._bad.add(i)
+                if len(self._bad) > self.max_bad_fraction * n:
+                    raise DataError(
+                        f"{len(self._bad)} of {n} samples failed to load, more than "
+                        f"dataset.max_bad_fraction={self.max_bad_fraction}; last error: {e}"
+                    ) from e
+        raise DataError("no sample of the dataset could be loaded")
+
+    def __getitem__(self, index: int):
+        """-> (image (3,H,W) float32, mask (H,W) int64[, seg_labels (H,W,C+1) float32])."""
+        if self.on_bad_sample == "skip":
+            image, mask = self._load_or_skip(index)
+        else:
+            image, mask = self._load(index)
+        image_t = torch.from_numpy(normalize(image, self.mean, self.std))
+        mask_t = torch.from_numpy(mask.astype(np.int64))
+        if not self.one_hot:
+            return image_t, mask_t
+        seg_labels = to_one_hot(mask, self.num_classes, self.ignore_index)
+        return image_t, mask_t, torch.from_numpy(seg_labels)
+
+
+def _plain(value):
+    """OmegaConf lists / tuples -> nested Python lists (for color_map values)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return value
+    return [_plain(v) for v in value]
+
+
+def unet_dataset_collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
+    """The notes' collate: list of (image, mask, seg_labels) -> (images (N,3,H,W) float32,
+    pngs (N,H,W) int64, seg_labels (N,H,W,C+1) float32); 2-tuples -> (images, pngs)."""
+    columns = list(zip(*batch))
+    images = torch.stack([torch.as_tensor(x) for x in columns[0]]).float()
+    pngs = torch.stack([torch.as_tensor(x) for x in columns[1]]).long()
+    if len(columns) == 2:
+        return images, pngs
+    seg_labels = torch.stack([torch.as_tensor(x) for x in columns[2]]).float()
+    return images, pngs, seg_labels

@@ -1,0 +1,207 @@
+"""Image/mask transforms of the notes' `get_random_data`, split into small pure functions.
+
+Conventions: image (H,W,3) uint8 RGB, mask (H,W) uint8 class ids, sizes given as (H,W).
+Images are resized bicubic, masks ONLY nearest (so a mask never gains new values); padding is
+gray 128 for the image and `ignore_index` for the mask (the notes padded labels with 0, which
+taught "background" on the gray bars). All randomness comes from the `rng` argument
+(np.random.Generator), never from the global np.random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+GRAY = 128
+DEFAULT_AUGMENT = {
+    "jitter": 0.3,  # aspect ratio jitter: ratio * U(1-j, 1+j) / U(1-j, 1+j)
+    "scale": (0.25, 2.0),  # longer side of the pasted picture / output side
+    "flip": 0.5,  # probability of a horizontal flip
+    "hue": 0.1,  # hue gain U(1-hue, 1+hue) (OpenCV hue, 0..179, wraps)
+    "sat": 0.7,  # saturation gain U(1-sat, 1+sat)
+    "val": 0.3,  # value (brightness) gain U(1-val, 1+val)
+}
+
+
+def resize_pair(
+    image: np.ndarray, mask: np.ndarray, size_hw: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize image bicubic and mask nearest to size_hw=(h,w) (pixel centres aligned)."""
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if image.shape[:2] == (h, w):
+        return image, mask
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
+    mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return image, mask
+
+
+def hflip_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror both left-right."""
+    return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+
+
+def paste(
+    image: np.ndarray,
+    mask: np.ndarray,
+    out_hw: Sequence[int],
+    offset_yx: Sequence[int],
+    ignore_index: int = 255,
+    fill: int = GRAY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place image/mask with its top-left corner at offset_yx=(dy,dx) on an out_hw canvas of
+    gray `fill` (image) / `ignore_index` (mask). Offsets may be negative or the picture larger
+    than the canvas: whatever falls outside is cropped. -> ((h,w,3) uint8, (h,w) uint8)."""
+    h, w = int(out_hw[0]), int(out_hw[1])
+    dy, dx = int(offset_yx[0]), int(offset_yx[1])
+    canvas = np.full((h, w, 3), fill, np.uint8)
+    label = np.full((h, w), ignore_index, np.uint8)
+    y0, y1 = max(dy, 0), min(dy + image.shape[0], h)
+    x0, x1 = max(dx, 0), min(dx + image.shape[1], w)
+    if y1 > y0 and x1 > x0:
+        canvas[y0:y1, x0:x1] = image[y0 - dy : y1 - dy, x0 - dx : x1 - dx]
+        label[y0:y1, x0:x1] = mask[y0 - dy : y1 - dy, x0 - dx : x1 - dx]
+    return canvas, label
+
+
+def letterbox(
+    image: np.ndarray,
+    mask: np.ndarray,
+    out_hw: Sequence[int],
+    ignore_index: int = 255,
+    fill: int = GRAY,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation resize: keep the aspect ratio, fit inside out_hw, centre, pad gray / ignore.
+
+    The scaled size is (int(ih*s), int(iw*s)) with s = min(h/ih, w/iw); the offset is
+    ((h-nh)//2, (w-nw)//2), as in the notes.
+    """
+    h, w = int(out_hw[0]), int(out_hw[1])
+    nh, nw, top, left = letterbox_geometry(image.shape[:2], (h, w))
+    image, mask = resize_pair(image, mask, (nh, nw))
+    return paste(image, mask, (h, w), (top, left), ignore_index, fill)
+
+
+def letterbox_geometry(in_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """Where ``letterbox`` puts an (ih, iw) picture inside out_hw: (nh, nw, top, left).
+
+    Also used to undo the letterbox on predictions (crop, then resize back to in_hw).
+    """
+    ih, iw = int(in_hw[0]), int(in_hw[1])
+    h, w = int(out_hw[0]), int(out_hw[1])
+    s = min(w / iw, h / ih)
+    # the epsilon keeps int(iw * w / iw) from landing on w - 1 through rounding
+    nh, nw = max(1, min(h, int(ih * s + 1e-6))), max(1, min(w, int(iw * s + 1e-6)))
+    return nh, nw, (h - nh) // 2, (w - nw) // 2
+
+
+def random_size(
+    rng: np.random.Generator,
+    image_hw: Sequence[int],
+    out_hw: Sequence[int],
+    jitter: float = 0.3,
+    scale: Sequence[float] = (0.25, 2.0),
+) -> tuple[int, int]:
+    """(nh, nw) of the picture to paste: aspect ratio jittered, the longer side of the result
+    `scale` times the matching output side (notes' rule)."""
+    ih, iw = image_hw
+    h, w = out_hw
+    ratio = iw / ih * rng.uniform(1 - jitter, 1 + jitter) / rng.uniform(1 - jitter, 1 + jitter)
+    s = rng.uniform(scale[0], scale[1])
+    if ratio < 1:
+        nh = int(s * h)
+        nw = int(nh * ratio)
+    else:
+        nw = int(s * w)
+        nh = int(nw / ratio)
+    return max(nh, 1), max(nw, 1)
+
+
+def random_geometry(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    out_hw: Sequence[int],
+    *,
+    jitter: float = 0.3,
+    scale: Sequence[float] = (0.25, 2.0),
+    flip: float = 0.5,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random aspect/scale resize, horizontal flip with probability `flip`, paste at a random
+    offset on an out_hw canvas (crops when larger). -> ((h,w,3) uint8, (h,w) uint8)."""
+    h, w = out_hw
+    nh, nw = random_size(rng, image.shape[:2], out_hw, jitter, scale)
+    image, mask = resize_pair(image, mask, (nh, nw))
+    if rng.uniform() < flip:
+        image, mask = hflip_pair(image, mask)
+    # notes' rand(0, w - nw): negative when the picture is larger than the canvas (then cropped)
+    dx = int(rng.random() * (w - nw))
+    dy = int(rng.random() * (h - nh))
+    return paste(image, mask, out_hw, (dy, dx), ignore_index)
+
+
+def hsv_jitter(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    hue: float = 0.1,
+    sat: float = 0.7,
+    val: float = 0.3,
+) -> np.ndarray:
+    """Multiply OpenCV H (mod 180), S and V by gains U(1-x, 1+x) through 256-entry lookup
+    tables. All three 0 -> the image is returned untouched (no lossy HSV round trip)."""
+    gains = rng.uniform(-1, 1, 3) * np.array([hue, sat, val]) + 1
+    if hue == 0 and sat == 0 and val == 0:
+        return image
+    x = np.arange(256, dtype=np.float64)
+    lut_h = ((x * gains[0]) % 180).astype(np.uint8)
+    lut_s = np.clip(x * gains[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * gains[2], 0, 255).astype(np.uint8)
+    h, s, v = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
+    hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def get_random_data(
+    image: np.ndarray,
+    mask: np.ndarray,
+    input_shape: Sequence[int],
+    rng: np.random.Generator | None = None,
+    *,
+    random: bool = True,
+    jitter: float = 0.3,
+    scale: Sequence[float] = (0.25, 2.0),
+    flip: float = 0.5,
+    hue: float = 0.1,
+    sat: float = 0.7,
+    val: float = 0.3,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The notes' augmentation: random=True -> geometry + HSV jitter, random=False -> letterbox.
+
+    image (H,W,3) uint8 RGB, mask (H,W) uint8 -> (input_shape + (3,)) uint8, input_shape uint8.
+    """
+    if not random:
+        return letterbox(image, mask, input_shape, ignore_index)
+    if rng is None:
+        raise ValueError("get_random_data(random=True) needs rng=np.random.default_rng(...)")
+    image, mask = random_geometry(
+        image,
+        mask,
+        rng,
+        input_shape,
+        jitter=jitter,
+        scale=scale,
+        flip=flip,
+        ignore_index=ignore_index,
+    )
+    return hsv_jitter(image, rng, hue, sat, val), mask
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(H,W,3) uint8 -> (3,H,W) float32 computed as (image/255 - mean) / std per channel."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    out = image.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

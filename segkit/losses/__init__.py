@@ -1,0 +1,19 @@
+"""Segmentation losses: ``forward(outputs: dict | Tensor, target: (N,H,W) int64) -> scalar``."""
+
+from segkit.losses.base import SegLoss, check_target, resize_to_target
+from segkit.losses.ce import CrossEntropyLoss
+from segkit.losses.combo import CEDiceLoss
+from segkit.losses.dice import DiceLoss
+from segkit.losses.focal import FocalLoss
+from segkit.losses.ohem import OhemCrossEntropyLoss
+
+__all__ = [
+    "CEDiceLoss",
+    "CrossEntropyLoss",
+    "DiceLoss",
+    "FocalLoss",
+    "OhemCrossEntropyLoss",
+    "SegLoss",
+    "check_target",
+    "resize_to_target",
+]

@@ -1,0 +1,148 @@
+"""Multi-process training on CPU (gloo), the way users launch it: `trainer.devices=2` and
+torchrun. Each job must make one run directory with one config snapshot and one event
+stream, and its val metrics must equal a single-process evaluation of its checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit import checkpoint as ck
+from segkit import dist
+from segkit.run import build_datasets, build_loaders, build_loss
+from segkit.trainer import Trainer, TrainerConfig
+from tests.conftest import TINY, compose_train, run_cli
+
+pytestmark = pytest.mark.slow
+
+DDP_ARGS = [*TINY, "data.check=off"]
+
+
+def _single_process_metrics(ckpt_path: Path) -> dict:
+    """Evaluate a checkpoint's weights in this process on the full val split."""
+    model, ckpt = ck.build_model(ckpt_path)
+    cfg = compose_train(*DDP_ARGS)
+    info = dist.DistInfo()
+    train_ds, val_ds = build_datasets(cfg, None)
+    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = Trainer(
+        TrainerConfig(accelerator="cpu"),
+        model=model,
+        loss_fn=build_loss(cfg, train_ds),
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        info=info,
+        run_dir=ckpt_path.parent,
+        run_config={},
+    )
+    metrics, _ = trainer.evaluate()
+    return metrics
+
+
+def _one_run_dir(root: Path) -> Path:
+    runs = [p for p in (root / "outputs" / "train" / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    run = runs[0]
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (run / "config.yaml").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    return run
+
+
+def _assert_metrics_match_single_process(run: Path) -> None:
+    ckpt = ck.load(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2
+    single = _single_process_metrics(run / "checkpoints" / "last.pt")
+    assert ckpt["metrics"]["miou"] == single["miou"]
+    assert ckpt["metrics"]["pixel_acc"] == single["pixel_acc"]
+    assert ckpt["metrics"]["iou"] == pytest.approx(single["iou"], nan_ok=True, abs=0)
+
+
+def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(tmp_path):
+    proc = run_cli("train.py", *DDP_ARGS, "trainer.devices=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = _one_run_dir(tmp_path)
+    log = (run / "train.log").read_text()
+    assert "starting 2 worker processes" in log and "world size 2, backend gloo" in log
+    _assert_metrics_match_single_process(run)
+
+
+def test_torchrun_shares_rank0_run_dir(tmp_path):
+    proc = run_cli(
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(Path(__file__).resolve().parents[1] / "train.py"),
+        *DDP_ARGS,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = _one_run_dir(tmp_path)
+    _assert_metrics_match_single_process(run)
+
+
+def test_a_failing_rank_stops_the_whole_job_with_its_error(tmp_path):
+    proc = run_cli(
+        "train.py",
+        *DDP_ARGS,
+        "trainer.devices=2",
+        "trainer.fail_at_step=2",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    assert "fail_at_step=2 reached" in proc.stderr
+
+
+def test_resume_with_a_different_world_size(tmp_path):
+    proc = run_cli("train.py", *DDP_ARGS, "trainer.devices=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_cli(
+        "train.py",
+        *DDP_ARGS,
+        "trainer.max_epochs=3",
+        "trainer.resume=auto",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = ck.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    # 2 epochs at 2 x 4 images per step (3 steps), then 1 epoch alone (6 steps)
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 2 * 3 + 6 and ckpt["world_size"] == 1
+    assert "saved by 2 process(es)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_shard_sampler_covers_every_index_once():
+    shards = [list(dist.ShardSampler(7, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+    assert [len(dist.ShardSampler(7, r, 3)) for r in range(3)] == [3, 2, 2]
+
+
+def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train.py",
+        "-m",
+        *DDP_ARGS,
+        "trainer.max_epochs=1",
+        "trainer.devices=2",
+        "trainer.fail_at_step=null,2,null",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0, "a sweep with a failed job must exit non-zero"
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("job,overrides,status,best_miou")
+    assert len(rows) == 4
+    status = [r.split(",")[2] for r in rows[1:]]
+    assert status == ["completed", "failed", "completed"]
+    assert "fail_at_step=2 reached" in rows[2]
+    assert (sweep / "0" / "result.json").is_file() and (sweep / "2" / "result.json").is_file()
+    assert "fail_at_step=2 reached" in (sweep / "1" / "train.log").read_text()
+    md = (sweep / "summary.md").read_text()
+    assert "| job" in md and "failed" in md
+    assert "Sweep" in proc.stdout

@@ -1,0 +1,242 @@
+"""Model contract over every conf/model/*.yaml: shapes at odd sizes, aux only in training,
+backward, encoder freezing, offline pretrained handling; plus the STDC detail loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from segkit.models import BiSeNetV1, BiSeNetV2, UNet, compose_model_config
+from segkit.models.stdc import DetailGuidedLoss, DetailLoss
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+NUM_CLASSES = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny inputs gain nothing from 2 threads, and on a busy 2-core box every OpenMP barrier
+    can wait a scheduler slice for the other thread: one thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(name: str, *overrides: str) -> nn.Module:
+    cfg = compose_model_config(name, CONF, NUM_CLASSES, ["model.pretrained=false", *overrides])
+    return instantiate(cfg)
+
+
+def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:
+    """Hydra wraps constructor errors in InstantiationException; return the original."""
+    err = excinfo.value
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def encoder_batchnorms(model) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m
+        for enc in model.encoder_modules()
+        for m in enc.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
+def test_every_model_config_is_tested():
+    assert {"unet", "unet_vgg16", "unet_resnet50", "bisenetv1", "bisenetv2"} <= set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_contract_and_backward(name):
+    torch.manual_seed(0)
+    model = build(name)
+    model.eval()
+    with torch.no_grad():
+        for h, w in ((67, 93), (64, 64)):
+            out = model(torch.randn(1, 3, h, w))
+            assert set(out) == {"out"}, "eval mode must return only 'out'"
+            assert out["out"].shape == (1, NUM_CLASSES, h, w)
+            assert out["out"].dtype == torch.float32
+    model.train()
+    out = model(torch.randn(2, 3, 67, 93))
+    assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
+    has_aux = getattr(model, "aux_heads", None) is not None
+    assert ("aux" in out) == has_aux
+    for logits in out.get("aux", []):
+        assert logits.ndim == 4 and logits.shape[:2] == (2, NUM_CLASSES)
+    assert set(out) <= {"out", "aux", "detail"}
+    loss = out["out"].mean() + sum(a.mean() for a in out.get("aux", []))
+    if "detail" in out:
+        loss = loss + out["detail"].mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_aux_false_gives_no_aux():
+    model = build("bisenetv2", "model.aux=false").train()
+    assert set(model(torch.randn(2, 3, 32, 32))) == {"out"}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_freeze_encoder_keeps_bn_stats_and_grads(name):
+    torch.manual_seed(0)
+    model = build(name)
+    enc_params = {id(p) for p in model.encoder_parameters()}
+    assert 0 < len(enc_params) < len(list(model.parameters()))
+    model.freeze_encoder(True)
+    model.train()
+    bns = encoder_batchnorms(model)
+    before = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    model(torch.randn(2, 3, 32, 32) * 3 + 1)  # stats far from the init (0, 1)
+    assert all(not bn.training for bn in bns)
+    for bn, (mean, var) in zip(bns, before):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+    for p in model.parameters():
+        assert p.requires_grad == (id(p) not in enc_params)
+    decoder_bns = [
+        m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m not in set(bns)
+    ]
+    assert all(m.training for m in decoder_bns)
+    model.freeze_encoder(False)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(bn.training for bn in bns)
+
+
+def test_freeze_bn_survives_train_after_eval():
+    model = UNet(NUM_CLASSES, base_channels=4)
+    model.freeze_encoder(True)
+    model.eval().train()
+    assert not model.encoder.inc[0].bn.training
+    assert model.ups[0].conv[0].bn.training
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_pretrained_offline_raises_helpful_error(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a model tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    with pytest.raises(Exception) as excinfo:
+        build(name, "model.pretrained=true")
+    err = root_error(excinfo)
+    assert isinstance(err, RuntimeError)
+    assert "model.weights_path" in str(err)
+    if name in ("unet_vgg16", "unet_resnet50", "bisenetv1"):
+        # says which file to put where
+        assert str(tmp_path / "checkpoints") in str(err)
+        assert ".pth" in str(err) and "download.pytorch.org" in str(err)
+
+
+def test_pretrained_loads_from_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(reference, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    model = BiSeNetV1(NUM_CLASSES, pretrained=True)
+    backbone = model.context_path.backbone
+    assert torch.equal(backbone.conv1.weight, reference["conv1.weight"])
+    assert torch.equal(backbone.layer4[1].bn2.running_var, reference["layer4.1.bn2.running_var"])
+
+
+def test_pretrained_weights_path_loads_encoder_only(tmp_path):
+    source = BiSeNetV2(NUM_CLASSES)
+    encoder = {
+        k: v for k, v in source.state_dict().items() if k.startswith(("detail.", "segment."))
+    }
+    torch.save(encoder, tmp_path / "backbone_v2.pth")
+    model = BiSeNetV2(NUM_CLASSES, pretrained=True, weights_path=str(tmp_path / "backbone_v2.pth"))
+    assert torch.equal(model.detail.S1[0].conv.weight, source.detail.S1[0].conv.weight)
+    assert not torch.equal(model.head.conv.conv.weight, source.head.conv.conv.weight)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        BiSeNetV1(NUM_CLASSES, pretrained=True, weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = UNet(NUM_CLASSES, base_channels=4)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="floating point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="batch of at least 2"):
+        BiSeNetV2(NUM_CLASSES).train()(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="'plain', 'vgg16' or 'resnet50'"):
+        UNet(NUM_CLASSES, backbone="resnet18")
+
+
+def test_unet_pads_to_multiple_and_crops_back():
+    # Zero padding at the bottom/right: the top-left logits of a 17x17 input equal those of
+    # the same image zero-padded to 32x32 by hand.
+    torch.manual_seed(0)
+    model = UNet(NUM_CLASSES, base_channels=4).eval()
+    x = torch.randn(1, 3, 17, 17)
+    padded = torch.nn.functional.pad(x, (0, 15, 0, 15))
+    with torch.no_grad():
+        assert torch.allclose(model(x)["out"], model(padded)["out"][..., :17, :17], atol=1e-5)
+
+
+# ---- STDC detail loss: boundary target and loss values computed by hand -------------------
+def halves_label() -> torch.Tensor:
+    """8x8: columns 0-3 class 0, columns 4-7 class 1."""
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    label[..., 4:] = 1
+    return label
+
+
+def test_detail_boundary_target_by_hand():
+    # stride 1: |laplacian| > 0 at columns 3 and 4; stride 2 (centres 0,2,4,6): column 4 ->
+    # upsampled columns 4-5; stride 4 (centres 0,4): column 4 -> columns 4-7. Fused
+    # 0.6 b1 + 0.3 b2 + 0.1 b4 > 0.1: columns 3 (0.6), 4 (1.0), 5 (0.4); 6 and 7 (0.1) are not.
+    target = DetailLoss().boundary_target(halves_label())
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[..., 3:6] = 1
+    assert torch.equal(target, expected)
+
+
+def test_detail_loss_values_by_hand():
+    loss = DetailLoss()
+    label = halves_label()
+    # zero logits: BCE = ln 2; dice = 1 - (2 * 0.5 * 24 + 1) / (0.5 * 64 + 24 + 1)
+    zero = torch.zeros(1, 1, 4, 4)
+    expected = math.log(2) + 1 - 25 / 57
+    assert loss({"detail": zero}, label).item() == pytest.approx(expected, rel=1e-5)
+    # ignore column 0: valid pixels 56; column 1 now borders the ignore band -> boundary too
+    label[..., 0] = 255
+    expected = math.log(2) + 1 - (2 * 0.5 * 32 + 1) / (0.5 * 56 + 32 + 1)
+    assert loss(zero, label).item() == pytest.approx(expected, rel=1e-5)
+    # confident and right: ~0
+    perfect = (loss.boundary_target(label) * 2 - 1) * 30
+    assert loss(perfect, label).item() < 1e-3
+    with pytest.raises(KeyError, match="detail"):
+        loss({"out": zero}, label)
+
+
+def test_detail_guided_loss_adds_detail_only_when_present():
+    from segkit.losses import CrossEntropyLoss
+
+    label = halves_label()
+    logits = torch.zeros(1, NUM_CLASSES, 8, 8)
+    detail = torch.zeros(1, 1, 8, 8)
+    ce = CrossEntropyLoss(ignore_index=255)
+    main = ce({"out": logits, "detail": detail}, label)  # main losses ignore extra keys
+    assert main.item() == pytest.approx(math.log(NUM_CLASSES), rel=1e-5)
+    guided = DetailGuidedLoss(ce, detail_weight=0.5)
+    with_detail = guided({"out": logits, "detail": detail}, label)
+    extra = 0.5 * DetailLoss()(detail, label)
+    assert with_detail.item() == pytest.approx(main.item() + extra.item(), rel=1e-5)
+    assert guided({"out": logits}, label).item() == pytest.approx(main.item())
