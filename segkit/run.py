@@ -83,9 +83,14 @@ def launch_workers(cfg: DictConfig, run_dir: Path, n: int) -> float:
     plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
     port = _free_port()
     log.info("starting %d worker processes (DDP, master port %d)", n, port)
-    mp.start_processes(
-        _worker, args=(plain, str(run_dir), n, port), nprocs=n, start_method="spawn", join=True
-    )
+    try:
+        mp.start_processes(
+            _worker, args=(plain, str(run_dir), n, port), nprocs=n, start_method="spawn"
+        )
+    except mp.ProcessRaisedException as e:
+        # the message holds the rank's traceback; keep it, and lead with its last line
+        last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
+        raise RuntimeError(f"rank {e.error_index} failed: {last}\n{e}") from None
     return read_result(run_dir)["best_miou"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,33 @@ def job_row(config: DictConfig, job_return: JobReturn, duration_s: float) -> dic
         data = json.loads(result.read_text())
         row.update(best_miou=round(data["best_miou"], 4), best_epoch=data["best_epoch"])
     if row["status"] == "failed":
-        err = getattr(job_return, "_return_value", None)
-        row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200] if err else "failed"
+        row["error"] = error_line(getattr(job_return, "_return_value", None))
     return row
 
 
+def error_line(err: BaseException | None) -> str:
+    """``Type: message`` of an exception on one line (its last line, where the cause is)."""
+    if err is None:
+        return "failed"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    if re.match(r"^[\w.]+(Error|Exception)\b", last):  # already "Type: message"
+        return last[:300]
+    return f"{type(err).__name__}: {last}"[:300]
+
+
+def varying_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's overrides minus those shared by every job (what the sweep varies)."""
+    tokens = [r["overrides"].split() for r in rows]
+    common = set.intersection(*map(set, tokens)) if len(rows) > 1 else set()
+    return [" ".join(t for t in ts if t not in common) for ts in tokens]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows as an aligned plain-text table (also valid markdown)."""
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in COLUMNS] for r in rows]
+    """Rows as an aligned plain-text table (also valid markdown); the overrides column
+    shows only what differs between jobs (summary.csv keeps them whole)."""
+    shown = [{**r, "overrides": o} for r, o in zip(rows, varying_overrides(rows))]
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in COLUMNS] for r in shown]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
 
     def line(values):

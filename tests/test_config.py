@@ -86,8 +86,13 @@ def test_cli_typo_fails_before_training(tmp_path: Path):
 
 def test_debug_smoke_run_through_train_py(tmp_path: Path):
     proc = run_cli(
-        "train.py", "debug=smoke", "dataset.num_train=8", "dataset.num_val=4",
-        "dataset.image_size=[32,32]", "trainer.accelerator=cpu", "hydra.run.dir=run",
+        "train.py",
+        "debug=smoke",
+        "dataset.num_train=8",
+        "dataset.num_val=4",
+        "dataset.image_size=[32,32]",
+        "trainer.accelerator=cpu",
+        "hydra.run.dir=run",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

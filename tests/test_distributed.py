@@ -4,6 +4,7 @@ stream, and its val metrics must equal a single-process evaluation of its checkp
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -135,14 +136,37 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode != 0, "a sweep with a failed job must exit non-zero"
-    rows = (sweep / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("job,overrides,status,best_miou")
-    assert len(rows) == 4
-    status = [r.split(",")[2] for r in rows[1:]]
-    assert status == ["completed", "failed", "completed"]
-    assert "fail_at_step=2 reached" in rows[2]
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+    assert "fail_at_step=2 reached" in rows[1]["error"]
+    assert "trainer.fail_at_step=2" in rows[1]["overrides"]
+    for r in (rows[0], rows[2]):
+        assert 0.0 <= float(r["best_miou"]) <= 1.0 and r["best_epoch"] == "1"
     assert (sweep / "0" / "result.json").is_file() and (sweep / "2" / "result.json").is_file()
     assert "fail_at_step=2 reached" in (sweep / "1" / "train.log").read_text()
     md = (sweep / "summary.md").read_text()
     assert "| job" in md and "failed" in md
     assert "Sweep" in proc.stdout
+
+
+def test_optuna_search_example_runs_and_maximises_miou(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    proc = run_cli(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert all("optimizer.lr=" in r["overrides"] for r in rows)
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "optimizer.lr" in best
