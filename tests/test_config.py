@@ -10,9 +10,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from segkit.dist import DistInfo
 from segkit.optim import param_groups
 from segkit.run import build_loss, build_model
-from segkit.dist import DistInfo
 from tests.conftest import CONF, TINY, compose_train, run_cli
 
 
