@@ -28,9 +28,9 @@ class FeatureRecorder:
     """Context manager recording the outputs of named submodules during forward passes.
 
     ``layer_names`` are names from ``model.named_modules()``. Each forward stores the output
-    (a detached copy, on its device) in ``features[name]``, replacing the previous one; tuple/list/dict
-    outputs are stored per element as ``name[i]`` / ``name[key]``. Hooks are removed on exit,
-    also when the block raises.
+    (a detached copy, on its device) in ``features[name]``, replacing the previous one;
+    tuple/list/dict outputs are stored per element as ``name[i]`` / ``name[key]``. Hooks are
+    removed on exit, also when the block raises.
 
     Raises:
         KeyError: a name is not a submodule (the message lists close matches).
