@@ -130,6 +130,7 @@ def build_model(path: str | Path, map_location: str | torch.device = "cpu"):
     ckpt = load(path, map_location)
     model_cfg = dict(ckpt["config"]["model"])
     model_cfg["pretrained"] = False  # the checkpoint holds the weights
+    model_cfg.pop("init_from", None)
     model = instantiate(model_cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt

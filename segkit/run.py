@@ -142,8 +142,14 @@ def _fit(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         if info.distributed:
             log.info("world size %d, backend %s", info.world_size, torch.distributed.get_backend())
+    devices = dist.all_gather_object(str(info.device))
     if info.distributed:
-        log.info("rank %d -> device %s", info.rank, info.device)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        log.info(
+            "rank -> device: %s%s",
+            ", ".join(f"{r}: {d}" for r, d in enumerate(devices)),
+            f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "",
+        )
     train_ds, val_ds = build_datasets(cfg, run_dir if info.is_main else None)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
     model = build_model(cfg, info)

@@ -88,3 +88,15 @@ def test_demo_dataset_defaults(tmp_path, monkeypatch):
     assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
     with pytest.raises(DataError, match="dataset.num_classes"):
         DemoDataset(split="val", train=False, num_classes=3, **kw)
+
+
+def test_colour_does_not_reveal_the_class():
+    means = {c: [] for c in range(1, 5)}
+    for i in range(48):
+        image, mask = make_demo_sample(i, (64, 64))
+        for c in means:
+            if (mask == c).sum() > 20:
+                means[c].append(image[mask == c].mean(axis=0))
+    per_class = np.array([np.mean(v, axis=0) for v in means.values()])  # (4 classes, RGB)
+    assert all(len(v) >= 10 for v in means.values())
+    assert np.ptp(per_class, axis=0).max() < 30  # class mean colours within 30 of each other

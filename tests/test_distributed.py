@@ -69,6 +69,7 @@ def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(tmp_path):
     run = _one_run_dir(tmp_path)
     log = (run / "train.log").read_text()
     assert "starting 2 worker processes" in log and "world size 2, backend gloo" in log
+    assert "rank -> device: 0: cpu, 1: cpu" in log
     _assert_metrics_match_single_process(run)
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from segkit import checkpoint as ck
+from segkit import dist
 from segkit.run import fit
 from tests.conftest import TINY, compose_train, run_cli
 
@@ -125,3 +126,126 @@ def test_eval_cli_missing_checkpoint_is_a_clean_error(tmp_path):
     proc = run_cli("eval.py", f"ckpt={tmp_path / 'missing.pt'}", cwd=tmp_path)
     assert proc.returncode == 1
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+ONE = [*TINY, "trainer.max_epochs=1", "data.check=off"]
+
+
+def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(tmp_path):
+    from segkit.run import build_model, seed_everything
+
+    cfg = compose_train(*ONE, "trainer.freeze_epochs=1")
+    seed_everything(cfg.seed)
+    initial = build_model(cfg, dist.DistInfo()).state_dict()
+    fit(cfg, tmp_path)
+    trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
+    encoder = [k for k in initial if k.startswith("encoder.")]
+    decoder = [k for k in initial if not k.startswith("encoder.") and k.endswith("weight")]
+    assert encoder and decoder
+    for k in encoder:  # weights AND running_mean / running_var / num_batches_tracked
+        assert torch.equal(initial[k], trained[k]), k
+    assert any(not torch.equal(initial[k], trained[k]) for k in decoder)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    from segkit.run import build_model, seed_everything
+
+    clip, lr = 1e-3, 1.0
+    cfg = compose_train(
+        *ONE,
+        "optimizer=sgd",
+        f"optimizer.lr={lr}",
+        "optimizer.momentum=0",
+        "optimizer.nesterov=false",
+        "optimizer.weight_decay=0",
+        "scheduler.warmup_epochs=0",
+        f"trainer.grad_clip={clip}",
+        "trainer.limit_train_batches=1",
+        "trainer.max_epochs=1",
+        "scheduler.eta_min=1.0",
+    )
+    seed_everything(cfg.seed)
+    initial = build_model(cfg, dist.DistInfo()).state_dict()
+    fit(cfg, tmp_path)
+    trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
+    sq = sum(
+        (trained[k].double() - initial[k].double()).pow(2).sum()
+        for k in initial
+        if initial[k].is_floating_point() and "running" not in k
+    )
+    # one plain SGD step: |delta| = lr * |clipped grad| <= lr * clip
+    assert 0 < sq.sqrt().item() <= lr * clip * (1 + 1e-4)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    fit(compose_train(*ONE, "trainer.precision=bf16", "trainer.limit_train_batches=2"), tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["steps"] == 2 and 0.0 <= result["best_miou"] <= 1.0
+    hist = ck.load(tmp_path / "checkpoints" / "last.pt")["history"]
+    assert np.isfinite(hist[0]["train_loss"]) and np.isfinite(hist[0]["val_loss"])
+
+
+def test_init_from_loads_matching_weights_and_fails_on_nothing(trained, tmp_path):
+    from segkit.run import build_model
+
+    source = trained / "checkpoints" / "best.pt"
+    model = build_model(compose_train(*ONE, f"model.init_from={source}"), dist.DistInfo())
+    stored = ck.load(source)["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stored[k]), k
+    other = tmp_path / "other.pt"
+    torch.save({"head.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(RuntimeError, match="matched"):
+        build_model(compose_train(*ONE, f"model.init_from={other}"), dist.DistInfo())
+
+
+def _voc(root: Path, n: int, bad: set[int]) -> Path:
+    """A tiny VOC folder; masks listed in ``bad`` hold an out-of-range class id (9)."""
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"img{i:02d}" for i in range(n)]
+    for i, name in enumerate(names):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8)).save(
+            voc / "JPEGImages" / f"{name}.jpg"
+        )
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4:12, 4:12] = 9 if i in bad else 1
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[: n - 4]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[n - 4 :]) + "\n")
+    return root / "VOCdevkit"
+
+
+VOC = [
+    "dataset=voc",
+    "dataset.num_classes=2",
+    "dataset.class_names=[bg,fg]",
+    "dataset.input_shape=[24,24]",
+    "model=unet",
+    "model.base_channels=4",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.max_epochs=1",
+    "trainer.progress_bar=false",
+    "trainer.accelerator=cpu",
+]
+
+
+def test_on_bad_sample_skip_finishes_and_lists_what_it_skipped(tmp_path):
+    root = _voc(tmp_path / "data", 12, bad={2})
+    fit(compose_train(*VOC, f"dataset.root={root}", "dataset.on_bad_sample=skip"), tmp_path / "run")
+    listed = (tmp_path / "run" / "bad_samples.txt").read_text()
+    assert "img02.png" in listed and "img01" not in listed
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3  # 7 // 2
+
+
+def test_out_of_range_label_stops_before_the_first_step(tmp_path):
+    from segkit.data.io import DataError
+
+    root = _voc(tmp_path / "data", 12, bad={3})
+    with pytest.raises(DataError, match=r"img03\.png") as e:
+        fit(compose_train(*VOC, f"dataset.root={root}"), tmp_path / "run")
+    assert "9" in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()

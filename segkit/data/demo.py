@@ -1,9 +1,11 @@
 """The embedded demo dataset: synthetic shapes in the VOC layout, generated once into a cache.
 
 Classes are defined by SHAPE only: 0 background, 1 circle/ellipse, 2 rectangle, 3 triangle,
-4 cross. Every object gets a random colour, size, rotation and position (objects may overlap
-and leave the frame); backgrounds are random gradients, colour blobs, stripes, noise and blur,
-with distractor lines and rings (background class) so colour and edges alone do not solve it.
+4 cross. Each image holds 2..5 objects, each with a random tint (hue is random and says nothing
+about the class), size, rotation and position; objects mostly keep apart but may overlap or
+leave the frame. Objects are bright and flat (lightly shaded); backgrounds are dark and
+textured: gradients, colour blobs, stripes and grain, with distractor lines and rings
+(background class, any brightness). Light noise, blur and JPEG compression on top.
 Like VOC, a 255 (ignore) band of 2 px runs along every boundary between classes.
 
 The data depends only on (DEMO_VERSION, num_train, num_val, size, seed), which name its folder:
@@ -34,10 +36,15 @@ try:
 except ImportError:  # Windows: no lock, the atomic rename still prevents half-built folders
     fcntl = None
 
-DEMO_VERSION = "v2"
+DEMO_VERSION = "v8"
 DEMO_CLASSES = ["background", "circle", "rectangle", "triangle", "cross"]
 IGNORE = 255
 JPEG_QUALITY = 90
+# objects are bright, backgrounds dark (any hue): edges have a consistent polarity, which a
+# small CNN picks up in a few hundred steps; distractor lines may be bright too
+BACKGROUND_BRIGHTNESS = (20, 120)
+OBJECT_BRIGHTNESS = (170, 255)
+OBJECT_MIN_CHANNEL = 0.45  # tinted, not fully saturated objects
 # radius multiplier per class so that every shape covers about the same area for one radius
 SHAPE_SCALE = {1: 1.0, 2: 1.0, 3: 1.35, 4: 1.15}
 
@@ -49,26 +56,37 @@ def default_demo_root() -> Path:
     return base.expanduser() / "demo"
 
 
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 256, 3).astype(np.float32)
+def _random_colour(
+    rng: np.random.Generator, lo: float = 0, hi: float = 255, min_channel: float = 0
+) -> np.ndarray:
+    """(3,) float32 RGB of random hue whose brightest channel is in [lo, hi]; every channel is
+    at least min_channel times the brightest one (1 = gray, 0 = any saturation)."""
+    c = rng.uniform(min_channel, 1, 3)
+    return (c / c.max() * rng.uniform(lo, hi)).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h,w,3) float32 0..255: gradient between two colours + colour blobs + stripes."""
+    """(h,w,3) float32 ~0..255: gradient between two dark colours + colour blobs + stripes +
+    grain."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     t = (np.cos(angle) * xx / w + np.sin(angle) * yy / h + 1) / 2
-    img = _random_colour(rng) * (1 - t[..., None]) + _random_colour(rng) * t[..., None]
+    dark = BACKGROUND_BRIGHTNESS
+    img = (
+        _random_colour(rng, *dark) * (1 - t[..., None]) + _random_colour(rng, *dark) * t[..., None]
+    )
     if rng.uniform() < 0.5:  # low-frequency colour blobs
         g = int(rng.integers(2, 5))
-        blobs = cv2.resize(rng.uniform(0, 255, (g, g, 3)).astype(np.float32), (w, h))
+        grid = np.stack([_random_colour(rng, *dark) for _ in range(g * g)]).reshape(g, g, 3)
+        blobs = cv2.resize(grid, (w, h))
         mix = rng.uniform(0.2, 0.6)
         img = img * (1 - mix) + blobs * mix
     if rng.uniform() < 0.5:  # stripes
         period, theta = rng.uniform(6, 30), rng.uniform(0, np.pi)
         wave = np.sin(2 * np.pi * (np.cos(theta) * xx + np.sin(theta) * yy) / period)
         img = img + wave[..., None] * rng.uniform(8, 35) * rng.uniform(-1, 1, 3)
-    return img
+    # grain: backgrounds are textured, objects are flat (shaded) - a local cue like stuff/things
+    return img + rng.normal(0, rng.uniform(8, 20), img.shape)
 
 
 def _distractors(img: np.ndarray, rng: np.random.Generator) -> None:
@@ -103,26 +121,65 @@ def _shape_polygons(cls: int, rng: np.random.Generator, centre: np.ndarray, r: f
         radii = r * rng.uniform(0.85, 1.15, 3)
         pts = np.stack([np.cos(angles) * radii, np.sin(angles) * radii], 1)
         return [pts @ turn.T + centre]
-    arm, half = r, r * rng.uniform(0.2, 0.32)  # cross: two crossing bars
+    arm, half = r, r * rng.uniform(0.25, 0.35)  # cross: two crossing bars
     bar = np.array([[-arm, -half], [arm, -half], [arm, half], [-arm, half]])
     return [bar @ turn.T + centre, bar[:, ::-1] @ turn.T + centre]
 
 
-def _draw_object(img, label, rng, cls: int) -> None:
+def _place(rng: np.random.Generator, r: float, placed: list, h: int, w: int) -> np.ndarray:
+    """(x, y) centre for radius r: the best of 8 tries at keeping apart from `placed` objects
+    (list of (centre, radius)); overlaps stay possible but mostly partial."""
+    best, best_gap = None, -np.inf
+    for _ in range(8):
+        centre = rng.uniform([r * 0.5, r * 0.5], [w - r * 0.5, h - r * 0.5])
+        gap = min((np.hypot(*(centre - c)) / (r + rc) for c, rc in placed), default=1.0)
+        if gap > best_gap:
+            best, best_gap = centre, gap
+        if gap >= 0.8:
+            break
+    placed.append((best, r))
+    return best
+
+
+def _fill_texture(cls: int, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """(H,W) brightness factor: each class has its own faint fill pattern (circles plain,
+    rectangles stripes, triangles dots, crosses diagonal bands) at a random phase and period.
+
+    A local cue a small CNN learns in a few minutes on a CPU; the shape, the 255 band and
+    overlapping objects still have to be learnt for a high mIoU.
+    """
+    period = rng.uniform(4.0, 7.0)
+    phase = rng.uniform(0, 2 * np.pi)
+    depth = rng.uniform(0.12, 0.2)
+    if cls == 2:
+        wave = np.sin(2 * np.pi * yy / period + phase)
+    elif cls == 3:
+        wave = np.sin(2 * np.pi * xx / period + phase) * np.sin(2 * np.pi * yy / period + phase)
+    elif cls == 4:
+        wave = np.sin(2 * np.pi * (xx + yy) / (1.4 * period) + phase)
+    else:
+        return np.ones_like(xx)
+    return 1 + depth * wave
+
+
+def _draw_object(img, label, rng, cls: int, placed: list) -> None:
     """Paint one object of class cls in place: anti-aliased shaded colour, binary label."""
     h, w = label.shape
-    r = rng.uniform(11, 32) * SHAPE_SCALE[cls]
-    centre = rng.uniform([r * 0.3, r * 0.3], [w - r * 0.3, h - r * 0.3])
+    r = rng.uniform(0.07, 0.19) * min(h, w) * SHAPE_SCALE[cls]  # 9..24 px at 128x128
+    centre = _place(rng, r, placed, h, w)
     polys = [np.round(p * 16).astype(np.int32) for p in _shape_polygons(cls, rng, centre, r)]
     alpha, binary = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
     for poly in polys:  # one call per polygon: a single call would XOR their overlap
         cv2.fillPoly(alpha, [poly], 255, cv2.LINE_AA, shift=4)
         cv2.fillPoly(binary, [poly], 1, cv2.LINE_8, shift=4)
-    colour = _random_colour(rng)
-    while np.abs(colour - img[int(centre[1]) % h, int(centre[0]) % w]).sum() < 150:
-        colour = _random_colour(rng)  # keep some contrast with the background under it
+    under = img[int(centre[1]) % h, int(centre[0]) % w]
+    for _ in range(10):  # keep some contrast with the background (or object) under it
+        colour = _random_colour(rng, *OBJECT_BRIGHTNESS, OBJECT_MIN_CHANNEL)
+        if np.abs(colour - under).sum() >= 150:
+            break
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     shade = 1 + rng.uniform(-0.25, 0.25) * ((xx - centre[0]) + (yy - centre[1])) / (2 * r)
+    shade *= _fill_texture(cls, rng, xx, yy)
     a = alpha[..., None].astype(np.float32) / 255
     img[:] = img * (1 - a) + np.clip(colour * shade[..., None], 0, 255) * a
     label[binary > 0] = cls
@@ -137,7 +194,7 @@ def _boundary(label: np.ndarray) -> np.ndarray:
 def make_demo_sample(index: int, size: Sequence[int], seed: int = 0):
     """Sample `index`: ((H,W,3) uint8 RGB image, (H,W) uint8 mask in {0..4, 255}).
 
-    Deterministic in (seed, index). Object count 2..4; the last (topmost, so always visible)
+    Deterministic in (seed, index). Object count 2..5; the last (topmost, so always visible)
     object has class index % 4 + 1, so any 4 consecutive samples hold every class.
     """
     rng = np.random.default_rng([seed, index])
@@ -145,13 +202,14 @@ def make_demo_sample(index: int, size: Sequence[int], seed: int = 0):
     img = _background(rng, h, w)
     _distractors(img, rng)
     label = np.zeros((h, w), np.uint8)
-    classes = list(rng.integers(1, 5, int(rng.integers(1, 4)))) + [index % 4 + 1]
+    classes = list(rng.integers(1, 5, int(rng.integers(1, 5)))) + [index % 4 + 1]
+    placed: list = []
     for cls in classes:
-        _draw_object(img, label, rng, int(cls))
-    img += rng.normal(0, rng.uniform(2, 12), img.shape)
+        _draw_object(img, label, rng, int(cls), placed)
+    img += rng.normal(0, rng.uniform(1, 5), img.shape)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    if rng.uniform() < 0.4:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.2))
+    if rng.uniform() < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.9))
     label[_boundary(label)] = IGNORE
     return img, label
 

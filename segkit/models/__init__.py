@@ -43,10 +43,10 @@ def compose_model_config(
 
     ``${dataset.num_classes}`` is satisfied by ``num_classes``; ``overrides`` are Hydra override
     strings relative to the root, e.g. ``["model.pretrained=false"]``. Returns the resolved
-    ``model`` node, ready for ``hydra.utils.instantiate``.
+    ``model`` node without ``init_from``, ready for ``hydra.utils.instantiate``.
     """
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     config_dir = Path(config_dir).resolve()
     if not (config_dir / "model" / f"{name}.yaml").is_file():
@@ -58,4 +58,7 @@ def compose_model_config(
             overrides=[f"+model={name}", f"+dataset.num_classes={num_classes}", *overrides]
         )
     OmegaConf.resolve(cfg)
-    return cfg.model
+    model = cfg.model
+    with open_dict(model):
+        model.pop("init_from", None)  # segkit's fine-tuning option, not a constructor argument
+    return model
