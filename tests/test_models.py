@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet, compose_model_config
-from segkit.models.stdc import DetailGuidedLoss, DetailLoss
+from segkit.models.stdc import DetailLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -235,7 +235,9 @@ def test_detail_guided_loss_adds_detail_only_when_present():
     ce = CrossEntropyLoss(ignore_index=255)
     main = ce({"out": logits, "detail": detail}, label)  # main losses ignore extra keys
     assert main.item() == pytest.approx(math.log(NUM_CLASSES), rel=1e-5)
-    guided = DetailGuidedLoss(ce, detail_weight=0.5)
+    from segkit.losses import CEDetailLoss
+
+    guided = CEDetailLoss(detail_weight=0.5, ignore_index=255)
     with_detail = guided({"out": logits, "detail": detail}, label)
     extra = 0.5 * DetailLoss()(detail, label)
     assert with_detail.item() == pytest.approx(main.item() + extra.item(), rel=1e-5)

@@ -3,11 +3,13 @@
 from segkit.losses.base import SegLoss, check_target, resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
 from segkit.losses.combo import CEDiceLoss
+from segkit.losses.detail import CEDetailLoss
 from segkit.losses.dice import DiceLoss
 from segkit.losses.focal import FocalLoss
 from segkit.losses.ohem import OhemCrossEntropyLoss
 
 __all__ = [
+    "CEDetailLoss",
     "CEDiceLoss",
     "CrossEntropyLoss",
     "DiceLoss",

@@ -27,7 +27,7 @@ from segkit.models.blocks import (
     resize_to,
 )
 
-__all__ = ["CatBottleneck", "DetailGuidedLoss", "DetailLoss", "STDCNet", "STDCSeg"]
+__all__ = ["CatBottleneck", "DetailLoss", "STDCNet", "STDCSeg"]
 
 _VARIANTS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}  # STDCNet813 / STDCNet1446 stage depths
 
@@ -210,25 +210,3 @@ class DetailLoss(nn.Module):
         inter = (prob * boundary).flatten(1).sum(1)
         dice = 1 - (2 * inter + 1) / (prob.flatten(1).sum(1) + boundary.flatten(1).sum(1) + 1)
         return self.bce_weight * bce + self.dice_weight * dice.mean()
-
-
-class DetailGuidedLoss(nn.Module):
-    """``loss(outputs, target) + detail_weight * DetailLoss`` when ``outputs`` has ``"detail"``.
-
-    Wrap any segkit loss (``loss`` reads ``out``/``aux`` and ignores other keys); in eval mode
-    STDCSeg emits no ``"detail"`` and only the wrapped loss is returned.
-    """
-
-    def __init__(
-        self, loss: nn.Module, detail_weight: float = 1.0, ignore_index: int = 255
-    ) -> None:
-        super().__init__()
-        self.loss = loss
-        self.detail_weight = detail_weight
-        self.detail = DetailLoss(ignore_index=ignore_index)
-
-    def forward(self, outputs: dict | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = self.loss(outputs, target)
-        if isinstance(outputs, Mapping) and "detail" in outputs:
-            total = total + self.detail_weight * self.detail(outputs, target)
-        return total
