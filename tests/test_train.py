@@ -195,7 +195,7 @@ def test_init_from_loads_matching_weights_and_fails_on_nothing(trained, tmp_path
         assert torch.equal(v, stored[k]), k
     other = tmp_path / "other.pt"
     torch.save({"head.weight": torch.zeros(3, 3)}, other)
-    with pytest.raises(RuntimeError, match="matched"):
+    with pytest.raises(RuntimeError, match="parameters match"):
         build_model(compose_train(*ONE, f"model.init_from={other}"), dist.DistInfo())
 
 
@@ -235,7 +235,8 @@ VOC = [
 
 def test_on_bad_sample_skip_finishes_and_lists_what_it_skipped(tmp_path):
     root = _voc(tmp_path / "data", 12, bad={2})
-    fit(compose_train(*VOC, f"dataset.root={root}", "dataset.on_bad_sample=skip"), tmp_path / "run")
+    skip = ["dataset.on_bad_sample=skip", "dataset.max_bad_fraction=0.2"]
+    fit(compose_train(*VOC, f"dataset.root={root}", *skip), tmp_path / "run")
     listed = (tmp_path / "run" / "bad_samples.txt").read_text()
     assert "img02.png" in listed and "img01" not in listed
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3  # 7 // 2
