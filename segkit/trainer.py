@@ -35,7 +35,7 @@ _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 class TrainerConfig:
     """Mirror of ``conf/trainer/default.yaml`` (the launch keys are read by run.py only)."""
 
-    max_epochs: int = 12
+    max_epochs: int = 14
     val_every: int = 1
     precision: str = "fp32"
     grad_clip: float | None = None
