@@ -228,15 +228,19 @@ class SegmentationDataset(Dataset):
                 f"{mask_path} is {raw.shape[1]}x{raw.shape[0]}; they must be the same size "
                 "(check the pairing, or an EXIF rotation on only one of them)"
             )
-        mask = encode_mask(
+        return image, self.encode(raw, mask_path)
+
+    def encode(self, raw: np.ndarray, path: str = "") -> np.ndarray:
+        """Raw mask as read -> (H,W) uint8 class ids with this dataset's label/colour map;
+        raises DataError naming ``path`` for values it cannot map."""
+        return encode_mask(
             raw,
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             label_map=self.label_map,
             color_map=self.color_map,
-            path=mask_path,
+            path=path,
         )
-        return image, mask
 
     def transform(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator

@@ -26,7 +26,6 @@ from PIL import Image
 
 from segkit.data.io import (
     DataError,
-    encode_mask,
     exif_orientation,
     read_image,
     read_mask,
@@ -412,14 +411,7 @@ def _check_mask_values(
         add(path, "rgb_mask", _rgb_message(mask, ds))
         return
     try:
-        ids = encode_mask(
-            mask,
-            num_classes=ds.num_classes,
-            ignore_index=ds.ignore_index,
-            label_map=ds.label_map,
-            color_map=ds.color_map,
-            path=path,
-        )
+        ids = ds.encode(mask, path)
     except DataError as e:
         _explain_bad_values(ds, path, mask, str(e), add)
         return
@@ -633,14 +625,7 @@ def class_pixel_counts(ds: Any, workers: int | None = None) -> ClassCounts:
 
     def hist(i: int) -> np.ndarray:
         path = str(ds.files[i][1])
-        ids = encode_mask(
-            read_mask(path),
-            num_classes=ds.num_classes,
-            ignore_index=ds.ignore_index,
-            label_map=ds.label_map,
-            color_map=ds.color_map,
-            path=path,
-        )
+        ids = ds.encode(read_mask(path), path)
         return np.bincount(ids[ids != ds.ignore_index].ravel(), minlength=ds.num_classes)
 
     counts = ClassCounts.zeros(ds.num_classes)
