@@ -17,15 +17,6 @@ from segkit.models import BiSeNetV2
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: tiny inputs gain nothing from two, and OpenMP barriers stall on a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_net() -> nn.Sequential:
     # conv: 3*8*3*3 + 8 = 224 params; linear: 8*8*8*10 + 10 = 5130 params
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))

@@ -19,16 +19,6 @@ MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs gain nothing from 2 threads, and on a busy 2-core box every OpenMP barrier
-    can wait a scheduler slice for the other thread: one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, *overrides: str) -> nn.Module:
     cfg = compose_model_config(name, CONF, NUM_CLASSES, ["model.pretrained=false", *overrides])
     return instantiate(cfg)
