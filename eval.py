@@ -1,10 +1,12 @@
 """Evaluate a checkpoint: `python eval.py ckpt=outputs/.../checkpoints/best.pt` (see README.md)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from segkit.cli import run_task
-from segkit.evaluate import evaluate
+from segkit.errors import check_overrides, exit_on_error, run_task
+from segkit.run import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -13,4 +15,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    exit_on_error(check_overrides, sys.argv[1:])
     main()

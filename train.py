@@ -1,9 +1,11 @@
 """Train a segmentation model: `python train.py model=unet` (see README.md)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from segkit.cli import run_task
+from segkit.errors import check_overrides, exit_on_error, run_task
 from segkit.run import train
 
 
@@ -13,4 +15,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    exit_on_error(check_overrides, sys.argv[1:])
     main()

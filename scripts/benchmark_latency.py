@@ -20,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 
-from segkit.models import compose_model_config, model_config_names
+from segkit.run import compose_model_config, instantiate_model, model_config_names
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -41,7 +39,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--precisions", nargs="+", choices=sorted(_DTYPES), help="default: fp32 fp16 "
                    "(cuda), fp32 (cpu); fp16 is skipped on CPU")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
-    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
     p.add_argument("--out", type=Path, help="write settings and results as JSON")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
@@ -108,8 +105,8 @@ def measure(model, args, device, mode: str, precision: str, batch: int) -> dict:
 
 
 def benchmark_model(name: str, args, device: torch.device) -> list[dict]:
-    cfg = compose_model_config(name, args.config_dir, args.num_classes, ["model.pretrained=false"])
-    model = instantiate(cfg).to(device).eval()
+    cfg = compose_model_config(name, args.num_classes, ["model.pretrained=false"])
+    model = instantiate_model(cfg).to(device).eval()
     variants = [("eager", model)]
     if args.compile:
         try:
@@ -147,7 +144,7 @@ def main() -> None:
     info = device_info(device)
     print(f"device: {info['device']} ({info['device_type']}), torch {info['torch']}", flush=True)
     results = []
-    for name in args.model or model_config_names(args.config_dir):
+    for name in args.model or model_config_names():
         results += benchmark_model(name, args, device)
     if args.out:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

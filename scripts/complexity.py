@@ -12,12 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hydra.utils import instantiate
-
 from segkit.complexity import complexity_report, format_report
-from segkit.models import compose_model_config, model_config_names
-
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+from segkit.run import compose_model_config, instantiate_model, model_config_names
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,20 +21,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", nargs="*", help="config names in conf/model (default: all)")
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
-    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
     parser.add_argument("--json", type=Path, help="also write the reports to this JSON file")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    names = args.model or model_config_names(args.config_dir)
+    names = args.model or model_config_names()
     reports = {}
     for name in names:
-        cfg = compose_model_config(
-            name, args.config_dir, args.num_classes, ["model.pretrained=false"]
-        )
-        model = instantiate(cfg)
+        cfg = compose_model_config(name, args.num_classes, ["model.pretrained=false"])
+        model = instantiate_model(cfg)
         reports[name] = complexity_report(model, args.size)
         print(f"{name:<16} {format_report(reports[name])}", flush=True)
     if args.json:

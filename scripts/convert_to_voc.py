@@ -1,4 +1,4 @@
-"""Convert a CamVid- or ISBI-style folder dataset into the VOC layout UnetDataset reads.
+"""Convert a CamVid- or ISBI-style folder dataset into the VOC layout VOCDataset reads.
 
     python scripts/convert_to_voc.py camvid /data/camvid VOCdevkit            # void 11 -> 255
     python scripts/convert_to_voc.py isbi /data/isbi VOCdevkit --val-ratio 0.2  # 255 -> 1
@@ -10,10 +10,10 @@ Layouts (SRC):
           split is drawn with --val-ratio / --seed (scripts/make_splits.py rules). Default
           --label-map 255:1 (0/255 masks -> class ids 0/1).
 Writes OUT/<year>/JPEGImages/<name><--image-suffix> (.jpg: RGB JPEG quality 95, the
-UnetDataset default; .png: lossless, source PNGs copied as they are), SegmentationClass/<name>.png
+VOCDataset default; .png: lossless, source PNGs copied as they are), SegmentationClass/<name>.png
 (mode P, VOC palette, 255 white) and ImageSets/Segmentation/{train,val,trainval[,test]}.txt.
 Both datasets can also be read in place, without converting: see conf/dataset/camvid.yaml and
-conf/dataset/isbi.yaml.
+conf/dataset/isbi.yaml. Check the result with `python scripts/check_dataset.py dataset=voc ...`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from PIL import Image
 
 from segkit.data.base import voc_palette
 from segkit.data.folder import natural_key
-from segkit.data.io import DataError, read_image, read_mask
+from segkit.data.io import read_image, read_mask
+from segkit.errors import DataError
 
 DEFAULT_LABEL_MAPS = {"camvid": "11:255", "isbi": "255:1"}
 CAMVID_SPLITS = ("train", "val", "test")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{len(v)} {k}" for k, v in splits.items())
     print(f"wrote {len(pairs)} samples to {year} ({counts}); label map {label_map or 'none'}")
     print(
-        f"check: python -m segkit.check_data dataset=voc dataset.root={args.out} "
+        f"check: python scripts/check_dataset.py dataset=voc dataset.root={args.out} "
         f"dataset.image_suffix={args.image_suffix} dataset.num_classes=<N>"
     )
     return 0

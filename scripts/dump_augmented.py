@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
-from segkit.data.io import DataError
+from segkit.errors import ConfigError, DataError
+from segkit.run import dataset_factory
 from segkit.visualize import colorize, denormalize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -41,7 +41,7 @@ def sample_tiles(ds, n: int) -> list[np.ndarray]:
     """image | overlay (H, 2W+GUTTER, 3) uint8 for samples 0..n-1."""
     tiles = []
     for i in range(min(n, len(ds))):
-        image_t, mask_t = ds[i][:2]
+        image_t, mask_t = ds[i]
         image = denormalize(image_t.numpy(), ds.mean, ds.std)
         over = overlay(image, mask_t.numpy(), ds.palette, ds.ignore_index)
         gap = np.full((image.shape[0], GUTTER, 3), 255, np.uint8)
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("augmented.png"))
     p.add_argument("--epoch", type=int, default=0, help="augmentation stream of this epoch")
     p.add_argument("--cols", type=int, default=4, help="image|mask pairs per row")
-    p.add_argument("--split", default=None, help="default: data.train_split")
+    p.add_argument("--split", default=None, help="default: dataset.train_split")
     return p.parse_intermixed_args(argv)  # overrides may come before and after the options
 
 
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=args.overrides)
     try:
-        ds = instantiate(cfg.dataset)(split=args.split or cfg.data.train_split, train=True)
+        make = dataset_factory(cfg.dataset)
+        ds = make(split=args.split or cfg.dataset.train_split, train=True)
         ds.set_epoch(args.epoch)
         tiles = sample_tiles(ds, args.n)
-    except DataError as e:
+    except (ConfigError, DataError) as e:  # a config or file the user must fix
         print(f"error: {e}", file=sys.stderr)
         return 1
     picture = grid(tiles, max(1, min(args.cols, len(tiles))))

@@ -17,12 +17,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
+from segkit.checkpoint import load_model
 from segkit.data.io import read_image
 from segkit.data.transforms import normalize
 from segkit.features import FeatureRecorder, log_feature_maps, save_feature_maps
-from segkit.weights import load_weights, read_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -44,19 +43,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_model(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's model in eval mode, and its config dict."""
-    ckpt = read_checkpoint(ckpt_path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
-        raise SystemExit(f"{ckpt_path} is not a segkit checkpoint (needs 'model' and 'config')")
-    model_cfg = dict(ckpt["config"]["model"])
-    model_cfg.pop("init_from", None)  # a run.py option, not a constructor argument
-    model_cfg.update(pretrained=False, weights_path=None)  # the checkpoint has the weights
-    model = instantiate(model_cfg)
-    print(f"{ckpt_path}: {load_weights(model, ckpt['model'], min_match=0.9)}")
-    return model.eval(), ckpt["config"]
-
-
 def load_input(path: Path, cfg: dict, mean, std) -> torch.Tensor:
     dataset = cfg.get("dataset") or {}
     mean = mean or dataset.get("mean") or IMAGENET_MEAN
@@ -66,7 +52,8 @@ def load_input(path: Path, cfg: dict, mean, std) -> torch.Tensor:
 
 def main() -> None:
     args = parse_args()
-    model, cfg = build_model(args.ckpt)
+    model, ckpt = load_model(args.ckpt)
+    cfg = ckpt["config"]
     if args.list_layers:
         print("\n".join(name for name, _ in model.named_modules() if name))
         return

@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from segkit.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or not a segkit checkpoint."""
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -120,17 +118,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def build_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint (architecture from its config).
-
-    Returns ``(model in eval mode, checkpoint dict)``.
-    """
-    from hydra.utils import instantiate
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint (architecture from its config, weights from
+    its state dict). Returns ``(model in eval mode, checkpoint dict)``."""
+    from segkit.run import instantiate_model
 
     ckpt = load(path, map_location)
-    model_cfg = dict(ckpt["config"]["model"])
-    model_cfg["pretrained"] = False  # the checkpoint holds the weights
-    model_cfg.pop("init_from", None)
-    model = instantiate(model_cfg)
+    model = instantiate_model(ckpt["config"]["model"], from_checkpoint=True)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt

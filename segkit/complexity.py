@@ -10,13 +10,22 @@ papers report MACs (multiply-accumulates), so ``macs = flops / 2`` is reported a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["complexity_report", "count_flops", "count_parameters", "format_report"]
+__all__ = [
+    "complexity_report",
+    "count_flops",
+    "count_parameters",
+    "format_report",
+    "log_complexity",
+]
+
+log = logging.getLogger("segkit")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -73,3 +82,15 @@ def format_report(report: dict) -> str:
         f"(trainable {report['params_trainable'] / 1e6:.2f} M) | "
         f"{report['flops'] / 1e9:.2f} GFLOPs = {report['macs'] / 1e9:.2f} GMACs @ {h}x{w}"
     )
+
+
+def log_complexity(model: nn.Module, input_size: Sequence[int]) -> dict | None:
+    """``complexity_report`` at the training input size, logged once; None (with a warning)
+    for a model the FLOP counter cannot trace, which must not stop training."""
+    try:
+        report = complexity_report(model, tuple(input_size))
+    except Exception as e:
+        log.warning("complexity report failed: %s", e)
+        return None
+    log.info("model: %s", format_report(report))
+    return report

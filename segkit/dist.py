@@ -1,21 +1,36 @@
-"""Distributed helpers: the one place that knows about ranks.
+"""Processes and ranks: the one place that knows about them.
 
 segkit runs as one process (``trainer.devices=1``), as N processes it starts itself
 (``trainer.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
-(rank/world read from the environment). Everything else asks this module.
+(rank/world read from the environment). This module resolves devices, spawns the workers and
+sets up their logging, joins and leaves the process group, gives every rank the one run
+directory, wraps models in DDP, and holds the collectives and the validation shard sampler.
+Everything else asks it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import shutil
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
 from segkit.errors import ConfigError
+
+log = logging.getLogger("segkit")
+
+AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,7 @@ def select_device(accelerator: str, local_rank: int) -> torch.device:
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     if accelerator == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ConfigError(
                 "trainer.accelerator=cuda but no CUDA device is visible; "
                 "use trainer.accelerator=cpu (or auto), or check CUDA_VISIBLE_DEVICES"
             )
@@ -71,8 +86,6 @@ def init(accelerator: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        from datetime import timedelta
-
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
@@ -139,3 +152,153 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
+
+
+# --------------------------------------------------------------------------- devices, autocast
+def resolve_devices(devices: Any, accelerator: str) -> int:
+    """``trainer.devices``: an int, or ``auto`` = every visible GPU (1 on CPU)."""
+    if devices == "auto":
+        use_cuda = accelerator in ("auto", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if use_cuda else 1
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: expected a positive int or 'auto'"
+        ) from None
+    if n < 1:
+        raise ConfigError(f"trainer.devices={n}: expected >= 1")
+    if accelerator == "cuda" and n > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={n} but only {torch.cuda.device_count()} CUDA devices are visible "
+            "(CUDA_VISIBLE_DEVICES); lower trainer.devices"
+        )
+    return n
+
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """``trainer.precision`` -> the autocast dtype (None for fp32)."""
+    if precision not in AMP_DTYPES:
+        raise ConfigError(f"trainer.precision={precision!r}: expected one of {sorted(AMP_DTYPES)}")
+    return AMP_DTYPES[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """One code path for fp32/fp16/bf16: autocast is simply disabled for fp32 (``dtype=None``)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool) -> nn.Module:
+    """``model`` under DistributedDataParallel when the job has several ranks, else as is."""
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def log_devices(info: DistInfo) -> None:
+    """World size, backend and the rank -> device map (logged by rank 0)."""
+    devices = all_gather_object(str(info.device))
+    if not info.distributed:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    log.info("world size %d, backend %s", info.world_size, dist.get_backend())
+    log.info(
+        "rank -> device: %s%s",
+        ", ".join(f"{r}: {d}" for r, d in enumerate(devices)),
+        f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "",
+    )
+
+
+# --------------------------------------------------------------------------- spawning workers
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``. Samples draw from their own (seed, epoch, index) generator;
+    this only keeps a library that uses numpy's global RNG from repeating the same stream in
+    every worker process."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Path, n: int) -> None:
+    """Run ``fn(plain_cfg, run_dir)`` in ``n`` DDP processes on this machine.
+
+    ``fn`` must be a module-level function (it is pickled for the spawn). ``torch.multiprocessing``
+    joins the processes and, if one raises, stops the rest and re-raises with that rank's
+    traceback, so no rank is left waiting in a collective.
+    """
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    log.info("starting %d worker processes (DDP, master port %d)", n, port)
+    try:
+        mp.start_processes(
+            _worker, args=(fn, plain_cfg, str(run_dir), n, port), nprocs=n, start_method="spawn"
+        )
+    except mp.ProcessRaisedException as e:
+        # the message holds the rank's traceback; keep it, and lead with its last line
+        last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
+        raise RuntimeError(f"rank {e.error_index} failed: {last}\n{e}") from None
+
+
+def _worker(local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port: int) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    setup_worker_logging(Path(run_dir), local_rank)
+    fn(plain_cfg, Path(run_dir))
+
+
+def setup_worker_logging(run_dir: Path, rank: int) -> None:
+    """Spawned processes do not inherit Hydra's logging: rank 0 appends to the run's log, the
+    others print warnings only."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    fmt = logging.Formatter(f"[%(asctime)s][%(name)s][%(levelname)s][rank{rank}] - %(message)s")
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    main = rank == 0
+    if main:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    root.setLevel(logging.INFO if main else logging.WARNING)
+
+
+def shared_run_dir(run_dir: Path, info: DistInfo) -> Path:
+    """The job's one run directory: rank 0's.
+
+    Under torchrun every rank ran Hydra; the others adopt rank 0's directory, stop writing to
+    their own log file, and remove the (empty) directory their Hydra made.
+    """
+    if not info.distributed:
+        return run_dir
+    main_dir = Path(broadcast_object(str(run_dir)))
+    if info.is_main:
+        return main_dir
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(logging.WARNING)
+    if run_dir.resolve() != main_dir.resolve() and _only_hydra_files(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return main_dir
+
+
+def _only_hydra_files(d: Path) -> bool:
+    return d.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in d.iterdir())

@@ -1,12 +1,21 @@
-"""Confusion-matrix segmentation metrics, accumulated on the device and summed across ranks."""
+"""Confusion-matrix segmentation metrics, and the one evaluation loop.
+
+``ConfusionMatrix`` accumulates on the device and is summed across ranks. ``evaluate`` runs a
+model over a loader into one matrix; training-time validation, ``eval.py`` and prediction
+share it.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
-import torch.distributed as dist
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segkit import dist
+from segkit.inference import restore_logits
 
 
 class ConfusionMatrix:
@@ -50,8 +59,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all ranks (in place); no-op without an initialised process group."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+        dist.all_reduce_sum(self.mat)
 
     def reset(self) -> None:
         self.mat.zero_()
@@ -129,3 +137,100 @@ class ConfusionMatrix:
 def _nanmean(values: Tensor) -> float:
     finite = values[~values.isnan()]
     return float(finite.mean()) if finite.numel() else math.nan
+
+
+BatchHook = Callable[[Tensor, Tensor, Tensor], None]
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    cm: ConfusionMatrix,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    loss_fn: nn.Module | None = None,
+    limit_batches: int | None = None,
+    on_batch: BatchHook | None = None,
+) -> dict:
+    """Score ``model`` on ``loader`` into ``cm`` (reset first, summed across ranks at the end).
+
+    The loader yields ``(images (N,3,h,w), masks)``. ``masks`` is either a ``(N,h,w)`` tensor
+    at the input size (training-time validation: the letterboxed label, padding = ignore), or a
+    list of N ``(H0,W0)`` tensors at each image's original size (``eval.py``): then each
+    prediction is cropped out of the letterbox and its logits resized back before scoring.
+    ``loss_fn`` (input-size masks only) adds ``"loss"``, the mean over images. ``on_batch`` is
+    called with ``(images, masks, pred)`` of every batch (e.g. to keep a few for pictures).
+
+    Returns ``cm.compute()`` plus ``"confusion"`` ((C,C) int64 numpy) and ``"loss"`` (or NaN).
+    """
+    model.eval()
+    cm.reset()
+    loss_sum = torch.zeros(2, device=device, dtype=torch.float64)  # [sum of losses, images]
+    for i, (images, masks) in enumerate(loader):
+        if limit_batches is not None and i >= limit_batches:
+            break
+        images = images.to(device, non_blocking=True)
+        with dist.autocast(device, amp_dtype):
+            out = model(images)
+        logits = out["out"]
+        if isinstance(masks, Tensor):
+            masks = masks.to(device, non_blocking=True)
+            pred = _score_batch(cm, logits, masks)
+            if loss_fn is not None:
+                n = images.shape[0]
+                loss_sum += torch.stack([loss_fn(out, masks).double() * n, loss_sum.new_tensor(n)])
+        else:
+            pred = _score_original_size(cm, logits, masks, device)
+        if on_batch is not None:
+            on_batch(images, masks, pred)
+    cm.all_reduce()
+    dist.all_reduce_sum(loss_sum)
+    metrics = cm.compute()
+    metrics["loss"] = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else math.nan
+    metrics["confusion"] = cm.mat.cpu().numpy()
+    return metrics
+
+
+def _score_batch(cm: ConfusionMatrix, logits: Tensor, masks: Tensor) -> Tensor:
+    """(N,C,h,w) logits vs (N,H,W) masks at the input size -> (N,H,W) predictions, scored."""
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear")
+    pred = logits.argmax(1)
+    cm.update(pred, masks)
+    return pred
+
+
+def _score_original_size(
+    cm: ConfusionMatrix, logits: Tensor, masks: list[Tensor], device: torch.device
+) -> list[Tensor]:
+    """Each (C,h,w) letterboxed logit map back to its mask's (H0,W0), argmax, scored."""
+    preds = []
+    in_hw = tuple(logits.shape[-2:])
+    for lg, mask in zip(logits, masks):
+        mask = mask.to(device)
+        pred = restore_logits(lg, in_hw, tuple(mask.shape)).argmax(0)
+        cm.update(pred[None], mask[None])
+        preds.append(pred)
+    return preds
+
+
+def format_table(metrics: dict, class_names: list[str]) -> str:
+    """Per-class IoU / recall / precision / Dice table followed by the means (percent)."""
+
+    def pct(v: float) -> str:
+        return "   -  " if v is None or math.isnan(v) else f"{100 * v:6.2f}"
+
+    width = max(8, *(len(n) for n in class_names))
+    lines = [f"{'class':<{width}}    IoU  Recall  Precision   Dice"]
+    for i, name in enumerate(class_names):
+        lines.append(
+            f"{name:<{width}} {pct(metrics['iou'][i])}  {pct(metrics['recall'][i])}     "
+            f"{pct(metrics['precision'][i])} {pct(metrics['dice'][i])}"
+        )
+    lines.append(
+        f"mIoU {pct(metrics['miou'])}  mPA {pct(metrics['mpa'])}  pixel acc "
+        f"{pct(metrics['pixel_acc'])}  mDice {pct(metrics['mdice'])}  FWIoU {pct(metrics['fwiou'])}"
+    )
+    return "\n".join(lines)

@@ -1,19 +1,18 @@
-"""The one module that reads the config: instantiate -> (DDP) -> Trainer.
+"""The one module that reads the config: the builders, and the two tasks.
 
-``train(cfg)`` is what ``train.py`` calls: it either trains in this process, or starts
-``trainer.devices`` worker processes that each run :func:`fit` on the already-resolved
-config and the one run directory Hydra made.
+``train(cfg)`` (``train.py``) trains in this process, or starts ``trainer.devices`` worker
+processes (``segkit.dist``) that each run :func:`train_rank` on the resolved config and the
+one run directory Hydra made. ``evaluate(cfg)`` (``eval.py``) scores a checkpoint at the
+images' original resolution. Everything else receives plain values and objects.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import shutil
-import socket
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,201 +21,103 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
-from segkit.errors import ConfigError
+from segkit.complexity import log_complexity
+from segkit.errors import RENAMED_KEYS, ConfigError, renamed_key_error
+from segkit.metrics import ConfusionMatrix, format_table
+from segkit.metrics import evaluate as evaluate_model
 from segkit.optim import param_groups
-from segkit.trainer import Trainer, TrainerConfig
+from segkit.tracking import Tracker, hparams_of, read_result, run_result, write_config
+from segkit.trainer import Trainer
 
 log = logging.getLogger("segkit")
 
-RESULT_FILE = "result.json"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# trainer.* keys read here (launching, devices, resume); the rest are the Trainer's loop keys
+LAUNCH_KEYS = ("accelerator", "devices", "sync_bn", "compile", "resume")
+# dataset.* keys that are not constructor arguments of the dataset classes
+DATASET_RUN_KEYS = ("train_split", "val_split", "check")
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- config checks
+def check_config(cfg: DictConfig) -> None:
+    """Stop on old key names that came in through config files (experiments, own yamls)."""
+    for old in ("data", *RENAMED_KEYS):
+        if OmegaConf.select(cfg, old, default=None, throw_on_missing=False) is not None:
+            raise renamed_key_error(old)
+
+
+# --------------------------------------------------------------------------- train
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation mIoU (what sweepers optimise)."""
+    check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    devices = resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
+    devices = dist.resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
     if devices > 1 and not dist.launched_by_torchrun():
-        return launch_workers(cfg, run_dir, devices)
-    return fit(cfg, run_dir)
+        plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
+        dist.launch_workers(_train_plain, plain, run_dir, devices)
+        return read_result(run_dir)["best_miou"]
+    return train_rank(cfg, run_dir)
 
 
-def resolve_devices(devices: Any, accelerator: str) -> int:
-    """``trainer.devices``: an int, or ``auto`` = every visible GPU (1 on CPU)."""
-    if devices == "auto":
-        use_cuda = accelerator in ("auto", "cuda") and torch.cuda.is_available()
-        return torch.cuda.device_count() if use_cuda else 1
-    try:
-        n = int(devices)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"trainer.devices={devices!r}: expected a positive int or 'auto'"
-        ) from None
-    if n < 1:
-        raise ConfigError(f"trainer.devices={n}: expected >= 1")
-    if accelerator == "cuda" and n > torch.cuda.device_count():
-        raise ConfigError(
-            f"trainer.devices={n} but only {torch.cuda.device_count()} CUDA devices are visible "
-            "(CUDA_VISIBLE_DEVICES); lower trainer.devices"
-        )
-    return n
+def _train_plain(plain: dict, run_dir: Path) -> float:
+    """Entry of a spawned worker (module level, so it pickles)."""
+    return train_rank(OmegaConf.create(plain), run_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_workers(cfg: DictConfig, run_dir: Path, n: int) -> float:
-    """Start ``n`` DDP processes on this machine over the resolved config.
-
-    ``torch.multiprocessing`` joins them and, if one raises, stops the rest and re-raises
-    with that rank's traceback, so no rank is left waiting in a collective.
-    """
-    import torch.multiprocessing as mp
-
-    plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
-    port = _free_port()
-    log.info("starting %d worker processes (DDP, master port %d)", n, port)
-    try:
-        mp.start_processes(
-            _worker, args=(plain, str(run_dir), n, port), nprocs=n, start_method="spawn"
-        )
-    except mp.ProcessRaisedException as e:
-        # the message holds the rank's traceback; keep it, and lead with its last line
-        last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
-        raise RuntimeError(f"rank {e.error_index} failed: {last}\n{e}") from None
-    return read_result(run_dir)["best_miou"]
-
-
-def _worker(local_rank: int, plain: dict, run_dir: str, world: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(local_rank),
-        LOCAL_RANK=str(local_rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-    )
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    _setup_worker_logging(Path(run_dir), local_rank)
-    fit(OmegaConf.create(plain), Path(run_dir))
-
-
-def _setup_worker_logging(run_dir: Path, rank: int) -> None:
-    """Spawned processes do not inherit Hydra's logging: rank 0 appends to the run's log."""
-    root = logging.getLogger()
-    root.handlers.clear()
-    fmt = logging.Formatter(f"[%(asctime)s][%(name)s][%(levelname)s][rank{rank}] - %(message)s")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    if rank == 0:
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-
-
-# --------------------------------------------------------------------------- one process
-def fit(cfg: DictConfig, run_dir: Path) -> float:
-    """Train in this process (one rank of a DDP job or the only process)."""
+def train_rank(cfg: DictConfig, run_dir: Path) -> float:
+    """Train in this process: one rank of a DDP job, or the only process."""
     info = dist.init(cfg.trainer.accelerator)
     try:
-        run_dir = _shared_run_dir(run_dir, info)
-        return _fit(cfg, run_dir, info)
+        return _train(cfg, dist.shared_run_dir(run_dir, info), info)
     finally:
         dist.teardown()
 
 
-def _fit(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+    """seed -> data -> model -> loss/optimizer/schedule -> DDP -> resume -> fit -> result.
+    Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
     t0 = time.time()
+    out_dir = run_dir if info.is_main else None
     seed_everything(cfg.seed)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        if info.distributed:
-            log.info("world size %d, backend %s", info.world_size, torch.distributed.get_backend())
-    devices = dist.all_gather_object(str(info.device))
-    if info.distributed:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        log.info(
-            "rank -> device: %s%s",
-            ", ".join(f"{r}: {d}" for r, d in enumerate(devices)),
-            f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "",
-        )
-    train_ds, val_ds = build_datasets(cfg, run_dir if info.is_main else None)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if out_dir is not None:
+        write_config(run_config, out_dir)
+    dist.log_devices(info)
+    train_ds, val_ds = build_datasets(cfg)
+    check_datasets(cfg, train_ds, val_ds, out_dir)
     train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
     model = build_model(cfg, info)
-    loss_fn = build_loss(cfg, train_ds).to(info.device)
-    optimizer = instantiate(cfg.optimizer)(params=param_groups(model))
-    trainer_cfg = TrainerConfig(**OmegaConf.to_container(cfg.trainer, resolve=True))
-    per_epoch = len(train_loader)
-    if trainer_cfg.limit_train_batches is not None:
-        per_epoch = min(per_epoch, trainer_cfg.limit_train_batches)
-    scheduler = instantiate(cfg.scheduler)(
-        optimizer, total_steps=cfg.trainer.max_epochs * per_epoch, steps_per_epoch=per_epoch
-    )
+    optimizer = build_optimizer(cfg, model)
     trainer = Trainer(
-        trainer_cfg,
-        model=wrap_ddp(model, cfg, info),
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_loader=train_loader,
-        val_loader=val_loader,
+        compile_and_wrap(model, cfg, info),
+        build_loss(cfg, train_ds).to(info.device),
+        optimizer,
+        build_scheduler(cfg, optimizer, len(train_loader)),
+        train_loader,
+        val_loader,
+        labels=val_ds.labels,
         info=info,
-        run_dir=run_dir,
-        run_config=OmegaConf.to_container(cfg, resolve=True),
+        ckpt_dir=out_dir and out_dir / ckpt_io.CKPT_DIR,
+        run_config=run_config,
+        tracker=None,
+        **loop_kwargs(cfg, show_progress=out_dir is not None),
     )
-    resume_from(trainer, cfg.trainer.resume, run_dir, info)
-    report = model_report(model, cfg)
-    if info.is_main:
-        trainer.writer = make_writer(run_dir, trainer.state.step)
+    resume(trainer, cfg.trainer.resume, run_dir, info)
+    report = log_complexity(model, cfg.dataset.input_shape)
+    if out_dir is not None:
+        trainer.tracker = Tracker(out_dir, val_ds.labels, trainer.state.step)
     state = trainer.fit()
-    result = {
-        "best_miou": state.best_miou,
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
-        "steps": state.step,
-        "duration_s": round(time.time() - t0, 2),
-        "status": "completed",
-        "last": state.history[-1] if state.history else None,
-        "complexity": report,
-    }
-    if info.is_main:
-        finish_writer(trainer.writer, cfg, result)
-        (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
-        log.info(
-            "best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir
-        )
+    if trainer.tracker is not None:
+        trainer.tracker.finish(hparams_of(run_config), run_result(state, time.time() - t0, report))
+    log.info(
+        "best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir
+    )
     return state.best_miou
-
-
-def _shared_run_dir(run_dir: Path, info: dist.DistInfo) -> Path:
-    """Under torchrun every rank ran Hydra; all adopt rank 0's run directory and drop the
-    (empty) one their own Hydra made, so a job has exactly one run directory."""
-    if not info.distributed:
-        return run_dir
-    main_dir = Path(dist.broadcast_object(str(run_dir)))
-    if not info.is_main:
-        for h in list(logging.getLogger().handlers):
-            if isinstance(h, logging.FileHandler):
-                logging.getLogger().removeHandler(h)
-                h.close()
-        logging.getLogger().setLevel(logging.WARNING)
-        if run_dir.resolve() != main_dir.resolve() and _only_hydra_files(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-    return main_dir
-
-
-def _only_hydra_files(d: Path) -> bool:
-    return d.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in d.iterdir())
 
 
 def seed_everything(seed: int) -> None:
@@ -225,88 +126,139 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- builders
-def build_datasets(cfg: DictConfig, run_dir: Path | None):
-    """Train and val datasets from the ``dataset`` partial, checked before the first step."""
-    from segkit.data.check import prepare_datasets
-
-    make = instantiate(cfg.dataset)
-    train_ds = make(split=cfg.data.train_split, train=True)
-    val_ds = make(split=cfg.data.val_split, train=False)
-    prepare_datasets(train_ds, val_ds, level=cfg.data.check, run_dir=run_dir)
-    return train_ds, val_ds
+def loop_kwargs(cfg: DictConfig, show_progress: bool) -> dict[str, Any]:
+    """The Trainer's loop keys: ``cfg.trainer`` without the launch keys."""
+    loop = OmegaConf.to_container(cfg.trainer, resolve=True)
+    loop = {k: v for k, v in loop.items() if k not in LAUNCH_KEYS}
+    loop["progress_bar"] = bool(loop["progress_bar"]) and show_progress
+    return loop
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Samples draw from their own (seed, epoch, index) generator; this only keeps any
-    # library that uses numpy's global RNG from repeating the same stream in every worker.
-    np.random.seed(torch.initial_seed() % 2**32)
+# --------------------------------------------------------------------------- data
+def dataset_factory(node: DictConfig | Mapping) -> Callable[..., Any]:
+    """``make(split=..., train=...)`` from a ``dataset`` config node (the ``_partial_``
+    constructor without segkit's own keys ``train_split``, ``val_split`` and ``check``)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)  # `???` values stay "???"
+    missing = sorted(f"dataset.{k}" for k, v in node.items() if v == "???")
+    if missing:  # a partial instantiate would silently drop them
+        raise ConfigError(
+            f"{', '.join(missing)} not set: add {' '.join(f'{k}=...' for k in missing)}"
+        )
+    kwargs = {k: v for k, v in node.items() if k not in DATASET_RUN_KEYS}
+    return instantiate(kwargs)
+
+
+def build_datasets(cfg: DictConfig, *, augment_train: bool = True):
+    """``(train dataset, val dataset or None)``; val is None when ``dataset.val_split`` is null."""
+    make = dataset_factory(cfg.dataset)
+    train_ds = make(split=cfg.dataset.train_split, train=augment_train)
+    val_split = cfg.dataset.val_split
+    return train_ds, make(split=val_split, train=False) if val_split else None
+
+
+def check_datasets(cfg: DictConfig, train_ds, val_ds, out_dir: Path | None) -> None:
+    """The dataset check before the first step (``dataset.check``); in skip mode the bad
+    samples it reports are removed here and listed in ``bad_samples.txt``."""
+    from segkit.data.check import check_for_training, write_bad_samples
+
+    if val_ds is None:
+        raise ConfigError("dataset.val_split is null: training needs a val split")
+    report, drop = check_for_training(train_ds, val_ds, cfg.dataset.check)
+    if not drop:
+        return
+    if out_dir is not None:
+        write_bad_samples(report, out_dir / "bad_samples.txt")
+    for split, ds in (("train", train_ds), ("val", val_ds)):
+        if drop.get(split):
+            ds.remove_samples(drop[split])
+    summary = ", ".join(f"{s}: {len(i)} of {report.sizes[s]}" for s, i in drop.items() if i)
+    log.warning("dataset.on_bad_sample=skip: removed bad samples %s (bad_samples.txt)", summary)
 
 
 def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
-    d = cfg.data
-    per_rank = d.batch_size
-    if len(train_ds) < per_rank * info.world_size:
+    """Train loader (DistributedSampler, drop_last) and val loader (ShardSampler, no padding)."""
+    lc = cfg.loader
+    if len(train_ds) < lc.batch_size * info.world_size:
         raise ConfigError(
-            f"the train split has {len(train_ds)} samples, fewer than data.batch_size={per_rank} "
-            f"x {info.world_size} process(es); lower data.batch_size"
+            f"the train split has {len(train_ds)} samples, fewer than loader.batch_size="
+            f"{lc.batch_size} x {info.world_size} process(es); lower loader.batch_size"
         )
     sampler = DistributedSampler(
-        train_ds,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
+        train_ds, info.world_size, info.rank, seed=cfg.seed, drop_last=True
     )
-    common = dict(
-        num_workers=d.num_workers,
-        pin_memory=info.device.type == "cuda",
-        worker_init_fn=_seed_worker,
-    )
+    pin = info.device.type == "cuda"
+    common = dict(num_workers=lc.num_workers, pin_memory=pin, worker_init_fn=dist.seed_worker)
     train_loader = DataLoader(
-        train_ds, batch_size=per_rank, sampler=sampler, drop_last=True, **common
+        train_ds, batch_size=lc.batch_size, sampler=sampler, drop_last=True, **common
     )
-    val_loader = DataLoader(
-        val_ds,
-        batch_size=d.val_batch_size,
-        sampler=dist.ShardSampler(len(val_ds), info.rank, info.world_size),
-        **common,
-    )
+    val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
+    val_loader = DataLoader(val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common)
     return train_loader, val_loader
 
 
-def build_model(cfg: DictConfig, info: dist.DistInfo) -> torch.nn.Module:
-    """The model from ``cfg.model`` (``init_from`` is ours: fine-tuning weights, not a kwarg)."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    init_from = model_cfg.pop("init_from", None)
-    model = instantiate(model_cfg)
-    if init_from:
+# --------------------------------------------------------------------------- model
+def instantiate_model(model_cfg: DictConfig | Mapping, *, from_checkpoint: bool = False):
+    """A model from a ``model`` config node. ``init_from`` is segkit's fine-tuning option, not a
+    constructor argument: it is applied here. ``from_checkpoint``: the weights come from the
+    checkpoint, so nothing pretrained or ``init_from`` is loaded."""
+    if isinstance(model_cfg, DictConfig):
+        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    kwargs = dict(model_cfg)
+    init_from = kwargs.pop("init_from", None)
+    if from_checkpoint:
+        kwargs.update(
+            {k: v for k, v in (("pretrained", False), ("weights_path", None)) if k in kwargs}
+        )
+    model = instantiate(kwargs)
+    if init_from and not from_checkpoint:
         from segkit.weights import load_weights
 
         log.info("model.init_from: %s", load_weights(model, init_from))
+    return model
+
+
+def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
+    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn)."""
+    model = instantiate_model(cfg.model)
     if cfg.trainer.sync_bn and info.distributed:
         if info.device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log.info("trainer.sync_bn: skipped, SyncBatchNorm needs CUDA (device %s)", info.device)
     return model.to(info.device)
 
 
-def wrap_ddp(model: torch.nn.Module, cfg: DictConfig, info: dist.DistInfo) -> torch.nn.Module:
+def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
+    """``torch.compile`` when ``trainer.compile``, then DDP when the job has several ranks."""
     if cfg.trainer.compile:
         model = torch.compile(model)
-    if not info.distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [info.device.index] if info.device.type == "cuda" else None
     # a frozen encoder gets no gradients for some epochs: DDP must not wait for them
-    return DDP(model, device_ids=ids, find_unused_parameters=cfg.trainer.freeze_epochs > 0)
+    return dist.wrap_ddp(model, info, find_unused_parameters=cfg.trainer.freeze_epochs > 0)
 
 
-def build_loss(cfg: DictConfig, train_ds) -> torch.nn.Module:
-    """The loss; ``loss.class_weights=auto`` is computed from the train masks here."""
+def model_config_names() -> list[str]:
+    """The model config names: the stems of ``conf/model/*.yaml``, sorted."""
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+def compose_model_config(name: str, num_classes: int, overrides: Iterable[str] = ()) -> dict:
+    """``model=<name>`` composed with Hydra outside any ``@hydra.main`` app, resolved with
+    ``dataset.num_classes=num_classes``; ``overrides`` like ``["model.pretrained=false"]``."""
+    from hydra import compose, initialize_config_dir
+
+    if name not in model_config_names():
+        raise ConfigError(f"model config {name!r} not found: choose one of {model_config_names()}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(
+            overrides=[f"+model={name}", f"+dataset.num_classes={num_classes}", *overrides]
+        )
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+# --------------------------------------------------------------------------- loss, optim
+def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
+    """The loss; ``loss.class_weights=auto|median|inverse`` is computed from the train masks."""
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
     weights = loss_cfg.get("class_weights")
     if isinstance(weights, str):
@@ -315,7 +267,7 @@ def build_loss(cfg: DictConfig, train_ds) -> torch.nn.Module:
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
                 "floats, or auto (median frequency) / median / inverse"
             )
-        from segkit.data.check import auto_class_weights
+        from segkit.data.stats import auto_class_weights
 
         method = "median" if weights == "auto" else weights
         loss_cfg["class_weights"] = auto_class_weights(train_ds, method)
@@ -325,80 +277,73 @@ def build_loss(cfg: DictConfig, train_ds) -> torch.nn.Module:
     return instantiate(loss_cfg)
 
 
-def resume_from(trainer: Trainer, resume: str | None, run_dir: Path, info: dist.DistInfo) -> None:
-    path = ckpt_io.resolve_resume(resume, run_dir)
-    if path is None:
-        return
-    ckpt = ckpt_io.load(path, map_location=info.device)
-    trainer.load_state(ckpt)
-    log.info(
-        "resumed from %s at epoch %d, step %d (saved by %d process(es))",
-        path,
-        ckpt["epoch"],
-        ckpt["step"],
-        ckpt.get("world_size", 1),
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over two groups: with and without weight decay (norm, bias)."""
+    return instantiate(cfg.optimizer)(params=param_groups(model))
+
+
+def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
+    """``cfg.scheduler``, stepped per iteration; step counts come from the loader length."""
+    per_epoch = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
+    total = cfg.trainer.max_epochs * per_epoch
+    return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+
+
+def resume(trainer: Trainer, resume_from: str | None, run_dir: Path, info: dist.DistInfo) -> None:
+    """``trainer.resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
+    path = ckpt_io.resolve_resume(resume_from, run_dir)
+    if path is not None:
+        ckpt = ckpt_io.load(path, map_location=info.device)
+        trainer.load_state(ckpt)
+        n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
+        log.info(
+            "resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n
+        )
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.ckpt`` on ``cfg.split`` at the original resolution; prints a per-class
+    table and writes ``metrics.json`` (and ``predictions/*.png`` with ``save_masks``)."""
+    from segkit.data.original import OriginalSizeMasks, collate_original
+    from segkit.visualize import PredictionWriter
+
+    check_config(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = dist.select_device(cfg.accelerator, 0)
+    model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
+    ds = dataset_factory(eval_dataset_config(cfg, ckpt["config"]["dataset"]))(
+        split=cfg.split, train=False
     )
-
-
-def model_report(model: torch.nn.Module, cfg: DictConfig) -> dict | None:
-    """Parameters and FLOPs at the training input size, logged once."""
-    from segkit.complexity import complexity_report, format_report
-
-    h, w = cfg.dataset.input_shape
-    try:
-        report = complexity_report(model, (h, w))
-    except Exception as e:  # a model the FLOP counter cannot trace must not stop training
-        log.warning("complexity report failed: %s", e)
-        return None
-    log.info("model: %s", format_report(report))
+    loader = DataLoader(
+        OriginalSizeMasks(ds),
+        batch_size=cfg.loader.batch_size,
+        num_workers=cfg.loader.num_workers,
+        collate_fn=collate_original,
+    )
+    writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
+    metrics = evaluate_model(
+        model.to(device),
+        loader,
+        ConfusionMatrix(ds.num_classes, ds.ignore_index, device=device),
+        device=device,
+        amp_dtype=dist.amp_dtype(cfg.precision),
+        on_batch=writer if cfg.save_masks else None,
+    )
+    metrics.pop("confusion")
+    metrics.pop("loss")
+    report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": len(ds)}
+    report.update(class_names=list(ds.class_names), **metrics)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    print(format_table(metrics, ds.class_names))
+    log.info("metrics written to %s", out_dir / "metrics.json")
     return report
 
 
-# --------------------------------------------------------------------------- logging
-def make_writer(run_dir: Path, step: int):
-    """TensorBoard writer in ``run_dir/tb``. ``purge_step`` drops events a killed run wrote
-    after its last checkpoint, so a resumed curve continues without overlap."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step > 0 else None)
-
-
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The hyperparameters a sweep varies, flattened for TensorBoard's HParams plugin."""
-    flat = {
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss._target_.rsplit(".", 1)[-1],
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.lr,
-        "batch_size": cfg.data.batch_size,
-        "max_epochs": cfg.trainer.max_epochs,
-        "precision": cfg.trainer.precision,
-        "seed": cfg.seed,
-    }
-    for key in ("backbone", "base_channels"):
-        if key in cfg.model:
-            flat[f"model.{key}"] = cfg.model[key]
-    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat.items()}
-
-
-def finish_writer(writer, cfg: DictConfig, result: dict) -> None:
-    """Log hparams + final metrics into the run's one event stream, then close it."""
-    from torch.utils.tensorboard.summary import hparams
-
-    metrics = {"hparam/best_miou": result["best_miou"], "hparam/best_epoch": result["best_epoch"]}
-    hp = hparams_of(cfg)
-    if result.get("complexity"):
-        hp["params_M"] = result["complexity"]["params_total"] / 1e6
-        hp["gflops"] = result["complexity"]["flops"] / 1e9
-    for summary in hparams(hp, metrics):
-        writer.file_writer.add_summary(summary)
-    for k, v in metrics.items():
-        writer.add_scalar(k, v, 0)
-    writer.close()
-
-
-def read_result(run_dir: Path) -> dict:
-    path = Path(run_dir) / RESULT_FILE
-    if not path.is_file():
-        raise RuntimeError(f"training finished without writing {path}; see {run_dir}/train.log")
-    return json.loads(path.read_text())
+def eval_dataset_config(cfg: DictConfig, stored: dict) -> dict:
+    """The dataset to score: ``dataset=NAME`` if given, else the checkpoint's own config;
+    ``dataset_root`` replaces its root (same dataset, data somewhere else)."""
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True) if cfg.get("dataset") else dict(stored)
+    if cfg.dataset_root:
+        ds["root"] = cfg.dataset_root
+    return ds

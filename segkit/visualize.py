@@ -1,10 +1,13 @@
 """Pictures for TensorBoard and files: coloured masks, image|label|prediction panels,
-confusion-matrix heat maps. Pure numpy/cv2; no torch state."""
+confusion-matrix heat maps, palette PNGs. Pure numpy/cv2/PIL; no torch state."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+from PIL import Image
 
 IGNORE_COLOUR = (255, 255, 255)
 
@@ -42,3 +45,27 @@ def confusion_image(mat: np.ndarray, cell: int = 24) -> np.ndarray:
     big = cv2.resize(grey, None, fx=cell, fy=cell, interpolation=cv2.INTER_NEAREST)
     heat = cv2.applyColorMap(big, cv2.COLORMAP_VIRIDIS)
     return cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+
+
+def save_palette_png(ids: np.ndarray, palette: list[list[int]], path: Path) -> None:
+    """(H,W) class ids -> a palette ("P" mode) PNG: pixel values are the ids, colours the
+    palette (ids past the palette are white)."""
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour]
+    im.putpalette(flat + [255, 255, 255] * (256 - len(palette)))
+    im.save(path)
+
+
+class PredictionWriter:
+    """``on_batch`` hook of :func:`segkit.metrics.evaluate`: saves each prediction as a palette
+    PNG named after its image (``files[i][0]``), in dataset order, into ``folder``."""
+
+    def __init__(self, files: list, palette: list[list[int]], folder: Path) -> None:
+        self.files, self.palette, self.folder, self.index = files, palette, folder, 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, images, masks, preds) -> None:
+        for pred in preds:
+            stem = Path(self.files[self.index][0]).stem
+            save_palette_png(pred.cpu().numpy(), self.palette, self.folder / f"{stem}.png")
+            self.index += 1

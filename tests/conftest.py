@@ -25,8 +25,8 @@ TINY = [
     "dataset.image_size=[32,32]",
     "model=unet",
     "model.base_channels=4",
-    "data.batch_size=4",
-    "data.num_workers=0",
+    "loader.batch_size=4",
+    "loader.num_workers=0",
     "trainer.max_epochs=2",
     "trainer.progress_bar=false",
     "trainer.accelerator=cpu",
@@ -55,7 +55,10 @@ def compose_train(*overrides: str) -> DictConfig:
 
 def run_cli(script: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None):
     """Run ``python <script> args`` the way a user does; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    # the repository root on PYTHONPATH: runs may name test-only components (tests.faults)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    full_env.update(env or {})
     cmd = [sys.executable, *([str(REPO / script)] if script.endswith(".py") else ["-m", script])]
     return subprocess.run(
         [*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -13,16 +13,15 @@ from PIL import Image
 from segkit.data import check
 from segkit.data.check import (
     CheckReport,
-    ClassCounts,
-    auto_class_weights,
     check_dataset,
+    check_for_training,
     check_split_file,
-    class_pixel_counts,
-    class_weights,
-    prepare_datasets,
+    format_warnings,
+    write_bad_samples,
 )
-from segkit.data.io import DataError
-from segkit.data.voc import UnetDataset
+from segkit.data.stats import ClassCounts, auto_class_weights, class_pixel_counts, class_weights
+from segkit.data.voc import VOCDataset
+from segkit.errors import ConfigError, DataError
 
 H, W = 12, 16
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -59,9 +58,9 @@ def make_voc(root: Path, train: list[str], val: list[str], num_classes: int = 3)
     return root
 
 
-def datasets(root: Path, num_classes: int = 3, **kwargs) -> tuple[UnetDataset, UnetDataset]:
+def datasets(root: Path, num_classes: int = 3, **kwargs) -> tuple[VOCDataset, VOCDataset]:
     kw = dict(train=False, num_classes=num_classes, input_shape=[H, W], **kwargs)
-    return UnetDataset(root, "train", **kw), UnetDataset(root, "val", **kw)
+    return VOCDataset(root, "train", **kw), VOCDataset(root, "val", **kw)
 
 
 @pytest.fixture
@@ -233,16 +232,28 @@ def test_duplicate_ids(voc):
     split.write_text("a\nb\nc\nb\nd\n")
     report = check_dataset(*datasets(voc), level="quick")
     assert_reported(report, "duplicate_id", path_of(voc, "image", "b"), "sample 3 repeats sample 1")
-    assert "of the 'train' split" in report.format()
+    assert f"of the 'train' split ({split})" in report.format()  # names the split file
     assert report.bad_indices == {"train": [3]}  # 'skip' drops the repeat, keeps the first
     assert check_split_file(split)[0].message == "id 'b' listed 2 times"
 
 
-def test_train_val_overlap(voc):
-    (voc / "VOC2007/ImageSets/Segmentation/val.txt").write_text("e\nc\n")
-    report = check_dataset(*datasets(voc), level="quick")
-    assert_reported(report, "overlap", path_of(voc, "image", "c"), "also listed in the val split")
+def test_train_val_overlap_names_the_split_file(voc):
+    val_list = voc / "VOC2007/ImageSets/Segmentation/val.txt"
+    val_list.write_text("e\nc\n")
+    train, val = datasets(voc)
+    assert val.split_file == val_list
+    report = check_dataset(train, val, level="quick")
+    assert_reported(report, "overlap", path_of(voc, "image", "c"), f"also listed in {val_list}")
     assert report.bad_indices == {"train": [2]}
+    assert len(train) == 4  # a check never removes samples
+
+
+def test_overlap_without_split_file_names_the_val_split(voc):
+    train, val = datasets(voc)
+    val.files.append(train.files[1])
+    val.split_file = None  # e.g. a FolderDataset: no split list
+    report = check_dataset(train, val, level="quick")
+    assert_reported(report, "overlap", path_of(voc, "image", "b"), "also listed in the val split")
 
 
 def exif_jpeg(path: Path, orientation: int) -> None:
@@ -290,37 +301,45 @@ def break_masks(root: Path, names: str) -> None:
         path_of(root, "mask", name).write_bytes(b"garbage")
 
 
-def test_prepare_skip_removes_bad_samples_and_lists_them(tmp_path, caplog):
+def test_skip_mode_returns_bad_indices_and_removes_nothing(tmp_path, caplog):
     root = make_voc(tmp_path / "data", [f"t{i}" for i in range(10)], ["v0", "v1"])
     break_masks(root, ["t3"])
     train, val = datasets(root, on_bad_sample="skip", max_bad_fraction=0.2)
-    with caplog.at_level(logging.WARNING, logger="segkit.data.check"):
-        report = prepare_datasets(train, val, level="quick", run_dir=tmp_path / "run")
-    assert report.bad_indices == {"train": [3]}
-    assert [Path(f[0]).stem for f in train.files] == [f"t{i}" for i in range(10) if i != 3]
-    lines = (tmp_path / "run/bad_samples.txt").read_text().splitlines()
+    report, drop = check_for_training(train, val, level="quick")
+    assert drop == {"train": [3]} == report.bad_indices
+    assert len(train) == 10 and len(val) == 2  # the caller removes them
+    path = write_bad_samples(report, tmp_path / "run/bad_samples.txt")
+    lines = path.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"train\t{path_of(root, 'mask', 't3')}\tunreadable_mask"
     )
-    assert "removed bad samples train: 1 of 10" in caplog.text
+    removed = train.remove_samples(drop["train"])
+    assert [Path(a).stem for a, _ in removed] == ["t3"]
+    assert [Path(f[0]).stem for f in train.files] == [f"t{i}" for i in range(10) if i != 3]
 
 
-def test_prepare_skip_raises_when_too_many_are_bad(tmp_path):
+def test_skip_mode_raises_when_too_many_are_bad(tmp_path):
     root = make_voc(tmp_path / "data", [f"t{i}" for i in range(10)], ["v0", "v1"])
     break_masks(root, ["t1", "t2", "t5"])
     train, val = datasets(root, on_bad_sample="skip", max_bad_fraction=0.2)
     with pytest.raises(DataError, match=r"train: 3/10 bad \(> max_bad_fraction=0.2\)"):
-        prepare_datasets(train, val, level="full", run_dir=tmp_path / "run")
+        check_for_training(train, val, level="full")
     assert len(train.files) == 10  # nothing removed
-    assert len((tmp_path / "run/bad_samples.txt").read_text().splitlines()) == 3
 
 
-def test_prepare_raise_lists_all_problems_in_one_message(voc):
+def test_skip_mode_refuses_split_level_errors(voc):
+    train, val = datasets(voc, on_bad_sample="skip", max_bad_fraction=0.5)
+    val.files = []  # an empty split cannot be fixed by dropping samples
+    with pytest.raises(DataError, match="split-level errors cannot be skipped"):
+        check_for_training(train, val, level="quick")
+
+
+def test_raise_mode_lists_all_problems_in_one_message(voc):
     break_masks(voc, ["a"])
     save_palette_png(path_of(voc, "mask", "e"), np.zeros((H + 1, W), np.uint8))
     train, val = datasets(voc)
     with pytest.raises(DataError) as err:
-        prepare_datasets(train, val, level="quick")
+        check_for_training(train, val, level="quick")
     message = str(err.value)
     for fragment in (
         "[unreadable_mask]",
@@ -328,23 +347,33 @@ def test_prepare_raise_lists_all_problems_in_one_message(voc):
         "[size_mismatch]",
         str(path_of(voc, "mask", "e")),
         "dataset.on_bad_sample=skip",
+        "python scripts/check_dataset.py",
     ):
         assert fragment in message, message
 
 
-def test_prepare_off_reads_nothing(voc):
+def test_check_off_reads_nothing_and_bad_level_names_the_key(voc):
     train, val = datasets(voc)
     break_masks(voc, "ab")
-    assert prepare_datasets(train, val, level="off") is None
+    assert check_for_training(train, val, level="off") == (None, {})
     assert len(train.files) == 4
+    with pytest.raises(ConfigError, match="dataset.check must be one of"):
+        check_for_training(train, val, level="fast")
 
 
-def test_prepare_logs_warnings_without_failing(voc, caplog):
+def test_warnings_are_logged_once_without_failing(voc, caplog):
     Image.fromarray(np.full((H, W), 7, np.uint8)).save(path_of(voc, "image", "a"), format="PNG")
     with caplog.at_level(logging.WARNING, logger="segkit.data.check"):
-        report = prepare_datasets(*datasets(voc), level="full", run_dir=None)
-    assert report.errors == [] and len(report.warnings) == 1
+        report, drop = check_for_training(*datasets(voc), level="full")
+    assert report.errors == [] and len(report.warnings) == 1 and drop == {}
     assert "grayscale" in caplog.text and str(path_of(voc, "image", "a")) in caplog.text
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage() == format_warnings(report)
+
+
+def test_check_for_training_without_val(voc):
+    train, _ = datasets(voc)
+    report, drop = check_for_training(train, None, level="full")
+    assert report.sizes == {"train": 4} and drop == {}
 
 
 def test_quick_level_reads_an_even_deterministic_subset():
@@ -392,7 +421,8 @@ def test_auto_class_weights_from_dataset_masks(tmp_path):
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared datasets not available")
 def test_isbi_raw_labels_flagged_binary_with_label_map_fix():
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+
+    from segkit.run import build_datasets
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     overrides = [
@@ -402,8 +432,7 @@ def test_isbi_raw_labels_flagged_binary_with_label_map_fix():
     ]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("check_data", overrides=overrides)
-    make = instantiate(cfg.dataset)
-    train, val = make(split="train", train=False), make(split="val", train=False)
+    train, val = build_datasets(cfg, augment_train=False)
     report = check_dataset(train, val, level="full")
     assert {p.kind for p in report.errors} == {"binary_mask"}
     assert len(report.errors) == 30  # every label file of the stack

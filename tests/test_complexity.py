@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from segkit.complexity import complexity_report, count_flops, count_parameters, format_report
+from segkit.errors import ConfigError
 from segkit.models import BiSeNetV2
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -98,5 +99,5 @@ def test_benchmark_script_writes_json(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad", [["--model", "nope"]])
 def test_complexity_script_unknown_model(bad, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="choose one of"):
+    with pytest.raises(ConfigError, match="choose one of"):
         run_script("complexity.py", *bad, monkeypatch=monkeypatch)

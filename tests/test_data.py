@@ -1,4 +1,4 @@
-"""Data contracts: file reading, mask encoding, transforms, datasets, collate."""
+"""Data contracts: file reading, mask encoding, transforms, datasets, label space, configs."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader
 from segkit.data import (
     DataError,
     FolderDataset,
+    LabelSpace,
     SegmentationDataset,
     UnetDataset,
+    VOCDataset,
     encode_mask,
     get_random_data,
     letterbox,
@@ -28,9 +30,9 @@ from segkit.data import (
     read_image,
     read_mask,
     read_split_file,
-    unet_dataset_collate,
 )
 from segkit.data.io import apply_orientation
+from tests.conftest import compose_train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NO_HSV = {"hue": 0.0, "sat": 0.0, "val": 0.0}
@@ -285,17 +287,17 @@ def test_normalize_values():
 
 def test_dataset_sample_contract_and_determinism(tmp_path):
     voc = make_voc(tmp_path, ["a", "b", "c"])
-    ds = UnetDataset(voc, "train", **voc_kwargs())
+    ds = VOCDataset(voc, "train", **voc_kwargs())
     image, mask = ds[1]
     assert image.shape == (3, 16, 16) and image.dtype == torch.float32
     assert mask.shape == (16, 16) and mask.dtype == torch.int64
-    again = UnetDataset(voc, "train", **voc_kwargs())
+    again = VOCDataset(voc, "train", **voc_kwargs())
     assert torch.equal(again[1][0], image) and torch.equal(again[1][1], mask)
     ds.set_epoch(1)
     assert not torch.equal(ds[1][0], image)
     ds.set_epoch(0)
     assert torch.equal(ds[1][0], image)
-    other_seed = UnetDataset(voc, "train", **voc_kwargs(seed=1))
+    other_seed = VOCDataset(voc, "train", **voc_kwargs(seed=1))
     assert not torch.equal(other_seed[1][0], image)
     assert ds.class_names == ["class_0", "class_1", "class_2"]
     assert ds.palette == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
@@ -305,19 +307,19 @@ def test_dataset_sample_contract_and_determinism(tmp_path):
 
 
 def test_set_epoch_reaches_persistent_workers(tmp_path):
-    ds = UnetDataset(make_voc(tmp_path, ["a", "b"]), "train", **voc_kwargs())
+    ds = VOCDataset(make_voc(tmp_path, ["a", "b"]), "train", **voc_kwargs())
     loader = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
     first = next(iter(loader))[0]
     ds.set_epoch(3)
     second = next(iter(loader))[0]
-    assert torch.equal(first[1], UnetDataset(ds.root, "train", **voc_kwargs())[1][0])
+    assert torch.equal(first[1], VOCDataset(ds.root, "train", **voc_kwargs())[1][0])
     assert torch.equal(second[1], ds[1][0]) and not torch.equal(first, second)
     del loader
 
 
 def test_validation_sample_is_letterboxed_raw(tmp_path):
     voc = make_voc(tmp_path, ["a"], size=(16, 16))
-    ds = UnetDataset(voc, "train", **voc_kwargs(train=False, mean=(0, 0, 0), std=(1, 1, 1)))
+    ds = VOCDataset(voc, "train", **voc_kwargs(train=False, mean=(0, 0, 0), std=(1, 1, 1)))
     raw_image, raw_mask = ds.load_raw(0)
     image, mask = ds[0]
     assert np.array_equal(mask.numpy(), raw_mask)
@@ -326,16 +328,16 @@ def test_validation_sample_is_letterboxed_raw(tmp_path):
 
 def test_voc_root_forms_and_errors(tmp_path):
     voc = make_voc(tmp_path, ["a", "b"])
-    assert len(UnetDataset(voc / "VOC2007", "train", **voc_kwargs())) == 2  # year folder
+    assert len(VOCDataset(voc / "VOC2007", "train", **voc_kwargs())) == 2  # year folder
     with pytest.raises(DataError, match=r"val\.txt.*\['train'\].*expected layout"):
-        UnetDataset(voc, "val", **voc_kwargs())
+        VOCDataset(voc, "val", **voc_kwargs())
     with pytest.raises(DataError, match="dataset.root=.*missing"):
-        UnetDataset(tmp_path / "missing", "train", **voc_kwargs())
+        VOCDataset(tmp_path / "missing", "train", **voc_kwargs())
 
 
 def test_non_ascii_sample_names(tmp_path):
     voc = make_voc(tmp_path, ["图像_一", "снимок"])
-    ds = UnetDataset(voc, "train", **voc_kwargs())
+    ds = VOCDataset(voc, "train", **voc_kwargs())
     assert len(ds) == 2 and ds[1][0].shape == (3, 16, 16)
 
 
@@ -351,13 +353,13 @@ def test_config_errors_name_the_key(tmp_path):
     }
     for key, over in bad.items():
         with pytest.raises(DataError, match=key.replace(".", r"\.")):
-            UnetDataset(voc, "train", **voc_kwargs(**over))
+            VOCDataset(voc, "train", **voc_kwargs(**over))
 
 
 def test_size_mismatch_names_both_files(tmp_path):
     voc = make_voc(tmp_path, ["a"])
     save_palette_png(voc / "VOC2007/SegmentationClass/a.png", np.zeros((10, 11)))
-    ds = UnetDataset(voc, "train", **voc_kwargs())
+    ds = VOCDataset(voc, "train", **voc_kwargs())
     with pytest.raises(DataError) as info:
         ds[0]
     text = str(info.value)
@@ -368,7 +370,7 @@ def test_size_mismatch_names_both_files(tmp_path):
 def test_bad_sample_raise_skip_and_worker_message(tmp_path, caplog):
     voc = make_voc(tmp_path, ["a", "b", "c", "d"])
     (voc / "VOC2007/JPEGImages/b.png").write_bytes(b"garbage")
-    ds = UnetDataset(voc, "train", **voc_kwargs())
+    ds = VOCDataset(voc, "train", **voc_kwargs())
     with pytest.raises(DataError, match=r"bad sample 1 \(image .*b\.png, mask .*b\.png\)"):
         ds[1]
     batches = iter(DataLoader(ds, batch_size=4, num_workers=1))
@@ -376,11 +378,11 @@ def test_bad_sample_raise_skip_and_worker_message(tmp_path, caplog):
         next(batches)
     del batches  # torch waits ~5 s for a worker that raised: pay it here, not in a later test
     gc.collect()  # (the traceback kept the iterator alive in a reference cycle)
-    skip = UnetDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.5))
+    skip = VOCDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.5))
     with caplog.at_level(logging.WARNING, logger="segkit.data"):
         image, _ = skip[1]
     assert torch.equal(image, skip[2][0]) and "b.png" in caplog.text
-    strict = UnetDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.1))
+    strict = VOCDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.1))
     with pytest.raises(DataError, match="max_bad_fraction"):
         strict[1]
 
@@ -389,25 +391,45 @@ def test_missing_files_at_init_and_remove_samples(tmp_path):
     voc = make_voc(tmp_path, ["a", "b", "c"])
     (voc / "VOC2007/SegmentationClass/c.png").unlink()
     with pytest.raises(DataError, match=r"1 of 3 samples.*c\.png MISSING"):
-        UnetDataset(voc, "train", **voc_kwargs())
-    ds = UnetDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.5))
+        VOCDataset(voc, "train", **voc_kwargs())
+    ds = VOCDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.5))
     assert [Path(a).stem for a, _ in ds.files] == ["a", "b"]
     removed = ds.remove_samples([0])
     assert [Path(a).stem for a, _ in removed] == ["a"] and len(ds) == 1
 
 
-def test_one_hot_and_collate(tmp_path):
-    voc = make_voc(tmp_path, ["a", "b"])
-    ds = UnetDataset(voc, "train", **voc_kwargs(one_hot=True))
-    images, pngs, seg = unet_dataset_collate([ds[0], ds[1]])
+def test_default_collate_batches_images_and_masks(tmp_path):
+    ds = VOCDataset(make_voc(tmp_path, ["a", "b"]), "train", **voc_kwargs())
+    images, masks = next(iter(DataLoader(ds, batch_size=2)))
     assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32
-    assert pngs.shape == (2, 16, 16) and pngs.dtype == torch.int64
-    assert seg.shape == (2, 16, 16, 4) and seg.dtype == torch.float32
-    assert (seg.sum(-1) == 1).all()
-    target = torch.where(pngs == 255, torch.tensor(3), pngs)
-    assert torch.equal(seg.argmax(-1), target) and (pngs == 255).any()
-    images2, pngs2 = unet_dataset_collate([ds[0][:2], ds[1][:2]])
-    assert torch.equal(images2, images) and torch.equal(pngs2, pngs)
+    assert masks.shape == (2, 16, 16) and masks.dtype == torch.int64
+    assert torch.equal(images[1], ds[1][0]) and torch.equal(masks[1], ds[1][1])
+
+
+def test_unet_dataset_is_the_voc_dataset():
+    assert UnetDataset is VOCDataset
+
+
+def test_label_space_round_trip_and_dataset_labels(tmp_path):
+    ds = VOCDataset(make_voc(tmp_path, ["a"]), "train", **voc_kwargs(class_names=["x", "y", "z"]))
+    labels = ds.labels
+    assert labels == LabelSpace(3, 255, ["x", "y", "z"], ds.palette, ds.mean, ds.std)
+    assert (labels.num_classes, labels.ignore_index) == (ds.num_classes, ds.ignore_index)
+    assert labels.class_names == ds.class_names and labels.palette == ds.palette
+    assert labels.mean == ds.mean and labels.std == ds.std
+    plain = labels.to_dict()
+    assert plain == {
+        "num_classes": 3,
+        "ignore_index": 255,
+        "class_names": ["x", "y", "z"],
+        "palette": [[0, 0, 0], [128, 0, 0], [0, 128, 0]],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    assert LabelSpace.from_dict(plain) == labels
+    assert LabelSpace.from_dict(OmegaConf.create(plain)) == labels  # e.g. from a YAML file
+    with pytest.raises(DataError, match="dataset.class_names"):
+        LabelSpace.from_dict({**plain, "class_names": ["x"]})
 
 
 def test_segmentation_dataset_color_masks(tmp_path):
@@ -492,7 +514,7 @@ def test_shared_isbi():
 
 # ---------------------------------------------------------------- configs
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+RUN_KEYS = {"_target_", "_partial_", "train_split", "val_split", "check"}
 
 
 def _own_kwargs(cls) -> set[str]:
@@ -502,10 +524,34 @@ def _own_kwargs(cls) -> set[str]:
 
 @pytest.mark.parametrize("name", ["demo", "voc", "camvid", "isbi"])
 def test_dataset_config_lists_every_kwarg(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    """The composed node (the dataset yaml over _base.yaml) sets every keyword of the class and
+    of SegmentationDataset (DemoDataset fixes the VOC layout arguments itself), and nothing
+    else besides segkit's own keys."""
+    cfg = compose_train(f"dataset={name}").dataset
     assert cfg._partial_ is True
+    assert (cfg.train_split, cfg.val_split, cfg.check) == ("train", "val", "quick")
     cls = get_class(cfg._target_)
     expected = (_own_kwargs(cls) | _own_kwargs(SegmentationDataset)) - {"split", "train", "files"}
-    assert set(cfg) - {"_target_", "_partial_"} == expected
+    assert set(cfg) - RUN_KEYS == expected
     assert len(cfg.class_names) == cfg.num_classes
     assert cfg.palette is None or len(cfg.palette) == cfg.num_classes
+    assert cfg.augment == {"jitter": 0.3, "flip": 0.5, "hue": 0.1, "sat": 0.7, "val": 0.3} | {
+        "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0]
+    }
+    assert cfg.seed == 42 and cfg.on_bad_sample == "raise" and cfg.max_bad_fraction == 0.1
+
+
+def test_dataset_configs_keep_their_values():
+    demo, voc, camvid, isbi = (
+        compose_train(f"dataset={n}").dataset for n in ("demo", "voc", "camvid", "isbi")
+    )
+    assert demo._target_ == "segkit.data.demo.DemoDataset" and demo.input_shape == [128, 128]
+    assert demo.ignore_index == 255 and demo.palette is None and demo.label_map is None
+    assert voc._target_ == "segkit.data.voc.VOCDataset" and voc.num_classes == 21
+    assert OmegaConf.is_missing(voc, "root") and voc.color_map is None
+    assert camvid.ignore_index == 11 and camvid.num_classes == 11 and len(camvid.palette) == 11
+    assert camvid.mean == [0.485, 0.456, 0.406] and camvid.std == [0.229, 0.224, 0.225]
+    assert isbi.label_map == {0: 0, 255: 1} and isbi.val_fraction == 0.2
+    assert isbi.mean == [0.495] * 3 and isbi.std == [0.173] * 3 and isbi.ignore_index == 255
+    override = compose_train("dataset=demo", "dataset.val_split=null", "dataset.check=off")
+    assert override.dataset.val_split is None and override.dataset.check == "off"

@@ -8,41 +8,28 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 
 from segkit import checkpoint as ck
 from segkit import dist
+from segkit.metrics import ConfusionMatrix, evaluate
 from segkit.run import build_datasets, build_loaders, build_loss
-from segkit.trainer import Trainer, TrainerConfig
 from tests.conftest import TINY, compose_train, run_cli
+from tests.faults import failing
 
 pytestmark = pytest.mark.slow
 
-DDP_ARGS = [*TINY, "data.check=off"]
+DDP_ARGS = [*TINY, "dataset.check=off"]
 
 
 def _single_process_metrics(ckpt_path: Path) -> dict:
     """Evaluate a checkpoint's weights in this process on the full val split."""
-    model, ckpt = ck.build_model(ckpt_path)
+    model, _ = ck.load_model(ckpt_path)
     cfg = compose_train(*DDP_ARGS)
     info = dist.DistInfo()
-    train_ds, val_ds = build_datasets(cfg, None)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = Trainer(
-        TrainerConfig(accelerator="cpu"),
-        model=model,
-        loss_fn=build_loss(cfg, train_ds),
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-        train_loader=train_loader,
-        val_loader=val_loader,
-        info=info,
-        run_dir=ckpt_path.parent,
-        run_config={},
-    )
-    metrics, _ = trainer.evaluate()
-    return metrics
+    train_ds, val_ds = build_datasets(cfg)
+    _, val_loader = build_loaders(cfg, train_ds, val_ds, info)
+    cm = ConfusionMatrix(val_ds.num_classes, val_ds.ignore_index)
+    return evaluate(model, val_loader, cm, device=info.device, loss_fn=build_loss(cfg, train_ds))
 
 
 def _one_run_dir(root: Path) -> Path:
@@ -92,12 +79,12 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(tmp_path):
         "train.py",
         *DDP_ARGS,
         "trainer.devices=2",
-        "trainer.fail_at_step=2",
+        *failing(2),
         cwd=tmp_path,
         timeout=180,
     )
     assert proc.returncode != 0
-    assert "fail_at_step=2 reached" in proc.stderr
+    assert "injected failure at training step 2" in proc.stderr
 
 
 def test_resume_with_a_different_world_size(tmp_path):
@@ -132,7 +119,8 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
         *DDP_ARGS,
         "trainer.max_epochs=1",
         "trainer.devices=2",
-        "trainer.fail_at_step=null,2,null",
+        "loss._target_=tests.faults.FailingCrossEntropy",
+        "+loss.fail_at_step=null,2,null",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
@@ -140,12 +128,12 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
-    assert "fail_at_step=2 reached" in rows[1]["error"]
-    assert "trainer.fail_at_step=2" in rows[1]["overrides"]
+    assert "injected failure at training step 2" in rows[1]["error"]
+    assert "+loss.fail_at_step=2" in rows[1]["overrides"]
     for r in (rows[0], rows[2]):
         assert 0.0 <= float(r["best_miou"]) <= 1.0 and r["best_epoch"] == "1"
     assert (sweep / "0" / "result.json").is_file() and (sweep / "2" / "result.json").is_file()
-    assert "fail_at_step=2 reached" in (sweep / "1" / "train.log").read_text()
+    assert "injected failure at training step 2" in (sweep / "1" / "train.log").read_text()
     md = (sweep / "summary.md").read_text()
     assert "| job" in md and "failed" in md
     assert "Sweep" in proc.stdout

@@ -114,4 +114,3 @@ def test_feature_maps_script(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(SCRIPTS / "feature_maps.py"), run_name="__main__")
     assert sorted(p.name for p in out.iterdir()) == ["encoder.downs.3.png", "encoder.inc.png"]
-    assert "(100.0% of model parameters)" in capsys.readouterr().out

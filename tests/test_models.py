@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
-from segkit.models import BiSeNetV1, BiSeNetV2, UNet, compose_model_config
-from segkit.models.stdc import DetailLoss
+from segkit.losses.detail import DetailLoss
+from segkit.models import BiSeNetV1, BiSeNetV2, UNet
+from segkit.run import compose_model_config, instantiate_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -20,8 +20,8 @@ NUM_CLASSES = 3
 
 
 def build(name: str, *overrides: str) -> nn.Module:
-    cfg = compose_model_config(name, CONF, NUM_CLASSES, ["model.pretrained=false", *overrides])
-    return instantiate(cfg)
+    cfg = compose_model_config(name, NUM_CLASSES, ["model.pretrained=false", *overrides])
+    return instantiate_model(cfg)
 
 
 def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:

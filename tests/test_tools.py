@@ -1,4 +1,4 @@
-"""Dataset tools: make_splits, labelme2voc, convert_to_voc, dump_augmented, check_data CLI."""
+"""Dataset tools: make_splits, labelme2voc, convert_to_voc, dump_augmented, check_dataset."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from PIL import Image
 
 from segkit.data.check import check_dataset
 from segkit.data.folder import fraction_split
-from segkit.data.voc import UnetDataset
+from segkit.data.voc import VOCDataset
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -198,13 +199,14 @@ def test_convert_camvid_layout(tmp_path):
     out = tmp_path / "VOCdevkit"  # run as a user does, as a script
     result = run([str(SCRIPTS / "convert_to_voc.py"), "camvid", str(src), str(out)], tmp_path)
     assert result.returncode == 0, result.stderr
+    assert f"check: python scripts/check_dataset.py dataset=voc dataset.root={out}" in result.stdout
     year = out / "VOC2007"
     assert split_lists(out) == {"train": ["a", "b"], "val": ["c"], "trainval": ["a", "b", "c"]}
     mask = read(year / "SegmentationClass/b.png")
     assert mask[0].tolist() == [255] * 8 and (mask[1:] == 1).all()  # 11 -> ignore, ids kept
     assert Image.open(year / "JPEGImages/a.jpg").format == "JPEG"
     kw = dict(train=False, num_classes=11, input_shape=[6, 8])
-    report = check_dataset(UnetDataset(out, "train", **kw), UnetDataset(out, "val", **kw), "full")
+    report = check_dataset(VOCDataset(out, "train", **kw), VOCDataset(out, "val", **kw), "full")
     assert report.errors == [], report.format()
 
 
@@ -239,7 +241,7 @@ def test_convert_bad_label_map_option(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# check_data CLI and dump_augmented
+# check_dataset and dump_augmented
 # ---------------------------------------------------------------------------------------------
 
 
@@ -268,10 +270,9 @@ def tiny_voc(root: Path, bad_value: int | None = None) -> Path:
 VOC3 = ["dataset=voc", "dataset.num_classes=3", "dataset.class_names=null"]
 
 
-def test_check_data_cli_exit_1_names_the_bad_file(tmp_path):
+def test_check_dataset_exit_1_names_the_bad_file(tmp_path):
     root = tiny_voc(tmp_path / "VOCdevkit", bad_value=9)
-    args = ["-m", "segkit.check_data", *VOC3, f"dataset.root={root}"]
-    result = run(args, tmp_path)
+    result = run_cli("scripts/check_dataset.py", *VOC3, f"dataset.root={root}", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     bad = root / "VOC2007/SegmentationClass/b.png"
     assert f"train: {bad}: values 9 (3 px) not in [0, 3)" in result.stdout
@@ -279,25 +280,29 @@ def test_check_data_cli_exit_1_names_the_bad_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit"]  # wrote nothing
 
 
-def test_check_data_cli_unbuildable_dataset_no_traceback(tmp_path):
-    script = str(SCRIPTS / "check_dataset.py")  # the script wrapper of segkit.check_data
-    result = run([script, *VOC3, f"dataset.root={tmp_path}/nope"], tmp_path)
+def test_check_dataset_unbuildable_dataset_no_traceback(tmp_path):
+    args = [*VOC3, f"dataset.root={tmp_path}/nope"]
+    result = run_cli("scripts/check_dataset.py", *args, cwd=tmp_path)
     assert result.returncode == 1
     assert f"dataset.root={tmp_path}/nope is not a folder" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    result = run_cli("scripts/check_dataset.py", "dataset=voc", cwd=tmp_path)  # root: ???
+    assert result.returncode == 1 and "dataset.root not set" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_check_data_clean_dataset_writes_weights(tmp_path, capsys):
+def compose_check(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from segkit.check_data import run as check_data
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("check_data", overrides=list(overrides))
 
+
+def test_check_dataset_clean_dataset_writes_weights(tmp_path, capsys):
     root = tiny_voc(tmp_path / "VOCdevkit")
     out = tmp_path / "w.json"
     overrides = [*VOC3, f"dataset.root={root}", "weights=median", f"weights_out={out}"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("check_data", overrides=overrides)
-    assert check_data(cfg) == 0
+    assert load_script("check_dataset").run(compose_check(*overrides)) == 0
     # class 0: 32+32+16 px of the 192 of a, b, c; class 1: 16+48 of the 128 of a, c;
     # class 2: 16+32 of the 128 of a, b -> freq 5/12, 1/2, 3/8, median 5/12 -> 1, 5/6, 10/9
     saved = json.loads(out.read_text())
@@ -305,6 +310,16 @@ def test_check_data_clean_dataset_writes_weights(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "0 error(s), 0 warning(s)" in text
     assert "loss.class_weights=[1.0,0.8333,1.1111]" in text
+
+
+def test_check_dataset_val_split_null_checks_train_only(tmp_path, capsys):
+    root = tiny_voc(tmp_path / "VOCdevkit")
+    (root / "VOC2007/SegmentationClass/e.png").write_bytes(b"garbage")  # a val mask
+    overrides = [*VOC3, f"dataset.root={root}", "dataset.val_split=null"]
+    assert load_script("check_dataset").run(compose_check(*overrides)) == 0
+    assert "train: 3 samples (3 read): 0 error(s)" in capsys.readouterr().out
+    overrides[-1] = "dataset.val_split=val"
+    assert load_script("check_dataset").run(compose_check(*overrides)) == 1
 
 
 def test_dump_augmented_grid(tmp_path):
@@ -318,11 +333,12 @@ def test_dump_augmented_grid(tmp_path):
     assert picture.shape == (2 * 36 + 4 + 6 * 20 + 4, 2 * 72 + 4, 3)
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+
+    from segkit.run import dataset_factory
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=demo)
-    ds = instantiate(cfg.dataset)(split="train", train=True)
+    ds = dataset_factory(cfg.dataset)(split="train", train=True)
     image_t, mask_t = ds[1]  # third tile: row 0, column 1 (epoch 0 stream, as the script)
     image = image_t.numpy().transpose(1, 2, 0) * np.array(ds.std) + np.array(ds.mean)
     image = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)

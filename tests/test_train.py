@@ -12,8 +12,9 @@ from PIL import Image
 
 from segkit import checkpoint as ck
 from segkit import dist
-from segkit.run import fit
+from segkit.run import train_rank
 from tests.conftest import TINY, compose_train, run_cli
+from tests.faults import failing
 
 
 def _tags(run_dir: Path) -> dict[str, list]:
@@ -29,7 +30,7 @@ def _tags(run_dir: Path) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    fit(compose_train(*TINY), run_dir)
+    train_rank(compose_train(*TINY), run_dir)
     return run_dir
 
 
@@ -72,13 +73,13 @@ def test_tensorboard_has_every_panel(trained):
 
 def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
     straight = tmp_path / "straight"
-    fit(compose_train(*TINY, "trainer.max_epochs=3"), straight)
+    train_rank(compose_train(*TINY, "trainer.max_epochs=3"), straight)
     crashed = tmp_path / "crashed"
     # 6 steps per epoch: step 9 is the middle of epoch 2, after epoch 1's checkpoint
-    with pytest.raises(RuntimeError, match="fail_at_step"):
-        fit(compose_train(*TINY, "trainer.max_epochs=3", "trainer.fail_at_step=9"), crashed)
+    with pytest.raises(RuntimeError, match="injected failure at training step 9"):
+        train_rank(compose_train(*TINY, "trainer.max_epochs=3", *failing(9)), crashed)
     assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
-    fit(compose_train(*TINY, "trainer.max_epochs=3", "trainer.resume=auto"), crashed)
+    train_rank(compose_train(*TINY, "trainer.max_epochs=3", "trainer.resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 18
@@ -97,7 +98,9 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
 
 def test_resume_from_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(ck.CheckpointError, match="nowhere.pt"):
-        fit(compose_train(*TINY, f"trainer.resume={tmp_path / 'nowhere.pt'}"), tmp_path / "r")
+        train_rank(
+            compose_train(*TINY, f"trainer.resume={tmp_path / 'nowhere.pt'}"), tmp_path / "r"
+        )
 
 
 def test_eval_cli_on_the_checkpoint(trained, tmp_path):
@@ -106,7 +109,7 @@ def test_eval_cli_on_the_checkpoint(trained, tmp_path):
         "eval.py",
         f"ckpt={trained / 'checkpoints' / 'best.pt'}",
         "save_masks=true",
-        "num_workers=0",
+        "loader.num_workers=0",
         f"hydra.run.dir={out}",
         cwd=tmp_path,
     )
@@ -128,7 +131,7 @@ def test_eval_cli_missing_checkpoint_is_a_clean_error(tmp_path):
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-ONE = [*TINY, "trainer.max_epochs=1", "data.check=off"]
+ONE = [*TINY, "trainer.max_epochs=1", "dataset.check=off"]
 
 
 def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(tmp_path):
@@ -137,7 +140,7 @@ def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(tmp_path):
     cfg = compose_train(*ONE, "trainer.freeze_epochs=1")
     seed_everything(cfg.seed)
     initial = build_model(cfg, dist.DistInfo()).state_dict()
-    fit(cfg, tmp_path)
+    train_rank(cfg, tmp_path)
     trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
     encoder = [k for k in initial if k.startswith("encoder.")]
     decoder = [k for k in initial if not k.startswith("encoder.") and k.endswith("weight")]
@@ -166,7 +169,7 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     )
     seed_everything(cfg.seed)
     initial = build_model(cfg, dist.DistInfo()).state_dict()
-    fit(cfg, tmp_path)
+    train_rank(cfg, tmp_path)
     trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
     sq = sum(
         (trained[k].double() - initial[k].double()).pow(2).sum()
@@ -178,7 +181,9 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    fit(compose_train(*ONE, "trainer.precision=bf16", "trainer.limit_train_batches=2"), tmp_path)
+    train_rank(
+        compose_train(*ONE, "trainer.precision=bf16", "trainer.limit_train_batches=2"), tmp_path
+    )
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["steps"] == 2 and 0.0 <= result["best_miou"] <= 1.0
     hist = ck.load(tmp_path / "checkpoints" / "last.pt")["history"]
@@ -225,8 +230,8 @@ VOC = [
     "dataset.input_shape=[24,24]",
     "model=unet",
     "model.base_channels=4",
-    "data.batch_size=2",
-    "data.num_workers=0",
+    "loader.batch_size=2",
+    "loader.num_workers=0",
     "trainer.max_epochs=1",
     "trainer.progress_bar=false",
     "trainer.accelerator=cpu",
@@ -236,17 +241,17 @@ VOC = [
 def test_on_bad_sample_skip_finishes_and_lists_what_it_skipped(tmp_path):
     root = _voc(tmp_path / "data", 12, bad={2})
     skip = ["dataset.on_bad_sample=skip", "dataset.max_bad_fraction=0.2"]
-    fit(compose_train(*VOC, f"dataset.root={root}", *skip), tmp_path / "run")
+    train_rank(compose_train(*VOC, f"dataset.root={root}", *skip), tmp_path / "run")
     listed = (tmp_path / "run" / "bad_samples.txt").read_text()
     assert "img02.png" in listed and "img01" not in listed
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3  # 7 // 2
 
 
 def test_out_of_range_label_stops_before_the_first_step(tmp_path):
-    from segkit.data.io import DataError
+    from segkit.errors import DataError
 
     root = _voc(tmp_path / "data", 12, bad={3})
     with pytest.raises(DataError, match=r"img03\.png") as e:
-        fit(compose_train(*VOC, f"dataset.root={root}"), tmp_path / "run")
+        train_rank(compose_train(*VOC, f"dataset.root={root}"), tmp_path / "run")
     assert "9" in str(e.value)
     assert not (tmp_path / "run" / "checkpoints").exists()

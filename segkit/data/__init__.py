@@ -1,18 +1,25 @@
-"""Data: file reading, transforms, the segmentation datasets (VOC layout, folders, demo)."""
+"""Data: file reading, transforms, the segmentation datasets (VOC layout, folders, demo).
 
-from segkit.data.base import SegmentationDataset, unet_dataset_collate, voc_palette
+Checks before training are in `segkit.data.check`, class statistics and weights in
+`segkit.data.stats`.
+"""
+
+from segkit.data.base import LabelSpace, SegmentationDataset, voc_palette
 from segkit.data.demo import DemoDataset, make_demo_dataset
 from segkit.data.folder import FolderDataset
-from segkit.data.io import DataError, encode_mask, read_image, read_mask, read_split_file
+from segkit.data.io import encode_mask, read_image, read_mask, read_split_file
 from segkit.data.transforms import get_random_data, letterbox, normalize
-from segkit.data.voc import UnetDataset
+from segkit.data.voc import UnetDataset, VOCDataset
+from segkit.errors import DataError
 
 __all__ = [
     "DataError",
     "DemoDataset",
     "FolderDataset",
+    "LabelSpace",
     "SegmentationDataset",
     "UnetDataset",
+    "VOCDataset",
     "encode_mask",
     "get_random_data",
     "letterbox",
@@ -21,6 +28,5 @@ __all__ = [
     "read_image",
     "read_mask",
     "read_split_file",
-    "unet_dataset_collate",
     "voc_palette",
 ]

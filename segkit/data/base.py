@@ -1,7 +1,9 @@
-"""SegmentationDataset: (image path, mask path) pairs -> normalised tensors, plus the collate.
+"""SegmentationDataset: (image path, mask path) pairs -> normalised tensors; its LabelSpace.
 
 Sample i of epoch e draws all its randomness from np.random.default_rng([seed, e, i]), so the
 augmentation does not depend on the number of workers or ranks, and a resumed run is exact.
+Batches need no special collate: torch's default one stacks samples into (images (N,3,H,W)
+float32, masks (N,H,W) int64).
 """
 
 from __future__ import annotations
@@ -9,19 +11,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import DataError, encode_mask, read_image, read_mask
+from segkit.data.io import encode_mask, read_image, read_mask
 from segkit.data.transforms import DEFAULT_AUGMENT, get_random_data, normalize
+from segkit.errors import DataError
 
 log = logging.getLogger("segkit.data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_SAMPLE_MODES = ("raise", "skip")
+RGB = tuple[float, float, float]  # a per-channel mean or std
 
 
 def voc_palette(n: int) -> list[list[int]]:
@@ -93,7 +100,7 @@ def check_augment(augment: Mapping | None) -> dict:
     return params
 
 
-def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[RGB, RGB]:
     """Three floats each, std > 0."""
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -111,10 +118,43 @@ def check_ids(num_classes: int, ignore_index: int) -> None:
         )
 
 
-def to_one_hot(mask: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    """(H,W) ids -> (H,W,num_classes+1) float32 one-hot; ignored pixels hot in the last channel."""
-    ids = np.where(mask == ignore_index, num_classes, mask)
-    return np.eye(num_classes + 1, dtype=np.float32)[ids]
+@dataclass(frozen=True)
+class LabelSpace:
+    """What a model trained on a dataset predicts and how its inputs were normalised.
+
+    num_classes ids 0..num_classes-1, ignore_index (never a class id), one name and one
+    [r, g, b] colour per class, and the per-channel RGB mean / std applied to images scaled to
+    [0, 1]. `to_dict` / `from_dict` give a plain-Python form (for checkpoints and YAML).
+    """
+
+    num_classes: int
+    ignore_index: int
+    class_names: list[str]
+    palette: list[list[int]]
+    mean: RGB
+    std: RGB
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python only (ints, floats, strings, lists): safe for YAML, JSON, torch.save."""
+        return {
+            "num_classes": int(self.num_classes),
+            "ignore_index": int(self.ignore_index),
+            "class_names": [str(n) for n in self.class_names],
+            "palette": [[int(c) for c in colour] for colour in self.palette],
+            "mean": [float(m) for m in self.mean],
+            "std": [float(s) for s in self.std],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelSpace:
+        """Inverse of `to_dict` (an OmegaConf mapping works too); values are validated."""
+        num_classes, ignore_index = int(d["num_classes"]), int(d["ignore_index"])
+        check_ids(num_classes, ignore_index)
+        names = check_class_names(d["class_names"], num_classes)
+        mean, std = check_mean_std(d["mean"], d["std"])
+        return cls(
+            num_classes, ignore_index, names, check_palette(d["palette"], num_classes), mean, std
+        )
 
 
 class SegmentationDataset(Dataset):
@@ -122,10 +162,12 @@ class SegmentationDataset(Dataset):
 
     train=True: random aspect/scale/flip/offset + HSV jitter (see `augment`); train=False:
     letterbox. Images are normalised (x/255 - mean)/std; masks hold ids in [0, num_classes) or
-    ignore_index (also used for padding). one_hot=True adds a third item, the notes' seg_labels
-    (H,W,num_classes+1) float32. A sample that cannot be loaded raises DataError naming index,
-    files and cause, or with on_bad_sample="skip" is replaced by the next loadable sample.
+    ignore_index (also used for padding). A sample that cannot be loaded raises DataError naming
+    index, files and cause, or with on_bad_sample="skip" is replaced by the next loadable sample.
+    `split_file` is the split list the samples come from (VOCDataset), None when there is none.
     """
+
+    split_file: Path | None = None
 
     def __init__(
         self,
@@ -143,7 +185,6 @@ class SegmentationDataset(Dataset):
         label_map: Mapping | None = None,
         color_map: Mapping | None = None,
         seed: int = 0,
-        one_hot: bool = False,
         on_bad_sample: str = "raise",
         max_bad_fraction: float = 0.1,
     ):
@@ -158,7 +199,7 @@ class SegmentationDataset(Dataset):
         self.mean, self.std = check_mean_std(mean, std)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.color_map = {int(k): _plain(v) for k, v in (color_map or {}).items()}
-        self.seed, self.one_hot = int(seed), bool(one_hot)
+        self.seed = int(seed)
         # shared memory: DataLoader workers (persistent ones too) see set_epoch() of the parent
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         if on_bad_sample not in BAD_SAMPLE_MODES:
@@ -174,6 +215,13 @@ class SegmentationDataset(Dataset):
     def __repr__(self) -> str:
         mode = "train" if self.train else "val"
         return f"{type(self).__name__}({len(self)} samples, {mode}, {self.num_classes} classes)"
+
+    @property
+    def labels(self) -> LabelSpace:
+        """The label space: classes, names, colours and the image normalisation."""
+        palette = [list(colour) for colour in self.palette]
+        names = list(self.class_names)
+        return LabelSpace(self.num_classes, self.ignore_index, names, palette, self.mean, self.std)
 
     @property
     def epoch(self) -> int:
@@ -196,16 +244,13 @@ class SegmentationDataset(Dataset):
         """Missing files are found up front (cheap stat) instead of mid-epoch."""
         if not self.files:
             raise DataError(f"{type(self).__name__}: the dataset has no samples")
-        missing = [
-            i
-            for i, (a, b) in enumerate(self.files)
-            if not (os.path.isfile(a) and os.path.isfile(b))
-        ]
+        exists = os.path.isfile
+        missing = [i for i, (a, b) in enumerate(self.files) if not (exists(a) and exists(b))]
         if not missing:
             return
+        state = {True: "ok", False: "MISSING"}
         shown = "; ".join(
-            f"{a} {'ok' if os.path.isfile(a) else 'MISSING'}, {b} "
-            f"{'ok' if os.path.isfile(b) else 'MISSING'}"
+            f"{a} {state[exists(a)]}, {b} {state[exists(b)]}"
             for a, b in (self.files[i] for i in missing[:5])
         )
         message = f"{len(missing)} of {len(self.files)} samples have missing files: {shown}"
@@ -287,18 +332,14 @@ class SegmentationDataset(Dataset):
                     ) from e
         raise DataError("no sample of the dataset could be loaded")
 
-    def __getitem__(self, index: int):
-        """-> (image (3,H,W) float32, mask (H,W) int64[, seg_labels (H,W,C+1) float32])."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image (3,H,W) float32 normalised, mask (H,W) int64 ids or ignore_index)."""
         if self.on_bad_sample == "skip":
             image, mask = self._load_or_skip(index)
         else:
             image, mask = self._load(index)
         image_t = torch.from_numpy(normalize(image, self.mean, self.std))
-        mask_t = torch.from_numpy(mask.astype(np.int64))
-        if not self.one_hot:
-            return image_t, mask_t
-        seg_labels = to_one_hot(mask, self.num_classes, self.ignore_index)
-        return image_t, mask_t, torch.from_numpy(seg_labels)
+        return image_t, torch.from_numpy(mask.astype(np.int64))
 
 
 def _plain(value):
@@ -306,15 +347,3 @@ def _plain(value):
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         return value
     return [_plain(v) for v in value]
-
-
-def unet_dataset_collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, ...]:
-    """The notes' collate: list of (image, mask, seg_labels) -> (images (N,3,H,W) float32,
-    pngs (N,H,W) int64, seg_labels (N,H,W,C+1) float32); 2-tuples -> (images, pngs)."""
-    columns = list(zip(*batch))
-    images = torch.stack([torch.as_tensor(x) for x in columns[0]]).float()
-    pngs = torch.stack([torch.as_tensor(x) for x in columns[1]]).long()
-    if len(columns) == 2:
-        return images, pngs
-    seg_labels = torch.stack([torch.as_tensor(x) for x in columns[2]]).float()
-    return images, pngs, seg_labels

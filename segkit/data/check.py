@@ -1,21 +1,20 @@
-"""Dataset checks run before training, class pixel statistics and class weights.
+"""Dataset checks: every problem of a train/val dataset pair at once, each with file and fix.
 
-`check_dataset` reads the raw files of a train/val dataset pair (PIL header for mode, size and EXIF;
+`check_dataset` reads the raw files of the datasets (PIL header for mode, size and EXIF;
 `read_image` to prove the image decodes; `read_mask` + `encode_mask` for the label values) and
-returns a `CheckReport` listing every problem at once, each naming its file and how to fix it.
-`prepare_datasets` is what training calls: it logs warnings and, on errors, raises or drops the
-bad samples depending on the dataset's `on_bad_sample`.
-
-Class statistics count mask pixels per class id after `label_map` / `color_map`, ignore excluded.
+returns a `CheckReport` listing every problem, each naming its file and how to fix it. It never
+changes a dataset. `check_for_training` is what training calls before the first step: it logs
+warnings and, on errors, raises or says which samples to drop, per the dataset's
+`on_bad_sample`; the caller removes them (`remove_samples`) and may list them with
+`write_bad_samples`. Class statistics and weights live in `segkit.data.stats`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,20 +23,28 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segkit.data.io import (
-    DataError,
-    exif_orientation,
-    read_image,
-    read_mask,
-    read_split_file,
+from segkit.data.diagnose import (
+    MODE_NOTES,
+    ORIENTATIONS,
+    check_jpeg_end,
+    clean_error,
+    is_lossy,
+    is_lossy_rgb,
+    list_values,
+    rgb_mask_hint,
+    size_message,
+    suggest_label_map,
+    top_colors,
 )
+from segkit.data.io import exif_orientation, read_image, read_mask, read_split_file
+from segkit.data.stats import ClassCounts, default_workers
+from segkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 ERROR, WARNING = "error", "warning"
 LEVELS = ("off", "quick", "full")
 QUICK_SAMPLES = 64  # per split; spread evenly over the split so the subset is deterministic
-_MAX_LISTED_VALUES = 12
 
 # kind -> (what is wrong, how to fix it); shown once per group by CheckReport.format().
 KINDS: dict[str, tuple[str, str]] = {
@@ -124,31 +131,6 @@ class Problem:
 
 
 @dataclass
-class ClassCounts:
-    """Pixel statistics of class ids over a set of masks (ignore_index excluded).
-
-    pixels[c]: pixels labelled c; image_pixels[c]: labelled pixels of the masks in which c occurs
-    (the denominator of SegNet's median frequency balancing); images[c]: masks in which c occurs.
-    """
-
-    pixels: list[int]
-    image_pixels: list[int]
-    images: list[int]
-
-    @classmethod
-    def zeros(cls, num_classes: int) -> ClassCounts:
-        return cls([0] * num_classes, [0] * num_classes, [0] * num_classes)
-
-    def add(self, hist: np.ndarray) -> None:
-        """Accumulate one mask's histogram `hist`: int64 (num_classes,) pixels per class id."""
-        labelled = int(hist.sum())
-        for c in np.flatnonzero(hist):
-            self.pixels[c] += int(hist[c])
-            self.image_pixels[c] += labelled
-            self.images[c] += 1
-
-
-@dataclass
 class CheckReport:
     """Everything `check_dataset` found. `counts[split]` covers the masks that were read."""
 
@@ -176,6 +158,10 @@ class CheckReport:
             if p.index is not None:
                 bad[p.split].add(p.index)
         return {split: sorted(idx) for split, idx in bad.items()}
+
+    def only(self, severity: str) -> CheckReport:
+        """A copy holding only the problems of `severity` (ERROR or WARNING)."""
+        return replace(self, problems=[p for p in self.problems if p.severity == severity])
 
     def format(self, max_per_kind: int = 20) -> str:
         """All problems, grouped by kind (errors first), each group with its fix."""
@@ -248,7 +234,7 @@ def check_dataset(
         num_classes=train_ds.num_classes,
         ignore_index=train_ds.ignore_index,
     )
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    workers = workers or default_workers()
     binary: dict[str, list[int]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for name, ds in splits.items():
@@ -317,7 +303,7 @@ def _check_sample(ds: Any, split: str, index: int, read: bool) -> _SampleResult:
     if mask is None:
         return res
     if image_hw is not None and image_hw != mask.shape[:2]:
-        add(mask_path, "size_mismatch", _size_message(image_path, image_hw, mask.shape[:2]))
+        add(mask_path, "size_mismatch", size_message(image_path, image_hw, mask.shape[:2]))
         return res
     _check_mask_values(ds, mask_path, mask, add, res)
     return res
@@ -330,76 +316,28 @@ def _check_image(path: str, add: Callable[..., None]) -> tuple[int, int] | None:
             mode, orientation, fmt = im.mode, exif_orientation(im), im.format
         loaded = read_image(path)
         if fmt == "JPEG":
-            _check_jpeg_end(path)
+            check_jpeg_end(path)
     except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for corrupt files
-        add(path, "unreadable_image", _clean(e))
+        add(path, "unreadable_image", clean_error(e))
         return None
     if mode != "RGB":
-        add(path, "image_mode", _MODE_NOTES.get(mode, f"mode {mode}"), WARNING)
+        add(path, "image_mode", MODE_NOTES.get(mode, f"mode {mode}"), WARNING)
     if orientation != 1:
         add(
             path,
             "exif_rotated",
-            f"EXIF orientation {orientation} ({_ORIENTATIONS[orientation]})",
+            f"EXIF orientation {orientation} ({ORIENTATIONS[orientation]})",
             WARNING,
         )
     return loaded.shape[:2]
-
-
-_ORIENTATIONS = {
-    2: "mirrored",
-    3: "rotated 180",
-    4: "flipped vertically",
-    5: "transposed",
-    6: "rotated 90 clockwise",
-    7: "transversed",
-    8: "rotated 90 counter-clockwise",
-}
-
-
-def _check_jpeg_end(path: str) -> None:
-    """OpenCV decodes a truncated JPEG without error (the missing part comes out gray), so look
-    for the end-of-image marker in the file's tail."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 4096))
-        if b"\xff\xd9" not in f.read():
-            raise OSError("truncated JPEG: no end-of-image marker (the file was cut short)")
-
-
-_MODE_NOTES = {
-    "L": "grayscale (mode L), replicated to 3 channels",
-    "LA": "grayscale + alpha (mode LA), alpha dropped",
-    "RGBA": "RGBA, alpha channel dropped",
-    "P": "palette image (mode P), expanded to RGB",
-    "I;16": "16-bit (mode I;16), scaled to 8 bits",
-    "I;16B": "16-bit (mode I;16B), scaled to 8 bits",
-    "I": "32-bit integer (mode I), scaled to 8 bits",
-    "F": "32-bit float (mode F), scaled to 8 bits",
-    "CMYK": "CMYK, converted to RGB",
-    "1": "1-bit (mode 1), expanded to RGB",
-}
 
 
 def _read_mask(path: str, add: Callable[..., None]) -> np.ndarray | None:
     try:
         return read_mask(path)
     except (OSError, ValueError, SyntaxError) as e:  # DataError is a ValueError
-        add(path, "unreadable_mask", _clean(e))
+        add(path, "unreadable_mask", clean_error(e))
         return None
-
-
-def _clean(error: Exception) -> str:
-    """Error text without PIL's '<_io.BytesIO object at 0x...>' (the file is named anyway)."""
-    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the bytes", str(error))
-
-
-def _size_message(image_path: str, image_hw: tuple, mask_hw: tuple) -> str:
-    (mh, mw), (ih, iw) = mask_hw, image_hw
-    msg = f"mask is {mw}x{mh} (WxH) but image {image_path} is {iw}x{ih}"
-    if tuple(mask_hw) == tuple(image_hw[::-1]):
-        msg += " (transposed: an EXIF rotation of the image that the mask does not have?)"
-    return msg
 
 
 def _check_mask_values(
@@ -408,7 +346,7 @@ def _check_mask_values(
     if Path(path).suffix.lower() in (".jpg", ".jpeg"):
         add(path, "lossy_mask", "JPEG mask file: compression adds label values along edges")
     if mask.ndim == 3 and not ds.color_map:
-        add(path, "rgb_mask", _rgb_message(mask, ds))
+        add(path, "rgb_mask", rgb_mask_hint(mask, getattr(ds, "palette", None), ds.num_classes))
         return
     try:
         ids = ds.encode(mask, path)
@@ -417,7 +355,7 @@ def _check_mask_values(
         return
     valid = ids[ids != ds.ignore_index]
     res.hist = np.bincount(valid.ravel(), minlength=ds.num_classes)[: ds.num_classes]
-    if mask.ndim == 2 and _is_lossy(mask):
+    if mask.ndim == 2 and is_lossy(mask):
         add(path, "lossy_mask", "values in between their neighbours along edges (resampled?)")
     res.binary_ignored = mask.ndim == 2 and _binary_values(mask, ds) and _maps(ds, 255) is None
 
@@ -443,109 +381,22 @@ def _explain_bad_values(
 ) -> None:
     """Turn an encode_mask failure into a specific problem: lossy, binary, colour or range."""
     if mask.ndim == 3:
-        kind = "lossy_mask" if _is_lossy_rgb(mask) else "unmapped_color"
-        add(path, kind, f"{error}; {_top_colors(mask)}")
+        kind = "lossy_mask" if is_lossy_rgb(mask) else "unmapped_color"
+        add(path, kind, f"{error}; {top_colors(mask)}")
         return
     hist = np.bincount(mask.ravel(), minlength=256)
     values = np.flatnonzero(hist).tolist()
     bad = [v for v in values if _maps(ds, v) is None and _mapped(ds, v) != ds.ignore_index]
     if not bad:  # encode_mask refused for a reason this analysis does not know: pass it on
         add(path, "out_of_range", error)
-    elif _is_lossy(mask):
+    elif is_lossy(mask):
         hint = "; a picture, not a mask? (check dataset.mask_dir)" if len(values) > 64 else ""
-        message = f"{len(values)} distinct values, {_list_values(bad, hist)} invalid{hint}"
+        message = f"{len(values)} distinct values, {list_values(bad, hist)} invalid{hint}"
         add(path, "lossy_mask", message)
     else:
         kind = "binary_mask" if _binary_values(mask, ds) else "out_of_range"
-        message = f"values {_list_values(bad, hist)} not in [0, {ds.num_classes})"
+        message = f"values {list_values(bad, hist)} not in [0, {ds.num_classes})"
         add(path, kind, message, values=values)
-
-
-def _list_values(values: list[int], hist: np.ndarray) -> str:
-    shown = ", ".join(f"{v} ({int(hist[v])} px)" for v in values[:_MAX_LISTED_VALUES])
-    return shown + (f", ... {len(values)} values" if len(values) > _MAX_LISTED_VALUES else "")
-
-
-def suggest_label_map(values: Iterable[int], num_classes: int, ignore_index: int) -> str:
-    """A `dataset.label_map` override that would make raw mask `values` valid, as text.
-
-    {0, 255} -> {255: 1}; one extra value == num_classes (a 'void' class) -> map it to ignore;
-    at most num_classes distinct values -> map them in order to 0..k-1.
-    """
-    values = sorted(set(values))
-    if 255 in values and set(values) <= {0, 255}:
-        return "'dataset.label_map={255: 1}' (255 = foreground class 1; 0 stays background)"
-    values = [v for v in values if v != ignore_index]
-    bad = [v for v in values if v >= num_classes]
-    if bad == [num_classes]:
-        return (
-            f"'dataset.label_map={{{num_classes}: {ignore_index}}}' if {num_classes} means "
-            f"void/unlabelled, else dataset.num_classes={num_classes + 1}"
-        )
-    if len(values) <= num_classes:
-        pairs = ", ".join(f"{v}: {i}" for i, v in enumerate(values) if v != i)
-        return (
-            f"'dataset.label_map={{{pairs}}}' (a guess: the values in sorted order become ids "
-            f"0..{len(values) - 1}; check it against your class list)"
-        )
-    return (
-        f"{len(values)} distinct values for {num_classes} classes: set dataset.num_classes, or "
-        "map the values with dataset.label_map"
-    )
-
-
-def _is_lossy(mask: np.ndarray) -> bool:
-    """True when many pixels lie strictly between the values 2 px before and after them.
-
-    A class-id mask changes value in one step; JPEG ringing and bilinear resampling leave
-    ramps of in-between values along every edge (0, 1, 1, 2 or 0, 3, 128, 252, 255). Counted
-    against the number of value changes between neighbours, along rows and along columns.
-    """
-    between = changes = 0
-    for m in (mask.astype(np.int16), mask.T.astype(np.int16)):
-        a, v, b = m[:, :-4], m[:, 2:-2], m[:, 4:]
-        between += int((((a < v) & (v < b)) | ((a > v) & (v > b))).sum())
-        changes += int((m[:, 1:] != m[:, :-1]).sum())
-    return between >= 16 and between > 0.2 * changes
-
-
-def _is_lossy_rgb(mask: np.ndarray) -> bool:
-    return any(_is_lossy(mask[..., c]) for c in range(3))
-
-
-def _color_counts(mask: np.ndarray) -> tuple[list[tuple[int, int, int]], list[int]]:
-    """Distinct colours of an (H,W,3) mask, most frequent first, with their pixel counts."""
-    codes = (mask[..., 0].astype(np.int64) << 16) | (mask[..., 1].astype(np.int64) << 8)
-    codes |= mask[..., 2]
-    colors, counts = np.unique(codes.ravel(), return_counts=True)
-    order = np.argsort(-counts, kind="stable")
-    rgb = [(c >> 16, (c >> 8) & 255, c & 255) for c in colors[order].tolist()]
-    return rgb, counts[order].tolist()
-
-
-def _top_colors(mask: np.ndarray, k: int = 8) -> str:
-    colors, counts = _color_counts(mask)
-    total = sum(counts)
-    shown = ", ".join(
-        f"[{r}, {g}, {b}] {100 * n / total:.1f}%" for (r, g, b), n in zip(colors[:k], counts[:k])
-    )
-    return f"{len(colors)} colour(s), top: {shown}"
-
-
-def _rgb_message(mask: np.ndarray, ds: Any) -> str:
-    """Top colours plus a dataset.color_map suggestion ({class id: [r, g, b]})."""
-    if all(np.array_equal(mask[..., 0], mask[..., c]) for c in (1, 2)):
-        return "R = G = B everywhere: ids saved as an RGB image; re-save it as 8-bit gray (mode L)"
-    colors, _ = _color_counts(mask)
-    palette = {tuple(c): i for i, c in enumerate(getattr(ds, "palette", None) or [])}
-    if all(c in palette for c in colors):
-        source = "from dataset.palette"
-        pairs = sorted((palette[c], c) for c in colors)
-    else:
-        source = "ids in order of pixel count; reorder to your class ids"
-        pairs = list(enumerate(colors[: ds.num_classes]))
-    suggestion = ", ".join(f"{i}: [{r}, {g}, {b}]" for i, (r, g, b) in pairs)
-    return f"{_top_colors(mask)}; e.g. 'dataset.color_map={{{suggestion}}}' ({source})"
 
 
 def _binary_ignored_problems(
@@ -616,144 +467,69 @@ def check_split_file(path: str | Path) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------------------------
-# class statistics and weights
-# ---------------------------------------------------------------------------------------------
-
-
-def class_pixel_counts(ds: Any, workers: int | None = None) -> ClassCounts:
-    """Full pass over the masks of `ds` (label_map / color_map applied, ignore excluded)."""
-
-    def hist(i: int) -> np.ndarray:
-        path = str(ds.files[i][1])
-        ids = ds.encode(read_mask(path), path)
-        return np.bincount(ids[ids != ds.ignore_index].ravel(), minlength=ds.num_classes)
-
-    counts = ClassCounts.zeros(ds.num_classes)
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        for h in pool.map(hist, range(len(ds.files))):
-            counts.add(h[: ds.num_classes])
-    return counts
-
-
-def class_weights(counts: ClassCounts | Sequence[int], method: str = "median") -> list[float]:
-    """Per-class loss weights from pixel counts.
-
-    'median' (median frequency balancing, SegNet, Eigen & Fergus 2015): freq_c = pixels of c /
-    labelled pixels of the images where c occurs; w_c = median(freq) / freq_c.
-    'inverse': w_c = total / (K * pixels_c) with K the number of classes present, so the
-    pixel-weighted mean weight is 1 (scikit-learn's 'balanced').
-    A class with no pixels gets weight 0.0 (it cannot be learned from this data; never inf/NaN)
-    and is left out of the median and of K. A plain sequence of pixel counts is accepted: each
-    class then counts as present in every image (freq_c = pixels_c / total pixels).
-    """
-    if not isinstance(counts, ClassCounts):
-        total = int(sum(counts))
-        counts = ClassCounts(list(counts), [total] * len(counts), [0] * len(counts))
-    pixels = np.asarray(counts.pixels, dtype=np.float64)
-    present = pixels > 0
-    if not present.any():
-        raise DataError("class_weights: every class has 0 pixels (are all masks ignore?)")
-    weights = np.zeros_like(pixels)
-    if method == "median":
-        freq = pixels[present] / np.asarray(counts.image_pixels, dtype=np.float64)[present]
-        weights[present] = np.median(freq) / freq
-    elif method == "inverse":
-        weights[present] = pixels.sum() / (present.sum() * pixels[present])
-    else:
-        raise ValueError(f"class weight method must be 'median' or 'inverse', got {method!r}")
-    return [float(w) for w in weights]
-
-
-def auto_class_weights(train_ds: Any, method: str = "median") -> list[float]:
-    """Class weights for `loss.class_weights=auto`, from a full pass over the train masks."""
-    weights = class_weights(class_pixel_counts(train_ds), method)
-    log.info("class weights (%s): %s", method, ", ".join(f"{w:.4f}" for w in weights))
-    return weights
-
-
-def format_class_table(counts: ClassCounts, class_names: Sequence[str] | None = None) -> str:
-    """Per-class pixels, share of labelled pixels, images, median and inverse weights."""
-    total = sum(counts.pixels) or 1
-    names = list(class_names or [])
-    median = class_weights(counts, "median") if any(counts.pixels) else [0.0] * len(counts.pixels)
-    inverse = class_weights(counts, "inverse") if any(counts.pixels) else [0.0] * len(counts.pixels)
-    rows = [
-        f"{'id':>3}  {'class':<16} {'pixels':>12} {'share':>7} {'images':>7} "
-        f"{'w_median':>9} {'w_inverse':>9}"
-    ]
-    for c, n in enumerate(counts.pixels):
-        name = names[c] if c < len(names) else str(c)
-        rows.append(
-            f"{c:>3}  {name[:16]:<16} {n:>12} {n / total:>7.4f} {counts.images[c]:>7} "
-            f"{median[c]:>9.4f} {inverse[c]:>9.4f}"
-        )
-    return "\n".join(rows)
-
-
-# ---------------------------------------------------------------------------------------------
 # training start
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_datasets(
-    train_ds: Any, val_ds: Any | None, level: str = "quick", run_dir: Path | None = None
-) -> CheckReport | None:
-    """Check the datasets before training; raise or drop bad samples per `on_bad_sample`.
+def check_for_training(
+    train_ds: Any, val_ds: Any | None, level: str
+) -> tuple[CheckReport | None, dict[str, list[int]]]:
+    """Check the datasets before training: -> (report, {split: sample indices to drop}).
 
-    'raise': any error -> DataError listing every problem. 'skip': bad samples are removed from
-    their dataset (`remove_samples`) and listed in run_dir/bad_samples.txt; DataError when a
-    split loses more than its `max_bad_fraction`. Warnings are only logged.
+    level 'off': (None, {}), nothing is read. Otherwise warnings are logged (one message) and
+    with no errors the result is (report, {}). On errors, with `train_ds.on_bad_sample` 'raise':
+    DataError listing every problem; 'skip': the bad indices per split ('train' / 'val') that the
+    caller should drop, or DataError when a split would lose more than its `max_bad_fraction` or
+    when an error concerns a whole split. The datasets are not changed.
     """
     if level not in LEVELS:
-        raise ValueError(f"data check level must be one of {LEVELS}, got {level!r}")
+        raise ConfigError(f"dataset.check must be one of {LEVELS}, got {level!r}")
     if level == "off":
-        return None
+        return None, {}
     report = check_dataset(train_ds, val_ds, level)
     if report.warnings:
-        log.warning("%s", _format_only(report, WARNING))
+        log.warning("%s", format_warnings(report))
     if not report.errors:
         log.info("dataset check (%s): no errors", level)
-        return report
+        return report, {}
     if train_ds.on_bad_sample == "raise":
         raise DataError(report.format() + _RAISE_HINT)
-    _skip_bad_samples(report, {"train": train_ds, "val": val_ds}, run_dir)
-    return report
+    datasets = {"train": train_ds} if val_ds is None else {"train": train_ds, "val": val_ds}
+    _refuse_too_many(report, datasets)
+    return report, report.bad_indices
 
 
 _RAISE_HINT = (
     "\n\nFix the files above, or set dataset.on_bad_sample=skip to train without the bad samples "
-    "(they are listed in <run dir>/bad_samples.txt). Run `python -m segkit.check_data` with the "
-    "same dataset overrides to re-check."
+    "(they are listed in <run dir>/bad_samples.txt). Run `python scripts/check_dataset.py` with "
+    "the same dataset overrides to re-check."
 )
 
 
-def _format_only(report: CheckReport, severity: str) -> str:
-    return replace(report, problems=[p for p in report.problems if p.severity == severity]).format()
+def format_warnings(report: CheckReport) -> str:
+    """`report.format()` of its warnings only (what training logs before it starts)."""
+    return report.only(WARNING).format()
 
 
-def _skip_bad_samples(report: CheckReport, datasets: dict[str, Any], run_dir: Path | None) -> None:
-    bad = report.bad_indices
+def _refuse_too_many(report: CheckReport, datasets: dict[str, Any]) -> None:
+    """DataError when skipping is not possible: a split would lose more than its
+    max_bad_fraction, or an error has no sample index (a whole split is wrong)."""
     unremovable = [p for p in report.errors if p.index is None]
-    if run_dir is not None:
-        _write_bad_samples(report, Path(run_dir) / "bad_samples.txt")
     too_many = [
         f"{split}: {len(idx)}/{report.sizes[split]} bad "
         f"(> max_bad_fraction={datasets[split].max_bad_fraction})"
-        for split, idx in bad.items()
+        for split, idx in report.bad_indices.items()
         if len(idx) > datasets[split].max_bad_fraction * max(report.sizes[split], 1)
     ]
     if too_many or unremovable:
         why = "; ".join(too_many) or "split-level errors cannot be skipped"
         raise DataError(f"{report.format()}\n\nToo many bad samples to skip them: {why}")
-    for split, idx in bad.items():
-        datasets[split].remove_samples(idx)
-    summary = ", ".join(f"{s}: {len(i)} of {report.sizes[s]}" for s, i in bad.items())
-    where = f" (listed in {Path(run_dir) / 'bad_samples.txt'})" if run_dir is not None else ""
-    log.warning("dataset.on_bad_sample=skip: removed bad samples %s%s", summary, where)
 
 
-def _write_bad_samples(report: CheckReport, path: Path) -> None:
-    """One line per problem: split, file, kind: message (tab separated)."""
+def write_bad_samples(report: CheckReport, path: str | Path) -> Path:
+    """Write one tab-separated line per error: split, file, "kind: message"; -> the path."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"{p.split}\t{p.file}\t{p.kind}: {p.message}" for p in report.errors]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

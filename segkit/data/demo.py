@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.base import voc_palette
-from segkit.data.io import DataError
-from segkit.data.voc import UnetDataset
+from segkit.data.voc import VOCDataset
+from segkit.errors import DataError
 
 try:
     import fcntl
@@ -292,8 +292,8 @@ def make_demo_dataset(
     return final / "VOCdevkit"
 
 
-class DemoDataset(UnetDataset):
-    """The demo set (see module doc) as a UnetDataset; generated on first use.
+class DemoDataset(VOCDataset):
+    """The demo set (see module doc) as a VOCDataset; generated on first use.
 
     root: cache folder (None -> $SEGKIT_CACHE/demo or ~/.cache/segkit/demo). num_train, num_val,
     image_size (H,W) and demo_seed select the generated set; input_shape defaults to image_size.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.base import SegmentationDataset
-from segkit.data.io import DataError
+from segkit.errors import DataError
 
 FRACTION_SPLITS = ("train", "val", "trainval")
 

@@ -24,13 +24,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segkit.errors import DataError
+
 EXIF_ORIENTATION = 0x0112
 GRAY = 128
-
-
-class DataError(ValueError):
-    """A problem with the data on disk or with the dataset config; the message names the file or
-    the `dataset.<key>` and says how to fix it."""
 
 
 def _read_bytes(path: str | Path, what: str) -> np.ndarray:

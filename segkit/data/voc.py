@@ -1,11 +1,15 @@
-"""UnetDataset: the notes' VOC-layout dataset (VOCdevkit/VOC2007/... with split lists)."""
+"""VOCDataset: the VOC-layout dataset (VOCdevkit/VOC2007/... with split lists).
+
+`UnetDataset` is the same class under the name the course notes use.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from segkit.data.base import SegmentationDataset
-from segkit.data.io import DataError, read_split_file
+from segkit.data.io import read_split_file
+from segkit.errors import DataError
 
 
 def voc_layout(year: str, image_dir: str, mask_dir: str, split_dir: str, suffixes=(".jpg", ".png")):
@@ -36,9 +40,9 @@ def resolve_year_dir(root: str | Path, year: str, split_dir: str, layout: str) -
     )
 
 
-def read_voc_split(year_dir: Path, split_dir: str, split: str, layout: str) -> list[str]:
-    """Names listed in year_dir/split_dir/<split>.txt; DataError shows the splits there."""
-    split_file = year_dir / split_dir / f"{split}.txt"
+def read_voc_split(split_file: Path, layout: str) -> list[str]:
+    """Names listed in the split file <year>/<split_dir>/<split>.txt; DataError shows the splits
+    that folder holds."""
     if not split_file.is_file():
         folder = split_file.parent
         found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
@@ -49,12 +53,13 @@ def read_voc_split(year_dir: Path, split_dir: str, split: str, layout: str) -> l
     return names
 
 
-class UnetDataset(SegmentationDataset):
+class VOCDataset(SegmentationDataset):
     """VOC layout: names from root/<year>/<split_dir>/<split>.txt, image
     <year>/<image_dir>/<name><image_suffix>, mask <year>/<mask_dir>/<name><mask_suffix>.
 
-    root is the VOCdevkit folder (the year folder itself is accepted too). The remaining
-    keyword arguments (train, num_classes, input_shape, ...) go to SegmentationDataset.
+    root is the VOCdevkit folder (the year folder itself is accepted too); `split_file` is the
+    split list read. The remaining keyword arguments (train, num_classes, input_shape, ...) go to
+    SegmentationDataset.
     """
 
     def __init__(
@@ -72,7 +77,8 @@ class UnetDataset(SegmentationDataset):
     ):
         layout = voc_layout(year, image_dir, mask_dir, split_dir, (image_suffix, mask_suffix))
         year_dir = resolve_year_dir(root, year, split_dir, layout)
-        names = read_voc_split(year_dir, split_dir, split, layout)
+        split_file = year_dir / split_dir / f"{split}.txt"
+        names = read_voc_split(split_file, layout)
         files = [
             (
                 str(year_dir / image_dir / f"{name}{image_suffix}"),
@@ -80,5 +86,9 @@ class UnetDataset(SegmentationDataset):
             )
             for name in names
         ]
-        self.root, self.split = Path(root), split
+        self.root, self.split, self.split_file = Path(root), split, split_file
         super().__init__(files, **common)
+
+
+UnetDataset = VOCDataset
+"""The course notes' name of `VOCDataset` (same class)."""

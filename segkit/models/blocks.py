@@ -152,10 +152,6 @@ class SegmentationModel(nn.Module):
             p.requires_grad_(not flag)
         self.train(self.training)
 
-    @property
-    def encoder_frozen(self) -> bool:
-        return self._encoder_frozen
-
     def train(self, mode: bool = True) -> SegmentationModel:
         super().train(mode)
         if self._encoder_frozen:
