@@ -8,6 +8,7 @@ validation and :meth:`Tracker.finish` once.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from segkit.visualize import colorize, confusion_image, denormalize, panel
 log = logging.getLogger("segkit")
 
 RESULT_FILE = "result.json"
+METRICS_CSV = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 
 
@@ -58,8 +60,27 @@ class Tracker:
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     def log_train(self, step: int, loss: float, lr: float) -> None:
-        self.writer.add_scalar("train/loss", loss, step)
-        self.writer.add_scalar("train/lr", lr, step)
+        self.log_scalars(step, {"train/loss": loss, "train/lr": lr})
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch to ``metrics.csv`` (header on first write). ``row``: epoch, step,
+        lr, train_loss, val_loss, miou, pixel_acc (None when not validated), iou (per-class
+        list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each."""
+        path = self.run_dir / METRICS_CSV
+        iou = row.get("iou") or [None] * self.labels.num_classes
+        flat = {k: v for k, v in row.items() if k != "iou"}
+        flat.update({f"iou/{n}": v for n, v in zip(self.labels.class_names, iou)})
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(flat))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: "" if v is None else v for k, v in flat.items()})
 
     def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
         """Scalars, per-class IoU, image | label | prediction panels and the confusion matrix."""

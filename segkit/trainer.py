@@ -84,6 +84,7 @@ class Trainer:
         )
         self.cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, device=info.device)
         self.state = TrainState()
+        self._last_metrics: dict | None = None  # of the last validation, for metrics.csv
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -106,18 +107,22 @@ class Trainer:
         """Train until ``max_epochs``; returns the final state (best mIoU etc.)."""
         start = self.state.epoch
         for epoch in range(start, self.max_epochs):
+            t0, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
             metrics = None
             if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.max_epochs:
                 metrics = self.validate(epoch)
             self._end_epoch(epoch, train_loss, metrics)
+            if self.tracker is not None:
+                self.tracker.log_epoch(self._epoch_row(lr, time.perf_counter() - t0))
             if self._should_stop():
                 log.info("early stop: no mIoU gain for %d validations", self.state.bad_epochs)
                 break
         return self.state
 
     def _end_epoch(self, epoch: int, train_loss: float, metrics: dict | None) -> None:
+        self._last_metrics = metrics
         improved = metrics is not None and metrics["miou"] > self.state.best_miou
         if improved:
             self.state.best_miou, self.state.best_epoch = metrics["miou"], epoch + 1
@@ -135,6 +140,21 @@ class Trainer:
             if improved:
                 self.save(ckpt_io.BEST, metrics)
         dist.barrier()
+
+    def _epoch_row(self, lr: float, seconds: float) -> dict[str, Any]:
+        """The epoch just finished as one ``metrics.csv`` row (lr: at the epoch's start)."""
+        entry, metrics = self.state.history[-1], self._last_metrics
+        return {
+            "epoch": entry["epoch"],
+            "step": self.state.step,
+            "lr": lr,
+            "train_loss": entry["train_loss"],
+            "val_loss": entry.get("val_loss"),
+            "miou": entry.get("miou"),
+            "pixel_acc": entry.get("pixel_acc"),
+            "iou": metrics["iou"] if metrics is not None else None,
+            "epoch_time_s": round(seconds, 3),
+        }
 
     def _should_stop(self) -> bool:
         patience = self.early_stop_patience

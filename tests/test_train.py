@@ -255,3 +255,19 @@ def test_out_of_range_label_stops_before_the_first_step(tmp_path):
         train_rank(compose_train(*VOC, f"dataset.root={root}"), tmp_path / "run")
     assert "9" in str(e.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_metrics_csv_has_one_row_per_epoch_equal_to_tensorboard(trained):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(trained / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    acc = EventAccumulator(str(trained / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tb = {e.step: e.value for e in acc.Scalars("val/mIoU")}
+    for r in rows:
+        assert float(r["miou"]) == pytest.approx(tb[int(r["step"])], rel=1e-6)
+        assert float(r["iou/circle"]) >= 0.0 and float(r["epoch_time_s"]) > 0
