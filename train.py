@@ -5,8 +5,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segkit.errors import check_overrides, exit_on_error, run_task
+from segkit.errors import exit_on_error, run_task
 from segkit.run import train
+from segkit.validate import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -15,5 +16,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    exit_on_error(check_overrides, sys.argv[1:])
+    exit_on_error(check_command_line, "train", sys.argv[1:])
     main()

@@ -3,8 +3,8 @@
 Composes conf/check_data.yaml (dataset group + the keys below), builds the dataset.train_split
 and dataset.val_split splits with `train=False` (dataset.val_split=null: train only), reads every
 file (`level=full`), and prints every problem at once with its file and fix, then the per-class
-pixel table. Exit code 0: no errors; 1: errors, or the dataset cannot be built (its error is
-printed as one message, no traceback).
+pixel table. Exit code 0: no errors; 3: errors (data); 2/3 when the dataset cannot be built
+(its error is printed as one message, no traceback).
 
   python scripts/check_dataset.py dataset=isbi dataset.root=/data/isbi
   python scripts/check_dataset.py dataset=camvid weights=median weights_out=camvid_weights.yaml
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segkit.data.check import CheckReport, check_dataset
 from segkit.data.stats import class_weights, format_class_table
-from segkit.errors import run_task
+from segkit.errors import DataError, run_task
 from segkit.run import build_datasets
 
 
@@ -63,7 +63,7 @@ def weights_section(cfg: DictConfig, report: CheckReport, class_names: list[str]
 
 def run(cfg: DictConfig) -> int:
     """Build, check, print; -> process exit code. A dataset that cannot even be built raises
-    DataError / ConfigError, which `run_task` prints as one message (exit code 1)."""
+    DataError / ConfigError, which `run_task` prints as one message (exit code 3 / 2)."""
     train_ds, val_ds = build_datasets(cfg, augment_train=False)
     report = check_dataset(train_ds, val_ds, cfg.level)
     print(report.format(max_per_kind=cfg.max_per_kind))
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> int:
     print(class_section(report, names))
     if cfg.weights or cfg.weights_out:
         print(weights_section(cfg, report, names))
-    return 1 if report.errors else 0
+    return DataError.exit_code if report.errors else 0
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check_data")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from segkit.errors import ConfigError, DataError
 from segkit.run import dataset_factory
-from segkit.visualize import colorize, denormalize
+from segkit.visualize import colorize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GUTTER = 4
@@ -42,7 +42,9 @@ def sample_tiles(ds, n: int) -> list[np.ndarray]:
     tiles = []
     for i in range(min(n, len(ds))):
         image_t, mask_t = ds[i]
-        image = denormalize(image_t.numpy(), ds.mean, ds.std)
+        image = image_t.numpy().transpose(1, 2, 0)  # the uint8 sample as the model gets it
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
         over = overlay(image, mask_t.numpy(), ds.palette, ds.ignore_index)
         gap = np.full((image.shape[0], GUTTER, 3), 255, np.uint8)
         tiles.append(np.concatenate([image, gap, over], axis=1))

@@ -6,9 +6,10 @@
     python scripts/feature_maps.py --ckpt best.pt --image img.jpg --layers head \
         --tensorboard runs/features
 
-A checkpoint is a dict with "model" (state dict) and "config" (the resolved run config, whose
-"model" node has ``_target_``). The image is normalised with the checkpoint's dataset.mean/std
-(ImageNet's when the config has none) unless --mean/--std are given.
+The checkpoint is a segkit checkpoint (.pt) or weights file (.safetensors), read as data by
+``segkit.checkpoint.load_model`` (its model config may only name segkit's models). The image
+is normalised with the checkpoint's dataset.mean/std (ImageNet's when the config has none)
+unless --mean/--std are given.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from segkit.checkpoint import load_model
 from segkit.data.io import read_image
 from segkit.data.transforms import normalize
+from segkit.errors import exit_on_error
 from segkit.features import FeatureRecorder, log_feature_maps, save_feature_maps
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -28,7 +30,12 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", type=Path, required=True, help="segkit checkpoint (.pt)")
+    p.add_argument(
+        "--ckpt",
+        type=Path,
+        required=True,
+        help="segkit checkpoint (.pt) or weights file (.safetensors)",
+    )
     p.add_argument("--layers", nargs="+", help="names from model.named_modules()")
     p.add_argument("--image", type=Path, help="input picture")
     p.add_argument("--out", type=Path, help="directory for one PNG grid per layer")
@@ -52,8 +59,8 @@ def load_input(path: Path, cfg: dict, mean, std) -> torch.Tensor:
 
 def main() -> None:
     args = parse_args()
-    model, ckpt = load_model(args.ckpt)
-    cfg = ckpt["config"]
+    model, info = exit_on_error(load_model, args.ckpt)
+    cfg = info["config"]
     if args.list_layers:
         print("\n".join(name for name, _ in model.named_modules() if name))
         return

@@ -1,60 +1,171 @@
-"""Checkpoints: atomic save, exact resume, and loading a model back from a checkpoint.
+"""Checkpoints: atomic save, safe load, exact resume, weights files to share, models back.
 
-A checkpoint is a dict written with ``torch.save``:
-``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``scheduler``, ``scaler``,
-``epoch`` (epochs completed), ``step`` (optimiser steps done), ``best_miou``, ``best_epoch``,
-``rng`` (python / numpy / torch / cuda states), ``config`` (the resolved run config as plain
-containers), ``class_names``, ``palette``, ``metrics`` (last validation) and ``world_size``.
+A checkpoint is a ``torch.save``d dict of tensors and plain data only (numbers, strings,
+bools, None, lists, tuples, dicts), so ``torch.load(weights_only=True)`` reads it without
+running code: ``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``scheduler``,
+``scaler``, ``epoch`` (epochs completed), ``step`` (optimiser steps done), ``best_miou``,
+``best_epoch``, ``rng`` (`rng_state`: generator states as lists and tensors), ``config`` (the
+resolved run config), ``labels`` (``LabelSpace.to_dict()``), ``class_names``, ``palette``,
+``metrics`` (last validation) and ``world_size``. Checkpoints of the previous format (numpy's
+RNG state as an array) load too and are upgraded in memory.
+
+A weights file (`segkit.sharing.export_weights`) is a ``.safetensors`` file: the model's
+tensors, and as JSON metadata the run config, label space, class names and palette.
+`load_model` accepts both and builds only a model whose stored ``_target_`` is one of segkit's
+(`check_model_target`).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
 import random
+import re
+import shutil
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import IO, Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from segkit.errors import CheckpointError
+from segkit.errors import CheckpointError, StorageError
+from segkit.weights import UnsafeCheckpointError, is_safetensors, read_checkpoint
 
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+TMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: a checkpoint being written
+_LEAF_TYPES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+_CONTAINERS = (dict, OrderedDict, list, tuple, torch.Size)
 
 
+# --------------------------------------------------------------------------- save
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """Write ``obj`` to ``path`` through a temp file + fsync + rename, so a crash at any
-    moment leaves either the previous file or the new one, never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    moment leaves either the previous file or the new one, never a truncated file.
+
+    Raises TypeError (naming the entry) when ``obj`` holds anything but tensors and plain
+    data: such a file would need unpickling to load back."""
+    check_plain(obj)
+    _write_atomic(Path(path), lambda f: torch.save(obj, f), tensor_bytes(obj))
 
 
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None], nbytes: int = 0) -> None:
+    """Temp file in the same folder, fsync, rename, fsync of the folder. A failure (disk full,
+    permissions) removes the temp file, leaves ``path`` as it was and raises StorageError
+    naming the folder, the space free there and ``nbytes`` (about what the file needs)."""
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _storage_error(path, e, nbytes) from e
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a crash right after it keeps the new name)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not support fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def _storage_error(path: Path, e: OSError, nbytes: int) -> StorageError:
+    free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    return StorageError(
+        f"could not write {path.name} in {path.parent}: {e.strerror or e} "
+        f"({free / 1e6:.1f} MB free there, the file needs about {nbytes / 1e6:.1f} MB); free "
+        "some space or fix the permissions, then resume with trainer.resume=auto (the previous "
+        "checkpoints are untouched)"
+    )
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested container (about the size of its checkpoint file)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def tidy_checkpoint_dir(folder: Path) -> None:
+    """At the start of a run (rank 0): remove temp files a killed write left behind, and if a
+    kill hit the ``best`` write, restore ``best`` from ``last`` (which is that same epoch)."""
+    for tmp in folder.glob(f".*{TMP_MARK}*"):
+        log.warning("removing %s, left by an interrupted checkpoint write", tmp)
+        tmp.unlink(missing_ok=True)
+    last, best = folder / LAST, folder / BEST
+    if not last.is_file():
+        return
+    state = load(last)
+    if state.get("best_epoch") != state.get("epoch") or state.get("epoch_step"):
+        return
+    if best.is_file() and load(best).get("epoch") == state["epoch"]:
+        return
+    log.warning(
+        "best checkpoint missing or stale: restoring it from %s (epoch %d)", last, state["epoch"]
+    )
+    save_atomic(state, best)
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise TypeError unless ``obj`` is tensors and plain data all the way down (exact types:
+    a numpy float or a namedtuple would be pickled as a Python object)."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _LEAF_TYPES:
+        return
+    if type(obj) not in _CONTAINERS:
+        raise TypeError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}: a checkpoint may "
+            "hold only tensors, numbers, strings, bools, None, lists, tuples and dicts"
+        )
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for key, value in items:
+        check_plain(key, f"{where} key {key!r}")
+        check_plain(value, f"{where}[{key!r}]")
+
+
+# --------------------------------------------------------------------------- load
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a segkit checkpoint; every failure names the file and says what to do."""
+    """Read a segkit checkpoint as data (``weights_only=True``); every failure names the file
+    and says what to do. A file that needs arbitrary unpickling raises UnsafeCheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path} (give a .pt file or a run directory holding "
             f"{CKPT_DIR}/{LAST})"
         )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, keep the cause
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {e}") from e
+    if is_safetensors(path):
+        raise CheckpointError(
+            f"{path} is a weights file (.safetensors: weights and model config, no optimizer "
+            "or RNG state): it cannot be resumed; fine-tune from it with model.init_from=PATH"
+        )
+    ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(
             f"{path} is not a segkit checkpoint (expected a dict with 'model' and 'config'); "
             "for plain weights use model.init_from=PATH instead"
         )
+    if isinstance(ckpt.get("rng"), dict):
+        ckpt["rng"] = plain_rng_state(ckpt["rng"])
     return ckpt
 
 
@@ -62,8 +173,9 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """Turn ``trainer.resume`` into a checkpoint path, or None for a fresh start.
 
     ``None``/``""``: fresh. ``auto``: the newest loadable checkpoint in ``run_dir`` if any
-    checkpoint exists there, else fresh. A path: a checkpoint file, or a run directory
-    (its ``checkpoints/last.pt``); missing -> CheckpointError.
+    checkpoint exists there, else fresh; an unsafe file stops it rather than being skipped.
+    A path: a checkpoint file, or a run directory (its ``checkpoints/last.pt``); missing ->
+    CheckpointError.
     """
     if not resume:
         return None
@@ -75,6 +187,8 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
             try:
                 load(cand)
                 return cand
+            except UnsafeCheckpointError:
+                raise
             except CheckpointError as e:
                 log.warning("skipping unusable checkpoint: %s", e)
         if candidates:
@@ -92,10 +206,21 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
+# --------------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
+    """The python / numpy / torch (/ cuda) generator states as plain data: python's and
+    numpy's MT19937 states as lists of ints, torch's as uint8 tensors."""
+    version, internal, gauss_next = random.getstate()
+    np_state = np.random.get_state(legacy=False)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -103,12 +228,42 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def plain_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` in `rng_state`'s form; the previous format's tuples (``random.getstate()``,
+    ``np.random.get_state()``) are converted."""
+    out = dict(state)
+    py = state.get("python")
+    if isinstance(py, tuple):
+        out["python"] = {"version": py[0], "state": list(py[1]), "gauss_next": py[2]}
+    npy = state.get("numpy")
+    if isinstance(npy, tuple):
+        name, key, pos, has_gauss, gauss = npy
+        out["numpy"] = {
+            "bit_generator": str(name),
+            "key": np.asarray(key).tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        }
+    return out
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators from `rng_state` (or the previous format's) output."""
+    state = plain_rng_state(state)
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    np.random.set_state(
+        {
+            "bit_generator": npy["bit_generator"],
+            "state": {"key": np.asarray(npy["key"], dtype=np.uint32), "pos": npy["pos"]},
+            "has_gauss": npy["has_gauss"],
+            "gauss": npy["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())  # map_location may have moved it
     if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        cuda_states = [s.cpu() for s in state["cuda"][: torch.cuda.device_count()]]
         torch.cuda.set_rng_state_all(cuda_states)
 
 
@@ -118,12 +273,110 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint (architecture from its config, weights from
-    its state dict). Returns ``(model in eval mode, checkpoint dict)``."""
-    from segkit.run import instantiate_model
+# --------------------------------------------------------------------------- config targets
+_DOTTED = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)+")  # no leading underscores: no dunders
+_FIX = {
+    "model": "build the model from your own config and load the weights with model.init_from=PATH",
+    "dataset": "name the dataset yourself (eval.py dataset=NAME)",
+}
 
-    ckpt = load(path, map_location)
-    model = instantiate_model(ckpt["config"]["model"], from_checkpoint=True)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+
+def check_model_target(model_cfg: Any, source: str | Path = "checkpoint") -> None:
+    """Refuse a model config read from a file unless its ``_target_`` names a model class of
+    segkit (an ``nn.Module`` subclass defined in ``segkit.models``); nested ``_target_``s may
+    also name ``torch.nn`` layers. Imports nothing outside those packages, builds nothing.
+
+    Raises CheckpointError naming the target and where it came from."""
+    _check_targets(model_cfg, "model", "segkit.models", nn.Module, source)
+
+
+def check_dataset_target(dataset_cfg: Any, source: str | Path = "checkpoint") -> None:
+    """As `check_model_target`, for a dataset config: a ``Dataset`` class of ``segkit.data``."""
+    from torch.utils.data import Dataset
+
+    _check_targets(dataset_cfg, "dataset", "segkit.data", Dataset, source)
+
+
+def _check_targets(node: Any, name: str, root: str, base: type, source: str | Path) -> None:
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        raise CheckpointError(
+            f"{source}: the stored config has no {name} with a _target_ (found "
+            f"{type(node).__name__}); it was not written by segkit"
+        )
+    for key, target in _targets(node, name):
+        top = key == f"{name}._target_"
+        allowed = [(root, base)] if top else [(root, nn.Module), ("torch.nn", nn.Module)]
+        if not any(_resolves_within(target, r, b) for r, b in allowed):
+            raise CheckpointError(
+                f"{source}: the stored {name} config names {key}={target!r}, which is not one "
+                f"of segkit's own classes ({root}.*); a checkpoint may only name those, so it "
+                f"was refused before anything was built. To use it anyway, {_FIX[name]}"
+            )
+
+
+def _targets(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every ``_target_`` in a nested config."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "_target_":
+                yield f"{where}._target_", value
+            else:
+                yield from _targets(value, f"{where}.{key}")
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{where}[{i}]")
+
+
+def _resolves_within(target: Any, root: str, base: type) -> bool:
+    """True when ``target`` names, inside package ``root``, a subclass of ``base`` defined
+    there (``segkit.models.unet.os.system`` has the prefix but names ``os.system``)."""
+    if not isinstance(target, str) or not _DOTTED.fullmatch(target):
+        return False
+    if not target.startswith(root + "."):
+        return False
+    obj = _locate_within(target, root)
+    return inspect.isclass(obj) and issubclass(obj, base) and _inside(obj.__module__, root)
+
+
+def _inside(module: str, root: str) -> bool:
+    return f"{module}.".startswith(f"{root}.")
+
+
+def _locate_within(target: str, root: str) -> object | None:
+    """What Hydra would locate for ``target``, importing only submodules of ``root``."""
+    obj: object = importlib.import_module(root)
+    for part in target[len(root) + 1 :].split("."):
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+        elif isinstance(obj, ModuleType) and _inside(obj.__name__, root):
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{part}")
+            except ImportError:
+                return None
+        else:
+            return None
+    return obj
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint (``.pt``) or a weights file (``.safetensors``):
+    architecture from its config (after `check_model_target`), weights from its state dict.
+    Returns ``(model in eval mode, info)``: the checkpoint dict, or for a weights file a dict
+    with ``model``, ``config``, ``labels``, ``class_names`` and ``palette``."""
+    from segkit.run import instantiate_model
+    from segkit.sharing import read_weights_file
+
+    path = Path(path)
+    if path.is_file() and is_safetensors(path):
+        info = read_weights_file(path, map_location)
+    else:
+        info = load(path, map_location)
+    config = info.get("config")
+    model_cfg = config.get("model") if isinstance(config, Mapping) else None
+    check_model_target(model_cfg, path)
+    model = instantiate_model(model_cfg, from_checkpoint=True)
+    try:
+        model.load_state_dict(info["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not fit its model config: {e}") from e
+    return model.eval(), info

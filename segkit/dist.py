@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,6 +213,35 @@ def log_devices(info: DistInfo) -> None:
     )
 
 
+# --------------------------------------------------------------------------- interrupts
+class StopRequest:
+    """SIGINT / SIGTERM set a flag instead of killing the process, so the training loop can
+    finish its step and save (``requested``). Install it once per process (main thread)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def install(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            log.warning("%s received: stopping after the current step", self.signal_name)
+
+    def requested(self, info: DistInfo) -> str | None:
+        """The signal name once any rank got one (agreed across ranks), else None."""
+        if not info.distributed:
+            return self.signal_name
+        flags = torch.tensor([self.signal_name == "SIGINT", self.signal_name == "SIGTERM"])
+        flags = all_reduce_sum(flags.to(info.device, torch.float32)).cpu()
+        if flags.sum() == 0:
+            return None
+        return "SIGTERM" if flags[1] > 0 else "SIGINT"
+
+
 # --------------------------------------------------------------------------- spawning workers
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``. Samples draw from their own (seed, epoch, index) generator;
@@ -230,24 +260,81 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
     """Run ``fn(plain_cfg, run_dir)`` in ``n`` DDP processes on this machine.
 
     ``fn`` must be a module-level function (it is pickled for the spawn). ``torch.multiprocessing``
-    joins the processes and, if one raises, stops the rest and re-raises with that rank's
-    traceback, so no rank is left waiting in a collective.
+    joins the processes and, if one fails, stops the rest, so no rank is left waiting in a
+    collective. A user error in a rank comes back as that error (one message, "rank r: ..."),
+    a rank killed by a signal as a DistributedError with the likely cause.
     """
     import torch.multiprocessing as mp
 
     port = _free_port()
+    errors = mp.get_context("spawn").SimpleQueue()
     log.info("starting %d worker processes (DDP, master port %d)", n, port)
+    context = mp.start_processes(
+        _worker,
+        args=(fn, plain_cfg, str(run_dir), n, port, errors),
+        nprocs=n,
+        start_method="spawn",
+        join=False,
+    )
+    forward = _forward_signals(context.processes)
     try:
-        mp.start_processes(
-            _worker, args=(fn, plain_cfg, str(run_dir), n, port), nprocs=n, start_method="spawn"
-        )
+        while not context.join(timeout=1.0):
+            pass
+    except mp.ProcessExitedException as e:
+        raise _rank_error(e.error_index, e.exit_code, e.signal_name, errors) from None
     except mp.ProcessRaisedException as e:
-        # the message holds the rank's traceback; keep it, and lead with its last line
+        # a bug: keep the rank's traceback, and lead with its last line
         last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
         raise RuntimeError(f"rank {e.error_index} failed: {last}\n{e}") from None
+    finally:
+        forward()
 
 
-def _worker(local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port: int) -> None:
+def _forward_signals(processes: list) -> Callable[[], None]:
+    """Pass SIGINT / SIGTERM on to the workers (which save and stop) instead of dying here;
+    returns the function that restores the previous handlers."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(signum: int, frame: Any) -> None:
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
+
+
+def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) -> Exception:
+    """The error to raise in the parent for a rank that exited: its own user error, if it
+    reported one, else what the exit says."""
+    from segkit import errors as errs
+
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    first = sorted(reported, key=lambda r: not r[1].startswith(f"rank {rank}:"))
+    for kind, message, exit_code in first:
+        err = getattr(errs, kind, errs.DistributedError)(message)
+        err.exit_code = exit_code
+        return err
+    if code in (130, 143):
+        name = "SIGTERM" if code == 143 else "SIGINT"
+        return errs.Interrupted(f"interrupted by {name}; resume with trainer.resume=auto", name)
+    if signal_name:
+        return errs.DistributedError(
+            f"rank {rank} was killed by {signal_name}; likely cause: the host ran out of memory "
+            "(check `dmesg`; lower loader.batch_size or loader.num_workers) or a scheduler "
+            "killed it; the other ranks were stopped. Resume with trainer.resume=auto"
+        )
+    return errs.DistributedError(f"rank {rank} exited with status {code}; see train.log")
+
+
+def _worker(
+    local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port: int, errors
+) -> None:
+    from segkit.errors import UserError, user_error
+
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -258,7 +345,14 @@ def _worker(local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     setup_worker_logging(Path(run_dir), local_rank)
-    fn(plain_cfg, Path(run_dir))
+    try:
+        fn(plain_cfg, Path(run_dir))
+    except Exception as e:
+        cause = user_error(e)
+        if not isinstance(cause, UserError):
+            raise  # a bug: torch.multiprocessing sends the traceback to the parent
+        errors.put((type(cause).__name__, f"rank {local_rank}: {cause}", cause.exit_code))
+        raise SystemExit(cause.exit_code) from None
 
 
 def setup_worker_logging(run_dir: Path, rank: int) -> None:
@@ -286,9 +380,9 @@ def shared_run_dir(run_dir: Path, info: DistInfo) -> Path:
     """
     if not info.distributed:
         return run_dir
-    main_dir = Path(broadcast_object(str(run_dir)))
     if info.is_main:
-        return main_dir
+        return Path(broadcast_object(str(first_attempt_dir(run_dir))))
+    main_dir = Path(broadcast_object(str(run_dir)))
     root = logging.getLogger()
     for h in list(root.handlers):
         if isinstance(h, logging.FileHandler):
@@ -298,6 +392,28 @@ def shared_run_dir(run_dir: Path, info: DistInfo) -> Path:
     if run_dir.resolve() != main_dir.resolve() and _only_hydra_files(run_dir):
         shutil.rmtree(run_dir, ignore_errors=True)
     return main_dir
+
+
+def elastic_restarts() -> int:
+    """How often torchrun restarted this job's workers (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def first_attempt_dir(run_dir: Path) -> Path:
+    """Under torchrun, the run directory of the job's first attempt (restarts continue there,
+    so ``trainer.resume=auto`` finds its checkpoints): a marker named after torchrun's run id
+    in the runs folder remembers it. The directory a restart's Hydra made is removed."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id or run_id == "none":
+        return run_dir
+    marker = run_dir.parent / f".elastic-{run_id}"
+    if not marker.is_file():
+        marker.write_text(str(run_dir))
+        return run_dir
+    first = Path(marker.read_text().strip())
+    if first.resolve() != run_dir.resolve() and _only_hydra_files(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return first
 
 
 def _only_hydra_files(d: Path) -> bool:

@@ -3,9 +3,11 @@
 An error caused by the user's input (a config value, a file on disk, a checkpoint) is one of
 the classes below; its message names the key or file, what was expected, what was found and
 the fix. :func:`run_task` prints such an error as one message, without a traceback, and exits
-with status 1 (``SEGKIT_TRACEBACK=1`` shows the traceback too). Anything else is a bug and keeps
-its traceback. In a Hydra multirun the error is re-raised instead, so Hydra records the job as
-failed, the sweep goes on, and the sweep exits non-zero.
+with its code (``SEGKIT_TRACEBACK=1`` shows the traceback too). Anything else is a bug and keeps
+its traceback. Exit codes: 2 config or checkpoint, 3 data, 4 diverged, 5 distributed,
+6 storage, 130/143 interrupted (SIGINT/SIGTERM), 1 anything else. In a Hydra multirun the
+error is re-raised instead, so Hydra records the job as failed, the sweep goes on, and the
+sweep exits non-zero.
 """
 
 from __future__ import annotations
@@ -13,27 +15,65 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("segkit")
 
 
 class UserError(Exception):
-    """Base of the errors caused by the user's input rather than by a bug in segkit."""
+    """Base of the errors caused by the user's input rather than by a bug in segkit.
+    ``exit_code``: the process exit status it ends with (documented in README.md)."""
+
+    exit_code = 1
 
 
 class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the key and the fix."""
+
+    exit_code = 2
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that is missing, unreadable, unsafe or does not fit the config."""
+
+    exit_code = 2
 
 
 class DataError(UserError, ValueError):
     """A problem with the data on disk or with the dataset config; the message names the file or
     the ``dataset.<key>`` and says how to fix it."""
 
+    exit_code = 3
 
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that is missing, unreadable or not a segkit checkpoint."""
+
+class DivergedError(UserError, RuntimeError):
+    """Training diverged: too many consecutive non-finite steps."""
+
+    exit_code = 4
+
+
+class DistributedError(UserError, RuntimeError):
+    """A rank or DataLoader worker died, or the process group failed."""
+
+    exit_code = 5
+
+
+class StorageError(UserError, OSError):
+    """A file could not be written (disk full, permissions, read-only folder)."""
+
+    exit_code = 6
+
+
+class Interrupted(UserError):
+    """SIGINT / SIGTERM: the run stopped after its current step and saved an ``interrupt``
+    checkpoint; ``trainer.resume=auto`` continues from it."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message)
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 
 def user_error(e: BaseException) -> BaseException | None:
@@ -46,26 +86,58 @@ def user_error(e: BaseException) -> BaseException | None:
 
     if isinstance(e, InstantiationException):
         cause = e.__cause__
+        if isinstance(cause, UserError):
+            return cause
         if cause is None or isinstance(cause, ValueError | TypeError | FileNotFoundError):
-            return cause or e
+            return ConfigError(str(cause or e))
         return user_error(cause)
-    if isinstance(e, UserError | FileNotFoundError):
+    if isinstance(e, UserError):
         return e
+    if isinstance(e, FileNotFoundError):  # a path given in the config
+        return ConfigError(str(e))
+    return _worker_error(e)
+
+
+def _worker_error(e: BaseException) -> UserError | None:
+    """DataLoader failures that are about the machine, not segkit: a killed worker, a full
+    ``/dev/shm``; a user error raised inside a worker comes back wrapped in its traceback."""
+    text = str(e)
+    if "Original Traceback" in text:  # DataLoader re-raise of an error in a worker
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        kind, _, message = last.partition(": ")
+        cls = {c.__name__: c for c in UserError.__subclasses__()}.get(kind.rsplit(".", 1)[-1])
+        return cls(message) if cls else None
+    if "DataLoader worker" in text and "killed" in text:
+        return DistributedError(
+            f"{text.strip()}: a data-loading process was killed, most likely because the host ran "
+            "out of memory (check `dmesg`); lower loader.num_workers or loader.batch_size"
+        )
+    if "shared memory" in text or "/dev/shm" in text:
+        return DistributedError(
+            f"{text.strip().splitlines()[0]}: /dev/shm is too small for the DataLoader workers; "
+            "in Docker start the container with --shm-size=8g (or --ipc=host), or set "
+            "loader.num_workers=0"
+        )
     return None
 
 
 def report(cause: BaseException) -> None:
-    """Print a user error as one message (to the log and to stderr) and exit with status 1."""
-    log.error("%s: %s", type(cause).__name__, cause)
-    print(f"\nsegkit: error: {cause}", file=sys.stderr)
-    sys.exit(1)
+    """Print a user error once (stderr; the run's log files get it too) and exit with its
+    ``exit_code``."""
+    record = logging.LogRecord("segkit", logging.ERROR, "", 0, "%s: %s", None, None)
+    record.args = (type(cause).__name__, cause)
+    for handler in logging.getLogger().handlers:  # the log file, not the console again
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"segkit: error: {cause}", file=sys.stderr, flush=True)
+    sys.exit(getattr(cause, "exit_code", 1))
 
 
-def exit_on_error(fn: Callable[[Any], Any], arg: Any) -> Any:
-    """Call ``fn(arg)`` outside Hydra (e.g. checks of the command line); a user error is
+def exit_on_error(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn(*args)`` outside Hydra (e.g. checks of the command line); a user error is
     reported as one message and ends the process."""
     try:
-        return fn(arg)
+        return fn(*args)
     except UserError as e:
         if os.environ.get("SEGKIT_TRACEBACK"):
             raise
@@ -86,45 +158,3 @@ def run_task(fn: Callable[[Any], Any], cfg: Any) -> Any:
             log.exception("job failed")
             raise
         report(cause)
-
-
-# --------------------------------------------------------------------------- renamed keys
-# old key -> new key (None: removed, with the reason in REMOVED_KEYS)
-RENAMED_KEYS: dict[str, str | None] = {
-    "data.batch_size": "loader.batch_size",
-    "data.val_batch_size": "loader.val_batch_size",
-    "data.num_workers": "loader.num_workers",
-    "data.train_split": "dataset.train_split",
-    "data.val_split": "dataset.val_split",
-    "data.check": "dataset.check",
-    "batch_size": "loader.batch_size",  # eval.py
-    "num_workers": "loader.num_workers",  # eval.py
-    "trainer.fail_at_step": None,
-    "dataset.one_hot": None,
-}
-REMOVED_KEYS = {
-    "trainer.fail_at_step": "fault injection is test machinery and lives in the tests now",
-    "dataset.one_hot": "losses that need one-hot targets build them on the device",
-}
-
-
-def renamed_key_error(key: str) -> ConfigError | None:
-    """The error for an old key name (``data.batch_size``, or the whole old ``data`` block),
-    or None."""
-    key = key.lstrip("+~")
-    matches = [old for old in RENAMED_KEYS if key == old or (key == "data" and old[:5] == "data.")]
-    if not matches:
-        return None
-    if key in REMOVED_KEYS:
-        return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}; drop it from your config")
-    pairs = ", ".join(f"{old} -> {RENAMED_KEYS[old]}" for old in matches if RENAMED_KEYS[old])
-    return ConfigError(f"{key} was renamed ({pairs}); see 'Renamed keys' in README.md")
-
-
-def check_overrides(args: Iterable[str]) -> None:
-    """Stop on old key names in command-line overrides, before Hydra composes anything."""
-    for arg in args:
-        if "=" in arg and not arg.startswith("-"):
-            err = renamed_key_error(arg.split("=", 1)[0])
-            if err is not None:
-                raise err

@@ -1,4 +1,9 @@
-"""Optimiser parameter groups and the warmup + cosine learning-rate schedule."""
+"""Optimiser parameter groups and the warmup + cosine / poly learning-rate schedules.
+
+Both schedules are pure functions of the optimiser step (``warmup_cosine_factor``,
+``warmup_poly_factor``) wrapped in an ``LRScheduler`` that is stepped once per iteration, so
+resuming restores the LR from the step count alone.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import math
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+
+from segkit.errors import ConfigError
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
@@ -29,24 +36,94 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _warmup_factor(step: int, warmup_steps: int, warmup_start: float) -> float:
+    """Linear from ``warmup_start`` (step 0) towards 1 (reached at ``warmup_steps``)."""
+    return warmup_start + (1.0 - warmup_start) * step / warmup_steps
+
+
+def _progress(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Fraction in [0, 1] of the post-warmup steps done at ``step`` (clamped past the end)."""
+    span = max(1, total_steps - warmup_steps)
+    return min(1.0, (step - warmup_steps) / span)
+
+
 def warmup_cosine_factor(
     step: int, total_steps: int, warmup_steps: int, warmup_start: float, min_ratio: float
 ) -> float:
     """LR multiplier at optimiser ``step`` (0-based): linear from ``warmup_start`` to 1 over
     ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
-        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+        return _warmup_factor(step, warmup_steps, warmup_start)
+    progress = _progress(step, total_steps, warmup_steps)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class WarmupCosineLR(LRScheduler):
-    """Cosine annealing to ``eta_min`` with linear warmup, stepped once per iteration.
+def warmup_poly_factor(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_start: float,
+    power: float,
+    min_ratio: float,
+) -> float:
+    """LR multiplier at optimiser ``step`` (0-based): linear warmup as in the cosine schedule,
+    then ``min_ratio + (1 - min_ratio) * (1 - progress) ** power`` with ``progress`` going from
+    0 at ``warmup_steps`` to 1 at ``total_steps`` (the segmentation "poly" rule of DeepLab,
+    BiSeNet and torchvision's references; ``torch.optim.lr_scheduler.PolynomialLR`` with
+    ``total_iters = total_steps - warmup_steps`` when ``min_ratio == 0``)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return _warmup_factor(step, warmup_steps, warmup_start)
+    progress = _progress(step, total_steps, warmup_steps)
+    return min_ratio + (1.0 - min_ratio) * (1.0 - progress) ** power
+
+
+class _WarmupLR(LRScheduler):
+    """Shared part of the per-iteration schedules: step counts, warmup, absolute ``eta_min``.
 
     ``total_steps`` and ``steps_per_epoch`` are filled in by the run from ``len(loader)``;
     ``warmup_epochs`` may be fractional. ``eta_min`` is absolute (same for every group).
+    Subclasses implement ``factor(step, min_ratio) -> float``.
     """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        steps_per_epoch: int,
+        warmup_epochs: float,
+        warmup_start: float,
+        eta_min: float,
+        last_epoch: int = -1,
+    ) -> None:
+        if total_steps <= 0:
+            raise ConfigError(f"scheduler total_steps must be > 0, got {total_steps}")
+        if not 0.0 <= warmup_start <= 1.0:
+            raise ConfigError(f"scheduler.warmup_start must be in [0, 1], got {warmup_start}")
+        if warmup_epochs < 0 or eta_min < 0:
+            raise ConfigError(
+                f"scheduler.warmup_epochs and scheduler.eta_min must be >= 0, got "
+                f"{warmup_epochs} and {eta_min}"
+            )
+        self.total_steps = total_steps
+        self.warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
+        self.warmup_start = warmup_start
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int, min_ratio: float) -> float:
+        raise NotImplementedError
+
+    def get_lr(self) -> list[float]:
+        lrs = []
+        for base_lr in self.base_lrs:
+            min_ratio = min(1.0, self.eta_min / base_lr) if base_lr > 0 else 0.0
+            lrs.append(base_lr * self.factor(self.last_epoch, min_ratio))
+        return lrs
+
+
+class WarmupCosineLR(_WarmupLR):
+    """Cosine annealing to ``eta_min`` with linear warmup, stepped once per iteration
+    (see :func:`warmup_cosine_factor`)."""
 
     def __init__(
         self,
@@ -58,20 +135,51 @@ class WarmupCosineLR(LRScheduler):
         eta_min: float = 1e-5,
         last_epoch: int = -1,
     ) -> None:
-        if total_steps <= 0:
-            raise ValueError(f"scheduler total_steps must be > 0, got {total_steps}")
-        self.total_steps = total_steps
-        self.warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
-        self.warmup_start = warmup_start
-        self.eta_min = eta_min
-        super().__init__(optimizer, last_epoch)
+        super().__init__(
+            optimizer,
+            total_steps,
+            steps_per_epoch,
+            warmup_epochs,
+            warmup_start,
+            eta_min,
+            last_epoch,
+        )
 
-    def get_lr(self) -> list[float]:
-        lrs = []
-        for base_lr in self.base_lrs:
-            min_ratio = min(1.0, self.eta_min / base_lr) if base_lr > 0 else 0.0
-            f = warmup_cosine_factor(
-                self.last_epoch, self.total_steps, self.warmup_steps, self.warmup_start, min_ratio
-            )
-            lrs.append(base_lr * f)
-        return lrs
+    def factor(self, step: int, min_ratio: float) -> float:
+        return warmup_cosine_factor(
+            step, self.total_steps, self.warmup_steps, self.warmup_start, min_ratio
+        )
+
+
+class WarmupPolyLR(_WarmupLR):
+    """Poly decay ``(1 - progress) ** power`` to ``eta_min`` with linear warmup, stepped once
+    per iteration (see :func:`warmup_poly_factor`). ``power=0.9`` is the usual choice."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        steps_per_epoch: int,
+        warmup_epochs: float = 1.0,
+        warmup_start: float = 0.1,
+        power: float = 0.9,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if power <= 0:
+            raise ConfigError(f"scheduler.power must be > 0, got {power}")
+        self.power = float(power)
+        super().__init__(
+            optimizer,
+            total_steps,
+            steps_per_epoch,
+            warmup_epochs,
+            warmup_start,
+            eta_min,
+            last_epoch,
+        )
+
+    def factor(self, step: int, min_ratio: float) -> float:
+        return warmup_poly_factor(
+            step, self.total_steps, self.warmup_steps, self.warmup_start, self.power, min_ratio
+        )

@@ -2,7 +2,8 @@
 
 After each job (and so also when a later job fails or the sweep is interrupted) the
 sweep folder holds ``summary.csv`` and ``summary.md``: one row per job with its overrides,
-best val mIoU, epoch of best, duration and status (and the error of a failed job).
+best val mIoU, epoch of best, duration and status (and the error of a failed job). A relaunched
+sweep (same ``hydra.sweep.dir``) keeps one row per job: the job's latest.
 """
 
 from __future__ import annotations
@@ -91,10 +92,21 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def read_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job: a relaunched sweep appends rows again; the last one of a job wins."""
     path = sweep_dir / ROWS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list({row["job"]: row for row in rows}.values())
+
+
+def finished_result(job_dir: Path) -> dict[str, Any] | None:
+    """``result.json`` of a job that completed in ``job_dir`` (a relaunched sweep skips it)."""
+    path = Path(job_dir) / "result.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("status") == "completed" else None
 
 
 class SweepSummary(Callback):

@@ -1,55 +1,57 @@
-"""What a run leaves for people to look at: TensorBoard events, the config snapshot and
-``result.json``.
+"""What a run leaves for people to look at: TensorBoard events, ``metrics.csv``, pictures in
+``plots/``, the config snapshot, ``result.json`` and ``status.json``.
 
 Only rank 0 has a :class:`Tracker`; every other rank gets ``None`` and the training loop skips
-all of this. The Trainer calls :meth:`Tracker.log_train` per step, :meth:`Tracker.log_val` per
-validation and :meth:`Tracker.finish` once.
+all of this. The Trainer calls :meth:`Tracker.log_scalars` every ``log_every`` steps,
+:meth:`Tracker.log_val` per validation, :meth:`Tracker.log_epoch` per epoch and
+:meth:`Tracker.finish` once.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from segkit.data.base import LabelSpace
-from segkit.visualize import colorize, confusion_image, denormalize, panel
+from segkit.metrics import format_table
+from segkit.visualize import (  # SampleCollector: re-exported for the Trainer
+    SampleCollector,
+    confusion_figure,
+    curves_figure,
+    custom_layout,
+    denormalize,
+    hparams_summaries,
+    sample_grid,
+    save_figure,
+    write_eval_report,
+)
 
 log = logging.getLogger("segkit")
 
 RESULT_FILE = "result.json"
 METRICS_CSV = "metrics.csv"
 CONFIG_FILE = "config.yaml"
-
-
-class SampleCollector:
-    """Keeps the first ``limit`` validation samples of a pass on the CPU for pictures.
-
-    Called by :func:`segkit.metrics.evaluate` as ``on_batch(images, masks, pred)``.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def __call__(self, images: torch.Tensor, masks, pred) -> None:
-        for img, m, p in zip(images, masks, pred):
-            if len(self.samples) >= self.limit:
-                return
-            self.samples.append((img.float().cpu().numpy(), m.cpu().numpy(), p.cpu().numpy()))
+STATUS_FILE = "status.json"
+PLOTS_DIR = "plots"
+STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
 
 
 class Tracker:
     """TensorBoard writer in ``run_dir/tb`` plus the run's files; rank 0 only.
 
-    ``start_step``: the optimiser step the run starts from; a resumed run purges the events a
-    killed run wrote after its last checkpoint, so the curves continue without overlap.
+    ``start_step``: the optimiser step the run starts from; a resumed run purges the events
+    and the ``metrics.csv`` rows a killed run wrote after its last checkpoint, so the curves
+    continue without overlap.
     """
 
     def __init__(self, run_dir: Path, labels: LabelSpace, start_step: int = 0) -> None:
@@ -58,6 +60,12 @@ class Tracker:
         self.run_dir, self.labels = Path(run_dir), labels
         purge = start_step + 1 if start_step > 0 else None
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        rows = keep_rows(self.run_dir / METRICS_CSV, start_step) if start_step > 0 else []
+        scores = [float(r["miou"]) for r in rows if r.get("miou") not in (None, "")]
+        self.best_miou = max(scores, default=-math.inf)  # for val/best_mIoU after a resume
+        self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
+        self._tags: set[str] = set()
+        self._layout: dict | None = None
 
     def log_train(self, step: int, loss: float, lr: float) -> None:
         self.log_scalars(step, {"train/loss": loss, "train/lr": lr})
@@ -66,96 +74,232 @@ class Tracker:
         """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
+        self._tags.update(scalars)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch to ``metrics.csv`` (header on first write). ``row``: epoch, step,
         lr, train_loss, val_loss, miou, pixel_acc (None when not validated), iou (per-class
-        list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each."""
-        path = self.run_dir / METRICS_CSV
+        list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each.
+        ``train_loss`` also goes to TensorBoard as ``train/loss_epoch`` at ``step``."""
         iou = row.get("iou") or [None] * self.labels.num_classes
         flat = {k: v for k, v in row.items() if k != "iou"}
         flat.update({f"iou/{n}": v for n, v in zip(self.labels.class_names, iou)})
-        new = not path.is_file()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(flat))
-            if new:
-                writer.writeheader()
-            writer.writerow({k: "" if v is None else v for k, v in flat.items()})
+        append_row(self.run_dir / METRICS_CSV, flat)
+        if row.get("train_loss") is not None:
+            self.log_scalars(row["step"], {"train/loss_epoch": row["train_loss"]})
+        layout = custom_layout(self._tags)
+        if layout != self._layout:  # written again whenever a new tag appears
+            from torch.utils.tensorboard.summary import custom_scalars
+
+            self.writer.file_writer.add_summary(custom_scalars(layout), row["step"])
+            self._layout = layout
+        self.writer.flush()
 
     def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
-        """Scalars, per-class IoU, image | label | prediction panels and the confusion matrix."""
-        w = self.writer
-        w.add_scalar("val/loss", metrics["loss"], step)
-        w.add_scalar("val/mIoU", metrics["miou"], step)
-        w.add_scalar("val/pixel_acc", metrics["pixel_acc"], step)
-        w.add_scalar("val/epoch", epoch, step)
-        for name, iou in zip(self.labels.class_names, metrics["iou"]):
-            if not math.isnan(iou):
-                w.add_scalar(f"val_iou/{name}", iou, step)
-        panels = [self._panel(*s) for s in samples.samples]
-        if panels:
-            w.add_images("val/image|label|pred", np.stack(panels), step, dataformats="NHWC")
-        w.add_image("val/confusion", confusion_image(metrics["confusion"]), step, dataformats="HWC")
-        w.flush()
-
-    def _panel(self, image: np.ndarray, mask: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """Scalars (val/best_mIoU: the best so far), per-class IoU, the sample grid and the
+        labelled confusion matrix; one console line with mIoU and the three worst classes."""
         lab = self.labels
-        rgb = denormalize(image, lab.mean, lab.std)
-        return panel(
-            rgb,
-            colorize(mask, lab.palette, lab.ignore_index),
-            colorize(pred, lab.palette, lab.ignore_index),
-        )
-
-    def finish(self, hparams: dict[str, Any], result: dict) -> None:
-        """Log hparams + final metrics into the run's event stream, close it, write
-        ``result.json``."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-        metrics = {
-            "hparam/best_miou": result["best_miou"],
-            "hparam/best_epoch": result["best_epoch"],
+        if not math.isnan(metrics["miou"]):
+            self.best_miou = max(self.best_miou, metrics["miou"])
+        scalars = {
+            "val/loss": metrics["loss"],
+            "val/mIoU": metrics["miou"],
+            "val/pixel_acc": metrics["pixel_acc"],
+            "val/epoch": epoch,
         }
+        if math.isfinite(self.best_miou):
+            scalars["val/best_mIoU"] = self.best_miou
+        ious = zip(lab.class_names, metrics["iou"])
+        scalars.update({f"val_iou/{n}": v for n, v in ious if not math.isnan(v)})
+        self.log_scalars(step, scalars)
+        if samples.samples:
+            triples = [(denormalize(i, lab.mean, lab.std), m, p) for i, m, p in samples.samples]
+            grid = sample_grid(triples, lab.class_names, lab.palette, lab.ignore_index)
+            self.writer.add_figure("val/image|label|pred", grid, step)
+        title = f"confusion matrix (row-normalised), epoch {epoch}"
+        conf = confusion_figure(metrics["confusion"], lab.class_names, title)
+        self.writer.add_figure("val/confusion", conf, step)
+        self.writer.flush()
+        self.last_val = (epoch, metrics)
+        log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
+
+    def finish(
+        self, hparams: dict[str, Any], result: dict, *, varied: Iterable[str] = ()
+    ) -> list[Path]:
+        """Log hparams (+ params/FLOPs) into the run's event stream, close it, write
+        ``result.json`` and the report (:meth:`write_report`); log where every file is.
+        ``varied``: the hparams a sweep varies (:func:`override_keys`), listed first in the
+        HParams tab. Returns the report's files."""
         hp = dict(hparams)
         if result.get("complexity"):
             hp["params_M"] = result["complexity"]["params_total"] / 1e6
             hp["gflops"] = result["complexity"]["flops"] / 1e9
-        for summary in hparams_summary(hp, metrics):
+        for summary in hparams_summaries(hp, varied):
             self.writer.file_writer.add_summary(summary)
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, 0)
         self.writer.close()
-        (self.run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        write_atomic(self.run_dir / RESULT_FILE, json.dumps(result, indent=2))
+        files = self.write_report()
+        log_run_files(self.run_dir)
+        return files
+
+    def write_report(self) -> list[Path]:
+        """``plots/``: curves.png from ``metrics.csv``; of the last validation
+        confusion_matrix.png, per_class_iou.png and metrics.txt (per-class table, also
+        logged). Returns the files written."""
+        plots = self.run_dir / PLOTS_DIR
+        _, rows = read_table(self.run_dir / METRICS_CSV)
+        files = [save_figure(curves_figure(rows), plots / "curves.png")] if rows else []
+        if self.last_val is not None:
+            epoch, metrics = self.last_val
+            lab = self.labels
+            files += write_eval_report(plots, metrics, lab.class_names, lab.palette, epoch=epoch)
+            table = format_table(metrics, lab.class_names)
+            log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
+        return files
 
 
-def hparams_of(run_config: dict) -> dict[str, Any]:
-    """The hyperparameters a sweep varies, from the resolved run config, flattened for
-    TensorBoard's HParams plugin."""
-    model, loss, optim = run_config["model"], run_config["loss"], run_config["optimizer"]
-    flat = {
-        "model": model["_target_"].rsplit(".", 1)[-1],
-        "loss": loss["_target_"].rsplit(".", 1)[-1],
-        "optimizer": optim["_target_"].rsplit(".", 1)[-1],
-        "lr": optim["lr"],
-        "batch_size": run_config["loader"]["batch_size"],
-        "max_epochs": run_config["trainer"]["max_epochs"],
-        "precision": run_config["trainer"]["precision"],
+def worst_classes(metrics: dict, labels: LabelSpace, k: int = 3) -> str:
+    """``worst IoU: name 0.123, ...`` for the ``k`` lowest per-class IoUs (NaN skipped)."""
+    scored = [(v, n) for n, v in zip(labels.class_names, metrics["iou"]) if not math.isnan(v)]
+    return "worst IoU: " + ", ".join(f"{n} {v:.3f}" for v, n in sorted(scored)[:k])
+
+
+# --------------------------------------------------------------------------- metrics.csv
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows as dicts of strings) of a CSV file; ([], []) when it does not exist."""
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_table(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, out.getvalue())
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` (None -> empty cell); the first row, or one with new columns, (re)writes
+    the file with the union of the columns, so the header always matches the rows."""
+    row = {k: "" if v is None else v for k, v in row.items()}
+    header, rows = read_table(path)
+    if header == list(row):
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=header, lineterminator="\n").writerow(row)
+    else:
+        write_table(path, [*header, *(k for k in row if k not in header)], [*rows, row])
+
+
+def keep_rows(path: Path, max_step: int) -> list[dict[str, str]]:
+    """Drop the rows with ``step > max_step`` (written after the checkpoint a run resumes
+    from); returns the rows kept."""
+    header, rows = read_table(path)
+    kept = [r for r in rows if int(r["step"]) <= max_step]
+    if len(kept) < len(rows):
+        write_table(path, header, kept)
+    return kept
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temp file + fsync + rename: a reader (or a crash)
+    sees the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- config, hparams
+def hparams_of(run_config: dict, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The hyperparameters of a run for TensorBoard's HParams tab: the model / loss /
+    optimizer classes, the main numbers, and every ``key=value`` of ``overrides`` (Hydra's task
+    overrides: the keys a sweep varies). An override's value is the run config's value at that
+    key path when it is a plain value (``optimizer.weight_decay=0.01`` -> 0.01), else the
+    override's own text (``loss=focal`` -> "focal": a config group choice)."""
+    model, optim = run_config["model"], run_config["optimizer"]
+    flat: dict[str, Any] = {
+        "model.class": model["_target_"].rsplit(".", 1)[-1],
+        "loss.class": run_config["loss"]["_target_"].rsplit(".", 1)[-1],
+        "optimizer.class": optim["_target_"].rsplit(".", 1)[-1],
+        "optimizer.lr": optim["lr"],
+        "loader.batch_size": run_config["loader"]["batch_size"],
+        "trainer.max_epochs": run_config["trainer"]["max_epochs"],
+        "trainer.precision": run_config["trainer"]["precision"],
         "seed": run_config["seed"],
     }
-    for key in ("backbone", "base_channels"):
-        if key in model:
-            flat[f"model.{key}"] = model[key]
+    flat.update({f"model.{k}": model[k] for k in ("backbone", "base_channels") if k in model})
+    if optim.get("weight_decay") is not None:
+        flat["optimizer.weight_decay"] = optim["weight_decay"]
+    for key, text in override_items(overrides or []):
+        value = lookup(run_config, key)
+        flat[key] = value if isinstance(value, int | float | str | bool) else text
     return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in flat.items()}
 
 
+def override_items(overrides: Iterable[str]) -> list[tuple[str, str]]:
+    """``(key, value text)`` of each ``key=value`` / ``+key=value`` override; deletions
+    (``~key``) and ``hydra.*`` keys are skipped."""
+    items = []
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.lstrip("+")
+        if sep and not key.startswith(("~", "hydra.")):
+            items.append((key, text))
+    return items
+
+
+def task_overrides(run_dir: Path) -> list[str]:
+    """The job's command-line overrides as Hydra saved them (``.hydra/overrides.yaml`` in the
+    run directory, in every process of a job); [] when there is none (a run outside Hydra)."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The hparam names :func:`hparams_of` gives the overrides (for ``Tracker.finish``)."""
+    return [key for key, _ in override_items(overrides)]
+
+
+def lookup(config: dict, key: str) -> Any:
+    """``config`` at a dotted key path (``optimizer.lr``); None where the path does not exist."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def log_config(run_config: dict) -> None:
+    """The resolved run config, once, as YAML in the log."""
+    from omegaconf import OmegaConf
+
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(OmegaConf.create(run_config)).rstrip())
+
+
 def write_config(run_config: dict, run_dir: Path) -> None:
-    """The resolved run config (plain containers) as ``config.yaml`` in the run directory."""
+    """The resolved run config (plain containers) as ``config.yaml`` in the run directory;
+    also logged once (:func:`log_config`)."""
     from omegaconf import OmegaConf
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(run_config), run_dir / CONFIG_FILE)
+    log_config(run_config)
 
 
+# --------------------------------------------------------------------------- result, status
 def run_result(state, duration_s: float, complexity: dict | None) -> dict:
     """What ``result.json`` holds: best and last values of a finished run (``TrainState``)."""
     return {
@@ -170,9 +314,62 @@ def run_result(state, duration_s: float, complexity: dict | None) -> dict:
     }
 
 
+def log_to_files(text: str) -> None:
+    """``text`` into the log files only (it was just printed to the console)."""
+    record = logging.LogRecord("segkit", logging.INFO, "", 0, "%s", (text,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def read_result(run_dir: Path) -> dict:
     """``result.json`` of a finished run."""
     path = Path(run_dir) / RESULT_FILE
     if not path.is_file():
         raise RuntimeError(f"training finished without writing {path}; see {run_dir}/train.log")
     return json.loads(path.read_text())
+
+
+def write_status(run_dir: Path, status: str, **fields: Any) -> dict[str, Any]:
+    """Write ``status.json`` atomically (:func:`write_atomic`); returns what it holds.
+
+    ``running`` records pid, host, start time and the command line; a later status keeps
+    those and adds ``ended_at``. ``fields`` (epoch, step, best_miou, best checkpoint, reason,
+    ...) are stored as given (paths as strings)."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+    run_dir = Path(run_dir)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if status == "running":
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now}
+        info["command"] = " ".join([sys.executable, *sys.argv])
+    else:
+        keep = ("pid", "host", "started_at", "command", "restarts", "restart_cause")
+        info = {k: v for k, v in (read_status(run_dir) or {}).items() if k in keep}
+        info["ended_at"] = now
+    data = {"status": status, **info, "updated_at": now, **fields}
+    text = json.dumps(data, indent=2, default=str)
+    write_atomic(run_dir / STATUS_FILE, text + "\n")
+    return json.loads(text)
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """``status.json`` of a run directory, or None when the run wrote none."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- file list
+def log_run_files(run_dir: Path) -> list[Path]:
+    """Log where every file of the run is (all but the event files and Hydra's ``.hydra/``)
+    and how to open TensorBoard; returns the files listed."""
+    files = sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.is_file() and (top := p.relative_to(run_dir).parts[0]) != "tb" and top[0] != "."
+    )
+    lines = [f"  {p}" for p in files] + [f"  tensorboard --logdir {run_dir / 'tb'}"]
+    log.info("run files:\n%s", "\n".join(lines))
+    return files

@@ -2,15 +2,26 @@
 
 The loop keys of ``conf/trainer/default.yaml`` arrive as keyword arguments (the yaml holds
 their defaults). Pictures and event files go through ``tracker``, checkpoints into
-``ckpt_dir``: both are None off rank 0. Every decision that changes control flow goes through
-``dist.any_rank`` so ranks never diverge.
+``ckpt_dir``: both are None off rank 0.
+
+The host does not wait for the device inside an epoch except every ``log_every`` steps.
+Batches arrive as uint8 and are normalised on the device; each step's loss, non-finite flag
+and gradient norm are accumulated there (:class:`StepStats`) and read at the logging points,
+where the scalars go to TensorBoard and divergence is checked. Every decision that changes
+control flow is taken on values all ranks share, so ranks never diverge.
+
+Non-finite steps: with fp16 the GradScaler skips them (an overflow while it finds its scale is
+normal). With fp32/bf16 a non-finite step has its gradients zeroed on the device before the
+optimiser step, so no NaN/Inf reaches the weights or the optimiser state without a host sync
+(the optimiser still ticks: momentum and weight decay act, the step counter advances).
+``max_nonfinite_steps`` consecutive ones stop the run with a :class:`DivergedError`; weights
+that are not finite are never saved.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +34,7 @@ from tqdm import tqdm
 from segkit import checkpoint as ckpt_io
 from segkit import dist
 from segkit.data.base import LabelSpace
+from segkit.errors import DivergedError
 from segkit.metrics import ConfusionMatrix, evaluate
 from segkit.tracking import SampleCollector, Tracker
 
@@ -37,6 +49,93 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``trainer.precision`` -> fp32 | fp16 | bf16. ``auto``: bf16 on a CUDA GPU that supports
+    it (Ampere and newer), fp16 with loss scaling on older GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
+    """Process-wide CUDA switches (nothing on CPU): cuDNN autotuning (one search per input
+    shape: leave it off when shapes vary from batch to batch) and TF32 matmuls/convolutions
+    (Ampere and newer; ~10 mantissa bits in products, fp32 accumulation)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
+class StepStats:
+    """What the loop measures. Per step, on the device (no sync): sums of the finite losses and
+    gradient norms, finite and non-finite step counts, the current run of consecutive
+    non-finite steps. On the host: images and seconds spent waiting for batches. ``read`` (at
+    a logging point) syncs once and returns the window since the previous read; the epoch
+    totals add up the windows."""
+
+    KEYS = ("loss_sum", "finite", "nonfinite", "grad_norm_sum", "run")
+
+    def __init__(self, device: torch.device, world_size: int = 1) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.run = torch.zeros((), dtype=torch.int64, device=device)  # kept across epochs
+        self.world_size = world_size
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.t_epoch = self.t_window = time.perf_counter()
+        self.window = {"images": 0, "wait": 0.0}
+        self.epoch = dict.fromkeys(("images", "wait", "loss_sum", "finite", "nonfinite"), 0.0)
+
+    def waited(self, seconds: float, images: int) -> None:
+        self.window["images"] += images
+        self.window["wait"] += seconds
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
+        ok, zero = ~bad, torch.zeros((), dtype=torch.float64, device=loss.device)
+        loss, grad_norm = loss.detach().double(), grad_norm.detach().double()
+        self.sums += torch.stack(
+            [torch.where(ok, loss, zero), ok, bad, torch.where(ok, grad_norm, zero)]
+        )
+        self.run.add_(1).mul_(bad)  # +1 on a non-finite step, back to 0 on a finite one
+
+    def read(self) -> dict[str, float]:
+        """The window: the KEYS plus images, wait and seconds (wall time, real now that the
+        device has caught up); then a new window starts."""
+        window = dict(zip(self.KEYS, torch.cat([self.sums, self.run.view(1).double()]).tolist()))
+        self.sums.zero_()
+        now = time.perf_counter()
+        window.update(self.window, seconds=now - self.t_window)
+        self.t_window, self.window = now, {"images": 0, "wait": 0.0}
+        for key in self.epoch:
+            self.epoch[key] += window[key]
+        return window
+
+    def scalars(self, w: dict[str, float]) -> dict[str, float]:
+        """TensorBoard scalars of a window (images/s counts the images of every rank)."""
+        seconds = max(w["seconds"], 1e-9)
+        out = {
+            "train/images_per_s": w["images"] * self.world_size / seconds,
+            "train/data_wait": w["wait"] / seconds,
+        }
+        if w["finite"]:
+            out["train/loss"] = w["loss_sum"] / w["finite"]
+            out["train/grad_norm"] = w["grad_norm_sum"] / w["finite"]
+        if w["nonfinite"]:
+            out["train/nonfinite_steps"] = w["nonfinite"]
+        return out
+
+    def epoch_summary(self) -> tuple[float, int, str]:
+        """(mean loss over the epoch's finite steps, non-finite steps, a log line part)."""
+        e, seconds = self.epoch, max(time.perf_counter() - self.t_epoch, 1e-9)
+        rate = e["images"] * self.world_size / seconds
+        text = f"{seconds:.1f}s, {rate:.1f} img/s, {100 * e['wait'] / seconds:.0f}% data wait"
+        return e["loss_sum"] / max(e["finite"], 1), int(e["nonfinite"]), text
 
 
 class Trainer:
@@ -67,6 +166,10 @@ class Trainer:
         progress_bar: bool,
         limit_train_batches: int | None,
         limit_val_batches: int | None,
+        max_nonfinite_steps: int | None = 20,
+        channels_last: bool = True,
+        cudnn_benchmark: bool = True,
+        tf32: bool = True,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -76,13 +179,20 @@ class Trainer:
         self.max_epochs, self.val_every, self.log_every = max_epochs, val_every, log_every
         self.grad_clip, self.freeze_epochs = grad_clip, freeze_epochs
         self.num_vis, self.early_stop_patience = num_vis, early_stop_patience
-        self.progress_bar = progress_bar
+        self.progress_bar, self.max_nonfinite_steps = progress_bar, max_nonfinite_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
-        self.amp_dtype = dist.amp_dtype(precision)
+        cuda = info.device.type == "cuda"
+        configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
+        self.precision = resolve_precision(precision, info.device)
+        self.amp_dtype = dist.amp_dtype(self.precision)
         self.scaler = torch.amp.GradScaler(
-            info.device.type, enabled=precision == "fp16" and info.device.type == "cuda"
+            info.device.type, enabled=self.precision == "fp16" and cuda
         )
+        self.normalize = labels.normalizer(channels_last=channels_last and cuda)
         self.cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, device=info.device)
+        self.stats = StepStats(info.device, info.world_size)
+        self.step_lr = self.lr  # the lr of the last step (the scheduler has moved on since)
+        self._params = list(model.parameters())
         self.state = TrainState()
         self._last_metrics: dict | None = None  # of the last validation, for metrics.csv
 
@@ -97,6 +207,10 @@ class Trainer:
     def bare_model(self) -> nn.Module:
         return ckpt_io.unwrap(self.model)
 
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
     def _set_freeze(self, epoch: int) -> None:
         frozen = epoch < self.freeze_epochs
         if hasattr(self.bare_model, "freeze_encoder"):
@@ -107,7 +221,7 @@ class Trainer:
         """Train until ``max_epochs``; returns the final state (best mIoU etc.)."""
         start = self.state.epoch
         for epoch in range(start, self.max_epochs):
-            t0, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
+            t0, lr = time.perf_counter(), self.lr
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
             metrics = None
@@ -135,6 +249,7 @@ class Trainer:
                 val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
             )
         self.state.history.append(entry)
+        self._check_finite_weights(epoch)
         if self.ckpt_dir is not None:
             self.save(ckpt_io.LAST, metrics)
             if improved:
@@ -168,59 +283,117 @@ class Trainer:
         for obj in (self.train_loader.sampler, self.train_loader.dataset):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-        total, count, skipped, t0 = 0.0, 0, 0, time.perf_counter()
+        total = self.steps_per_epoch
         bar = tqdm(
-            self.train_loader,
+            total=total,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
             disable=not self.progress_bar,
             leave=False,
         )
-        for i, (images, masks) in enumerate(bar):
-            if i >= self.steps_per_epoch:
-                break
-            loss = self.train_step(images, masks)
-            if loss is None:
-                skipped += 1
-            else:
-                total, count = total + loss, count + 1
-            if i % self.log_every == 0 or i + 1 == self.steps_per_epoch:
-                lr = self.optimizer.param_groups[0]["lr"]
-                rate = (i + 1) / (time.perf_counter() - t0)
-                bar.set_postfix(
-                    loss=f"{loss if loss is not None else float('nan'):.4f}",
-                    lr=f"{lr:.2e}",
-                    its=f"{rate:.1f}",
-                )
+        self.stats.start_epoch()
+        batches = iter(self.train_loader)
+        for i in range(total):
+            t_wait = time.perf_counter()
+            images, masks = next(batches)
+            self.stats.waited(time.perf_counter() - t_wait, images.shape[0])
+            self.train_step(images, masks)
+            bar.update(1)
+            if self.state.step % self.log_every == 0 or i + 1 == total:
+                self._log_window(bar, position=i)
+        bar.close()
+        mean, skipped, summary = self.stats.epoch_summary()
         if skipped:
-            log.warning("epoch %d: skipped %d non-finite steps", epoch + 1, skipped)
-        mean = total / max(count, 1)
-        log.info("epoch %d train loss %.4f (%.1fs)", epoch + 1, mean, time.perf_counter() - t0)
+            log.warning("epoch %d: %d non-finite steps were skipped", epoch + 1, skipped)
+        log.info("epoch %d train loss %.4f (%s)", epoch + 1, mean, summary)
         return mean
 
-    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> float | None:
-        """Forward, backward, step. Returns the loss, or None when the step was skipped
-        because the loss was not finite on some rank (agreed across ranks)."""
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        """Forward, backward, guarded optimiser step. Nothing here waits for the device; the
+        loss, the gradient norm and the non-finite flag go to ``self.stats``."""
         dev = self.info.device
-        images = images.to(dev, non_blocking=True)
-        masks = masks.to(dev, non_blocking=True)
+        images = self.normalize(images.to(dev, non_blocking=True))
+        masks = masks.to(dev, non_blocking=True).long()
         with dist.autocast(dev, self.amp_dtype):
             loss = self.loss_fn(self.model(images), masks)
-        value = loss.detach().float().item()
-        skip = dist.any_rank(not math.isfinite(value), dev)
-        if not skip:
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
+        grads = [p.grad for p in self._params if p.grad is not None]
+        grad_norm = nn.utils.get_total_norm(grads)
+        if self.grad_clip:
+            nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, grad_norm)
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        if self.info.distributed:  # gradients agree after DDP's all-reduce; losses may not
+            bad = dist.all_reduce_sum(bad.int()) > 0
+        if not self.scaler.is_enabled():  # fp16: the scaler skips non-finite steps itself
+            for g in grads:
+                g.masked_fill_(bad, 0.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self.optimizer.param_groups[0]["lr"]
+        self.step_lr = self.lr
         self.scheduler.step()
         self.state.step += 1
-        if self.tracker is not None and not skip:
-            self.tracker.log_train(self.state.step, value, lr)
-        return None if skip else value
+        self.stats.add(loss, grad_norm, bad)
+
+    def _log_window(self, bar: tqdm, position: int) -> None:
+        """A logging point: read the device-side stats (the one sync of the window), stop on
+        divergence, update the bar, write the scalars."""
+        window = self.stats.read()
+        self._check_divergence(window["run"], position)
+        scalars = {"train/lr": self.step_lr, **self.stats.scalars(window)}
+        if self.info.device.type == "cuda":
+            scalars["train/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.info.device) / 1e9
+        loss = scalars.get("train/loss", float("nan"))
+        rate = scalars["train/images_per_s"]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.step_lr:.2e}", img_s=f"{rate:.1f}")
+        if self.tracker is not None:
+            self.tracker.log_scalars(self.state.step, scalars)
+
+    def _check_divergence(self, run: float, position: int) -> None:
+        """Stop after ``max_nonfinite_steps`` consecutive non-finite steps (``run``; the same
+        on every rank), naming the step, lr, loss scale and the first bad batch's files."""
+        limit = self.max_nonfinite_steps
+        if not limit or run < limit:
+            return
+        run, step = int(run), self.state.step
+        first = position - run + 1  # batch position of the first bad step in this epoch
+        where = "batch" if first >= 0 else "last batch (the run began in an earlier epoch)"
+        files = self._batch_files(first if first >= 0 else position)
+        scale = f"{self.scaler.get_scale():g}" if self.scaler.is_enabled() else "none"
+        raise DivergedError(
+            f"training diverged: {run} consecutive non-finite steps (loss or gradients NaN/Inf) "
+            f"at steps {step - run + 1}..{step}, trainer.max_nonfinite_steps={limit}; "
+            f"lr {self.step_lr:.4g}, loss scale {scale} (trainer.precision={self.precision}); "
+            f"samples of the first bad {where}: {files}. "
+            "The last finite checkpoint is kept. Fix: lower optimizer.lr or add warmup "
+            "(scheduler.warmup_epochs), set trainer.grad_clip, or check those samples"
+        )
+
+    def _batch_files(self, position: int) -> list[str]:
+        """Image files of batch ``position`` of this epoch (a deterministic sampler, e.g. the
+        DistributedSampler, gives the same order again; others are not replayed)."""
+        loader = self.train_loader
+        sampler, size = loader.sampler, loader.batch_size
+        if size is None or not isinstance(
+            sampler, torch.utils.data.DistributedSampler | torch.utils.data.SequentialSampler
+        ):
+            return [f"(unknown: {type(sampler).__name__} does not replay its order)"]
+        indices = list(sampler)[position * size : (position + 1) * size]
+        files = getattr(loader.dataset, "files", None)
+        return [files[i][0] if files else f"index {i}" for i in indices]
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """Weights that are not finite are never written (checked on every rank: BatchNorm
+        statistics may differ between ranks)."""
+        tensors = [t for t in self.bare_model.state_dict().values() if t.is_floating_point()]
+        finite = bool(torch.stack([t.isfinite().all() for t in tensors]).all())
+        if dist.any_rank(not finite, self.info.device):
+            raise DivergedError(
+                f"the model weights hold NaN/Inf after epoch {epoch + 1} (step "
+                f"{self.state.step}, lr {self.step_lr:.4g}); they were not saved and the last "
+                "finite checkpoint is kept. Fix: lower optimizer.lr or add warmup "
+                "(scheduler.warmup_epochs), or set trainer.grad_clip"
+            )
 
     # ----------------------------------------------------------------- eval
     def validate(self, epoch: int) -> dict:
@@ -235,6 +408,8 @@ class Trainer:
             loss_fn=self.loss_fn,
             limit_batches=self.limit_val_batches,
             on_batch=samples if self.tracker is not None else None,
+            normalize=self.normalize,
+            progress=self.progress_bar,
         )
         log.info(
             "epoch %d val loss %.4f mIoU %.4f pixel acc %.4f",

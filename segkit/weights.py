@@ -7,22 +7,54 @@ The user's notes load pretrained weights by keeping the keys that the new model 
 (``torch.compile``) from both sides, keeps only tensors whose name *and* shape match, reports
 what it skipped, and refuses to continue when too little matched (a wrong architecture would
 otherwise train from scratch without anyone noticing).
+
+Files are read as data only: ``.pt``/``.pth`` with ``torch.load(weights_only=True)`` and
+``.safetensors`` through the safetensors library. A file that needs arbitrary unpickling (the
+notes' ``torch.save(model)``) is refused with `UnsafeCheckpointError`; converting it is an
+explicit step the user takes (``scripts/convert_checkpoint.py --trust``), never a fallback.
 """
 
 from __future__ import annotations
 
 import pickle
-import warnings
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_weights", "normalize_key", "read_checkpoint", "read_state_dict"]
+from segkit.errors import CheckpointError
+
+__all__ = [
+    "LoadReport",
+    "UnsafeCheckpointError",
+    "is_safetensors",
+    "load_weights",
+    "normalize_key",
+    "read_checkpoint",
+    "read_safetensors",
+    "read_state_dict",
+]
+
+# What the previous checkpoint format needs beyond plain data: numpy's RNG state, a uint32
+# array. Only that dtype can be rebuilt (object arrays, which could hold anything, cannot).
+_RECONSTRUCT = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct
+_NUMPY_RNG_GLOBALS = [
+    _RECONSTRUCT,
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),  # written under numpy 1.x
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "net")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that only loads by unpickling arbitrary Python objects (which can run code)."""
 
 
 @dataclass
@@ -61,30 +93,93 @@ def normalize_key(key: str) -> str:
     return ".".join(parts)
 
 
-def read_checkpoint(path: str | Path) -> object:
-    """``torch.load`` on CPU, ``weights_only=True`` first (safe), else a warned fallback."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> object:
+    """A ``.pt``/``.pth`` file read as data (``torch.load(weights_only=True)``), or the
+    ``{name: tensor}`` dict of a ``.safetensors`` file. Never unpickles code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file holds pickled Python objects (``torch.save(model)``);
+            the message names them and the explicit conversion step.
+        CheckpointError: the file is corrupt or not a torch / safetensors file.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if is_safetensors(path):
+        return read_safetensors(path, map_location)[0]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # Checkpoints saved with torch.save(model) (as in the notes) pickle whole objects.
-        warnings.warn(
-            f"{path}: not loadable with weights_only=True ({str(err).splitlines()[0]}); "
-            "falling back to weights_only=False, which runs pickled code: only do this for "
-            "files you trust, and re-save as a plain state_dict",
-            stacklevel=2,
-        )
-        return torch.load(path, map_location="cpu", weights_only=False)
+        raise _refusal(path, err) from None
+    except Exception as err:  # truncated zip, foreign file, ...
+        raise CheckpointError(f"{path} is corrupt or unreadable: {_first_line(err)}") from err
+
+
+def _refusal(path: Path, err: Exception) -> CheckpointError:
+    """The error for a file ``weights_only`` loading refused: unsafe (names what it would
+    import and the way out) or corrupt."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint (legacy format or garbage): read the message
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    if not names:
+        return CheckpointError(f"{path} is corrupt or unreadable: {_first_line(err)}")
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _NUMPY_RNG_GLOBALS if callable(g)}
+    shown = sorted({n for n in names if n not in allowed} or set(names))
+    return UnsafeCheckpointError(
+        f"{path} holds pickled Python objects ({', '.join(shown[:8])}"
+        f"{', ...' if len(shown) > 8 else ''}), not only tensors and plain data: unpickling them "
+        "can run arbitrary code on this machine, so segkit refuses to load it. If you trust the "
+        "file and where it came from, convert it once with "
+        f"`python scripts/convert_checkpoint.py {path} CONVERTED.pt --trust` and use the "
+        "converted file"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    """The informative line of a (long) torch.load error message."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """True when ``path`` starts like a safetensors file: an 8-byte little-endian header
+    length, then a JSON header that fits in the file."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") + 8 <= path.stat().st_size
+
+
+def read_safetensors(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file (a JSON header and raw bytes: no code)."""
+    from safetensors import safe_open
+
+    device = str(torch.device(map_location))
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:
+        raise CheckpointError(f"{path} is a corrupt safetensors file: {err}") from err
 
 
 def read_state_dict(source: str | Path | Mapping) -> dict[str, torch.Tensor]:
     """Load ``source`` and unwrap it to a flat ``{name: tensor}`` dict (keys not normalised).
 
-    Accepts a path (``.pt``/``.pth``), a state dict, a checkpoint dict with a ``model`` /
-    ``state_dict`` entry (segkit checkpoints store ``{"model": ..., "config": ...}``), or a
-    pickled ``nn.Module``. Non-tensor entries are dropped.
+    Accepts a path (``.pt``/``.pth``/``.safetensors``, read by `read_checkpoint`), a state
+    dict, a checkpoint dict with a ``model`` / ``state_dict`` entry (segkit checkpoints store
+    ``{"model": ..., "config": ...}``), or an in-memory ``nn.Module``. Non-tensor entries are
+    dropped.
     """
     obj: object = source
     if isinstance(source, str | Path):
@@ -141,6 +236,7 @@ def load_weights(
 
     Raises:
         FileNotFoundError: ``source`` is a path that does not exist.
+        CheckpointError: ``source`` is corrupt, or needs unpickling (`UnsafeCheckpointError`).
         RuntimeError: the loaded tensors cover less than ``min_match`` of the model's parameter
             elements (buffers such as BatchNorm statistics do not count).
     """

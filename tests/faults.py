@@ -6,6 +6,8 @@ Subprocesses find this module because the tests put the repository root on PYTHO
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from segkit.losses import CrossEntropyLoss
@@ -13,11 +15,17 @@ from segkit.losses import CrossEntropyLoss
 
 class FailingCrossEntropy(CrossEntropyLoss):
     """Cross-entropy that raises on training call ``fail_at_step`` (1-based; validation calls,
-    made under inference mode, are not counted). ``None`` never fails."""
+    made under inference mode, are not counted). ``None`` never fails. ``first_attempt_only``:
+    fail only before torchrun's first restart (TORCHELASTIC_RESTART_COUNT=0)."""
 
-    def __init__(self, *args, fail_at_step: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, fail_at_step: int | None = None, first_attempt_only: bool = False, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fail_at_step, self.calls = fail_at_step, 0
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+        if first_attempt_only and restarted:
+            self.fail_at_step = None
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         if not torch.is_inference_mode_enabled():
@@ -30,3 +38,53 @@ class FailingCrossEntropy(CrossEntropyLoss):
 def failing(step: int | None) -> list[str]:
     """Overrides that make a run fail at training step ``step``."""
     return ["loss._target_=tests.faults.FailingCrossEntropy", f"+loss.fail_at_step={step}"]
+
+
+class NaNCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy whose value is NaN from training call ``nan_from_step`` on (1-based;
+    validation calls are not counted): a run that diverged through its loss."""
+
+    def __init__(self, *args, nan_from_step: int = 1, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_from_step, self.calls = nan_from_step, 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        loss = super().forward(outputs, target)
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            if self.calls >= self.nan_from_step:
+                return loss * float("nan")
+        return loss
+
+
+class ExplodingSGD(torch.optim.SGD):
+    """SGD whose update at call ``explode_at_step`` (1-based) drives every weight to +Inf:
+    what a finite loss with an exploding step does to a model."""
+
+    def __init__(self, params, *args, explode_at_step: int = 1, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        self.explode_at_step, self.calls = explode_at_step, 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.calls += 1
+        if self.calls == self.explode_at_step:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("inf"))
+        return out
+
+
+class ConfigEditingLoss(CrossEntropyLoss):
+    """Records its ``label_smoothing`` in ``record`` (one line per job) and then rewrites the
+    YAML file ``path`` it was composed from to ``label_smoothing: 0.3``: a later job of the same
+    sweep must not see the edit."""
+
+    def __init__(self, path: str, record: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        with open(record, "a") as f:
+            f.write(f"{self.label_smoothing}\n")
+        text = open(path).read().replace("label_smoothing: 0.0", "label_smoothing: 0.3")
+        with open(path, "w") as f:
+            f.write(text)

@@ -1,5 +1,8 @@
 import os
+import pickle
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +80,75 @@ def test_rng_state_roundtrip():
     a = torch.rand(3)
     ck.set_rng_state(state)
     assert torch.equal(torch.rand(3), a)
+
+
+def _draws() -> tuple:
+    """The next numbers of every generator a checkpoint restores (gaussians included: both
+    python and numpy cache the second value of a pair)."""
+    return (
+        random.random(),
+        random.gauss(0.0, 1.0),
+        np.random.rand(3).tolist(),
+        float(np.random.randn()),
+        torch.rand(3).tolist(),
+        torch.randn(2).tolist(),
+    )
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed + 1)
+    torch.manual_seed(seed + 2)
+
+
+def test_checkpoint_is_plain_data_and_round_trips_bit_exactly(tmp_path):
+    _seed(1)
+    random.gauss(0.0, 1.0)  # leave a cached gaussian in python's and numpy's generators
+    np.random.randn(1)
+    model = {
+        "w": torch.randn(4, 3),
+        "half": torch.randn(5, dtype=torch.bfloat16),
+        "n": torch.arange(3),
+        "flag": torch.tensor([True, False]),
+    }
+    history = [{"epoch": 1, "train_loss": 0.1 + 0.2, "miou": None}]
+    ckpt = {"model": model, "config": {"model": {}}, "history": history, "rng": ck.rng_state()}
+    assert ckpt["rng"]["numpy"]["has_gauss"] == 1 and ckpt["rng"]["python"]["gauss_next"]
+    expected = _draws()
+    path = tmp_path / "last.pt"
+    ck.save_atomic(ckpt, path)
+    # plain torch.load with weights_only=True and no allow-list at all reads it
+    raw = torch.load(path, weights_only=True)
+    for key, tensor in model.items():
+        assert raw["model"][key].dtype == tensor.dtype and torch.equal(raw["model"][key], tensor)
+    assert raw["history"] == history and raw["history"][0]["train_loss"] == 0.1 + 0.2
+    _seed(99)
+    ck.set_rng_state(ck.load(path)["rng"])
+    assert _draws() == expected
+
+
+def test_save_refuses_what_would_need_unpickling_and_writes_nothing(tmp_path):
+    path = tmp_path / "last.pt"
+    bad = {"model": {}, "config": {}, "metrics": {"miou": np.float64(0.5)}}
+    with pytest.raises(TypeError, match=r"checkpoint\['metrics'\]\['miou'\] is a numpy\.float64"):
+        ck.save_atomic(bad, path)
+    assert not path.exists()
+
+
+def test_previous_format_loads_as_data_and_restores_its_rng(tmp_path):
+    """The format before plain RNG states: python's state a tuple, numpy's a tuple holding a
+    uint32 array (what ``random.getstate()`` / ``np.random.get_state()`` return)."""
+    _seed(5)
+    old_rng = {"python": random.getstate(), "numpy": np.random.get_state()}
+    old_rng["torch"] = torch.get_rng_state()
+    expected = _draws()
+    path = tmp_path / "old.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {"model": {}}, "rng": old_rng}, path)
+    with pytest.raises(pickle.UnpicklingError):  # really not plain data
+        torch.load(path, weights_only=True)
+    loaded = ck.load(path)
+    assert isinstance(loaded["rng"]["numpy"]["key"], list)
+    ck.check_plain(loaded)  # upgraded in memory: saving it again writes the plain format
+    _seed(99)
+    ck.set_rng_state(loaded["rng"])
+    assert _draws() == expected

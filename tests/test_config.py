@@ -13,7 +13,8 @@ from omegaconf import open_dict
 
 from segkit.dist import DistInfo
 from segkit.optim import param_groups
-from segkit.run import build_loss, build_model, check_config, dataset_factory
+from segkit.run import build_loss, build_model, dataset_factory
+from segkit.validate import check_train_config
 from tests.conftest import CONF, TINY, compose_train, run_cli
 
 
@@ -32,7 +33,8 @@ def test_every_loss_and_optimizer_takes_a_step(loss, optimizer):
     sched = instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
     images, masks = zip(*(train_ds[i] for i in range(2)))
     before = [p.detach().clone() for p in model.parameters()]
-    loss_value = loss_fn(model(torch.stack(images)), torch.stack(masks))
+    inputs = train_ds.labels.normalizer()(torch.stack(images))  # uint8 -> model input
+    loss_value = loss_fn(model(inputs), torch.stack(masks).long())
     loss_value.backward()
     opt.step()
     sched.step()
@@ -42,8 +44,8 @@ def test_every_loss_and_optimizer_takes_a_step(loss, optimizer):
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_and_builds(experiment):
-    cfg = compose_train(f"experiment={experiment}", "model.pretrained=false")
-    check_config(cfg)  # no old key names in the shipped recipes
+    cfg = compose_train(f"experiment={experiment}", "model.pretrained=false", "dataset.root=/d")
+    check_train_config(cfg)  # no old or unknown keys, values in range, in the shipped recipes
     model = build_model(cfg, DistInfo())
     h, w = 64, 96
     out = model.eval()(torch.zeros(1, 3, h, w))["out"]
@@ -71,21 +73,22 @@ def test_unknown_option_names_the_group():
 
 def test_cli_bad_value_is_a_clean_error(tmp_path: Path):
     proc = run_cli("train.py", *TINY, "trainer.precision=fp8", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "trainer.precision='fp8'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_missing_dataset_root_names_the_path(tmp_path: Path):
     missing = tmp_path / "no_such_VOCdevkit"
     proc = run_cli("train.py", "dataset=voc", f"dataset.root={missing}", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_typo_fails_before_training(tmp_path: Path):
     proc = run_cli("train.py", "trainer.max_epoch=3", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert "max_epoch" in proc.stderr
+    assert proc.returncode == 2
+    assert "trainer.max_epoch is not a key" in proc.stderr
+    assert "did you mean trainer.max_epochs?" in proc.stderr
     assert not (tmp_path / "outputs").exists()
 
 
@@ -139,17 +142,17 @@ def test_no_test_machinery_in_user_config():
 )
 def test_old_key_on_the_command_line_names_its_new_key(tmp_path: Path, override, new):
     proc = run_cli("train.py", override, cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert new in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs").exists()
 
 
 def test_old_key_in_an_experiment_file_names_its_new_key(tmp_path: Path):
     from segkit.errors import ConfigError
-    from segkit.run import check_config
+    from segkit.validate import check_renamed
 
     cfg = compose_train()
     with open_dict(cfg):
         cfg.data = {"batch_size": 4}
     with pytest.raises(ConfigError, match="loader.batch_size"):
-        check_config(cfg)
+        check_renamed(cfg)

@@ -32,6 +32,7 @@ from segkit.data import (
     read_split_file,
 )
 from segkit.data.io import apply_orientation
+from segkit.data.transforms import Normalize
 from tests.conftest import compose_train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -289,8 +290,8 @@ def test_dataset_sample_contract_and_determinism(tmp_path):
     voc = make_voc(tmp_path, ["a", "b", "c"])
     ds = VOCDataset(voc, "train", **voc_kwargs())
     image, mask = ds[1]
-    assert image.shape == (3, 16, 16) and image.dtype == torch.float32
-    assert mask.shape == (16, 16) and mask.dtype == torch.int64
+    assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
+    assert mask.shape == (16, 16) and mask.dtype == torch.uint8
     again = VOCDataset(voc, "train", **voc_kwargs())
     assert torch.equal(again[1][0], image) and torch.equal(again[1][1], mask)
     ds.set_epoch(1)
@@ -323,7 +324,7 @@ def test_validation_sample_is_letterboxed_raw(tmp_path):
     raw_image, raw_mask = ds.load_raw(0)
     image, mask = ds[0]
     assert np.array_equal(mask.numpy(), raw_mask)
-    assert np.allclose(image.numpy(), raw_image.transpose(2, 0, 1) / 255.0, atol=1e-6)
+    assert np.array_equal(image.numpy(), raw_image.transpose(2, 0, 1))
 
 
 def test_voc_root_forms_and_errors(tmp_path):
@@ -401,9 +402,60 @@ def test_missing_files_at_init_and_remove_samples(tmp_path):
 def test_default_collate_batches_images_and_masks(tmp_path):
     ds = VOCDataset(make_voc(tmp_path, ["a", "b"]), "train", **voc_kwargs())
     images, masks = next(iter(DataLoader(ds, batch_size=2)))
-    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.float32
-    assert masks.shape == (2, 16, 16) and masks.dtype == torch.int64
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.uint8
+    assert masks.shape == (2, 16, 16) and masks.dtype == torch.uint8
     assert torch.equal(images[1], ds[1][0]) and torch.equal(masks[1], ds[1][1])
+
+
+def test_uint8_batch_normalised_on_the_device_equals_the_float_path(tmp_path):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ds = VOCDataset(make_voc(tmp_path, ["a", "b", "c"]), "train", **voc_kwargs(mean=mean, std=std))
+    images, masks = next(iter(DataLoader(ds, batch_size=3)))
+    on_device = ds.labels.normalizer()(images)
+    # the float path as it was: each sample normalised in the worker with numpy
+    ds.set_epoch(0)
+    before = [ds.transform(*ds.load_raw(i), np.random.default_rng([0, 0, i])) for i in range(3)]
+    expected = torch.stack([torch.from_numpy(normalize(im, mean, std)) for im, _ in before])
+    assert on_device.dtype == torch.float32 and on_device.shape == (3, 3, 16, 16)
+    assert torch.allclose(on_device, expected, atol=1e-6, rtol=0)
+    by_hand = (images[0, :, 0, 0].double() / 255 - torch.tensor(mean)) / torch.tensor(std)
+    assert torch.allclose(on_device[0, :, 0, 0].double(), by_hand, atol=1e-6)
+    assert torch.equal(masks, torch.stack([torch.from_numpy(m) for _, m in before]))
+    assert Normalize(mean, std)(on_device) is on_device  # already float: left alone
+    channels_last = Normalize(mean, std, channels_last=True)(images)
+    assert torch.equal(channels_last, on_device)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalize_rejects_a_channel_mismatch():
+    with pytest.raises(ValueError, match="in_channels"):
+        Normalize([0.5], [0.25])(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
+
+
+def test_gray_dataset_reads_one_channel_augmented_like_rgb(tmp_path):
+    """in_channels=1: a gray file gives exactly channel 0 of what the RGB path gives (same
+    draws, same HSV value gain); a colour file is converted to gray."""
+    voc = make_voc(tmp_path, ["a", "b"], size=(24, 32))
+    for name in ("a", "b"):  # make the pictures gray
+        path = voc / "VOC2007" / "JPEGImages" / f"{name}.png"
+        save_png(path, np.asarray(Image.open(path).convert("L")))
+    hsv = {"hue": 0.1, "sat": 0.7, "val": 0.3}
+    gray = VOCDataset(
+        voc, "train", **voc_kwargs(in_channels=1, mean=[0.5], std=[0.25], augment=hsv)
+    )
+    rgb = VOCDataset(voc, "train", **voc_kwargs(augment=hsv))
+    for i in range(2):
+        (g, gm), (c, cm) = gray[i], rgb[i]
+        assert g.shape == (1, 16, 16) and g.dtype == torch.uint8
+        assert torch.equal(g[0], c[0]) and torch.equal(gm, cm)
+    colour = np.zeros((2, 2, 3), np.uint8)
+    colour[0, 0] = (255, 0, 0)
+    save_png(tmp_path / "c.png", colour)
+    assert read_image(tmp_path / "c.png", channels=1).shape == (2, 2, 1)
+    assert read_image(tmp_path / "c.png", channels=1)[0, 0, 0] == 76  # 0.299 * 255
+    assert gray.labels.in_channels == 1
+    with pytest.raises(DataError, match="in_channels=1"):
+        VOCDataset(voc, "train", **voc_kwargs(in_channels=1))  # 3-value ImageNet mean/std
 
 
 def test_unet_dataset_is_the_voc_dataset():
@@ -555,3 +607,17 @@ def test_dataset_configs_keep_their_values():
     assert isbi.mean == [0.495] * 3 and isbi.std == [0.173] * 3 and isbi.ignore_index == 255
     override = compose_train("dataset=demo", "dataset.val_split=null", "dataset.check=off")
     assert override.dataset.val_split is None and override.dataset.check == "off"
+
+
+def test_gray_input_trains_a_one_channel_model_end_to_end(tmp_path):
+    from segkit import checkpoint as ck
+    from segkit.run import train_rank
+    from tests.conftest import TINY
+
+    gray = ["dataset.in_channels=1", "dataset.mean=[0.5]", "dataset.std=[0.25]"]
+    train_rank(compose_train(*TINY, "trainer.max_epochs=1", "model.in_channels=1", *gray), tmp_path)
+    ckpt = ck.load(tmp_path / "checkpoints" / "last.pt")
+    first_conv = next(t for t in ckpt["model"].values() if t.ndim == 4)
+    assert first_conv.shape[1] == 1  # the model reads one channel
+    assert ckpt["labels"]["mean"] == [0.5] and ckpt["labels"]["std"] == [0.25]
+    assert torch.isfinite(torch.tensor(ckpt["history"][0]["train_loss"]))

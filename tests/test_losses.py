@@ -12,16 +12,26 @@ from omegaconf import OmegaConf
 
 from segkit.losses import (
     CEDiceLoss,
+    CELovaszLoss,
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
+    LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
     resize_to_target,
 )
 
 LN2 = log(2.0)
 CONF_LOSS = Path(__file__).resolve().parents[1] / "conf" / "loss"
-ALL_LOSSES = [CrossEntropyLoss, FocalLoss, DiceLoss, CEDiceLoss, OhemCrossEntropyLoss]
+ALL_LOSSES = [
+    CrossEntropyLoss,
+    FocalLoss,
+    DiceLoss,
+    CEDiceLoss,
+    OhemCrossEntropyLoss,
+    LovaszSoftmaxLoss,
+    CELovaszLoss,
+]
 
 
 def three_pixels() -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,6 +247,117 @@ def test_ohem_keeping_everything_equals_weighted_ce_and_works_on_aux():
     assert loss(outputs, ohem_pixels()[1]).item() == pytest.approx(1.4 * 1.5 * LN2)
 
 
+# ---------------------------------------------------------------- lovasz-softmax
+
+
+def probs_to_logits(p_class1: list[float]) -> torch.Tensor:
+    """(1, 2, 1, P) float64 logits whose softmax is exactly (1 - p, p) per pixel."""
+    p = torch.tensor(p_class1, dtype=torch.float64)
+    return torch.stack([(1 - p).log(), p.log()]).reshape(1, 2, 1, -1)
+
+
+def lovasz_by_definition(probs: torch.Tensor, labels: torch.Tensor, cls: int) -> float:
+    """Lovasz extension from its definition, for (P, C) probs and (P,) labels (valid pixels):
+    sum_i e_(i) * (D(S_i) - D(S_(i-1))), errors e sorted decreasing, S_i the first i pixels,
+    D(S) = |S| / |fg u S| the Jaccard loss when exactly S is mispredicted."""
+    fg = {i for i in range(len(labels)) if labels[i] == cls}
+    errors = [abs(float(i in fg) - probs[i, cls].item()) for i in range(len(labels))]
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    total, previous, chosen = 0.0, 0.0, set()
+    for i in order:
+        chosen.add(i)
+        jaccard = len(chosen) / len(fg | chosen)
+        total += errors[i] * (jaccard - previous)
+        previous = jaccard
+    return total
+
+
+def test_lovasz_hand_value_one_image_two_classes_four_pixels():
+    # p(class 1) = 0.9, 0.6, 0.3, 0.2; labels 1, 0, 1, 0. Errors are 0.1, 0.6, 0.7, 0.2 for
+    # both classes. Class 1 (fg = {0, 2}), sorted pixels 2, 1, 3, 0: D = 1/2, 2/3, 3/4, 4/4,
+    # increments 1/2, 1/6, 1/12, 1/4 -> 0.7/2 + 0.6/6 + 0.2/12 + 0.1/4 = 0.491666...
+    # Class 0 (fg = {1, 3}), same order: D = 1/3, 2/3, 3/3, 4/4 -> (0.7 + 0.6 + 0.2)/3 = 0.5.
+    logits = probs_to_logits([0.9, 0.6, 0.3, 0.2])
+    target = torch.tensor([[[1, 0, 1, 0]]])
+    class1 = 0.7 / 2 + 0.6 / 6 + 0.2 / 12 + 0.1 / 4
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx((class1 + 0.5) / 2)
+    weighted = LovaszSoftmaxLoss(class_weights=[1.0, 3.0])(logits, target).item()
+    assert weighted == pytest.approx((0.5 + 3 * class1) / 4)
+    # an ignored pixel drops out: pixel 3 ignored -> class 1 errors 0.7, 0.6, 0.1:
+    # D = 1/2, 2/3, 3/3 -> 0.7/2 + 0.6/6 + 0.1/3 ; class 0 (fg = {1}): D = 1/2, 2/2, 3/3
+    # -> 0.7/2 + 0.6/2
+    target[..., 3] = 255
+    expected = ((0.7 / 2 + 0.6 / 6 + 0.1 / 3) + (0.7 / 2 + 0.6 / 2)) / 2
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected)
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou():
+    # labels 0 0 1 1 1 ignore; predictions 0 1 1 1 0 0 (confident, so errors are 0 or 1):
+    # IoU_0 = |{0}| / |{0, 1, 4}| = 1/3, IoU_1 = |{2, 3}| / |{1, 2, 3, 4}| = 1/2
+    target = torch.tensor([[[0, 0, 1, 1, 1, 255]]])
+    pred = torch.tensor([0, 1, 1, 1, 0, 0])
+    logits = (F.one_hot(pred, 2).T.reshape(1, 2, 1, 6).double() * 2 - 1) * 50
+    expected = ((1 - 1 / 3) + (1 - 1 / 2)) / 2
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_lovasz_all_classes_present_classes_and_per_image_by_definition():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 2, 3, dtype=torch.float64, generator=g)
+    target = torch.tensor([[[0, 0, 1], [1, 255, 0]], [[1, 1, 1], [0, 0, 255]]])  # no class 2
+    probs = logits.softmax(1)
+
+    def by_definition(images: list[int], classes: list[int]) -> float:
+        p = torch.cat([probs[i].permute(1, 2, 0).reshape(-1, 3) for i in images])
+        y = torch.cat([target[i].reshape(-1) for i in images])
+        keep = y != 255
+        return sum(lovasz_by_definition(p[keep], y[keep], c) for c in classes) / len(classes)
+
+    batch = LovaszSoftmaxLoss()(logits, target).item()
+    assert batch == pytest.approx(by_definition([0, 1], [0, 1]))
+    per_image = LovaszSoftmaxLoss(per_image=True)(logits, target).item()
+    assert per_image == pytest.approx((by_definition([0], [0, 1]) + by_definition([1], [0, 1])) / 2)
+    every = LovaszSoftmaxLoss(classes="all")(logits, target).item()
+    assert every == pytest.approx(by_definition([0, 1], [0, 1, 2]))
+    # an absent class costs its largest predicted probability over the valid pixels
+    absent = probs[:, 2][target != 255].max().item()
+    assert every == pytest.approx((by_definition([0, 1], [0, 1]) * 2 + absent) / 3)
+    with pytest.raises(ValueError, match="loss.classes"):
+        LovaszSoftmaxLoss(classes="some")
+
+
+def test_lovasz_all_classes_on_an_all_ignored_image_is_zero():
+    # classes="all" counts absent classes; an image without valid pixels must still give 0
+    logits = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[[0, 1], [2, 2]], [[255, 255], [255, 255]]])
+    loss = LovaszSoftmaxLoss(classes="all", per_image=True)
+    value = loss(logits, target)
+    alone = LovaszSoftmaxLoss(classes="all")(logits[:1], target[:1])
+    assert value.item() == pytest.approx(alone.item() / 2)  # mean over 2 images, 2nd is 0
+    value.backward()
+    assert torch.equal(logits.grad[1], torch.zeros_like(logits.grad[1]))
+
+
+def test_lovasz_is_differentiable_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randint(0, 3, (2, 3, 4), generator=g)
+    target[0, 0, :2] = 255
+    for loss in (LovaszSoftmaxLoss(), LovaszSoftmaxLoss(per_image=True), CELovaszLoss()):
+        assert torch.autograd.gradcheck(lambda x, f=loss: f(x, target), (logits,))
+    # a perfect, confident prediction costs nothing
+    perfect = F.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).double() * 60
+    assert LovaszSoftmaxLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ce_lovasz_is_weighted_sum():
+    logits, target = three_pixels()
+    ce = CrossEntropyLoss()(logits, target).item()
+    lovasz = LovaszSoftmaxLoss(per_image=True)(logits, target).item()
+    combo = CELovaszLoss(ce_weight=0.5, lovasz_weight=2.0, per_image=True)(logits, target)
+    assert combo.item() == pytest.approx(0.5 * ce + 2.0 * lovasz)
+
+
 # ---------------------------------------------------------------- output dict, resize, labels
 
 
@@ -332,7 +453,8 @@ def test_every_loss_config_instantiates_and_runs(path):
 
 
 def test_config_glob_sees_all_losses():
-    assert {p.stem for p in CONF_LOSS.glob("*.yaml")} >= {"ce", "focal", "dice", "ce_dice", "ohem"}
+    expected = {"ce", "focal", "dice", "ce_dice", "ohem", "lovasz", "ce_lovasz"}
+    assert {p.stem for p in CONF_LOSS.glob("*.yaml")} >= expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

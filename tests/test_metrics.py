@@ -132,12 +132,46 @@ def test_agrees_exactly_with_notes_fast_hist(seed, num_classes, drawn):
     assert r["pixel_acc"] == pytest.approx(np.diag(hist).sum() / hist.sum(), rel=1e-12)
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_bad_values_raise_when_the_pass_is_read_not_per_update():
     cm = ConfusionMatrix(3)
+    cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 3], [7, 255]]]))
     with pytest.raises(ValueError, match=r"labels \[3, 7\] outside \[0, 3\)"):
-        cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 3], [7, 255]]]))
-    with pytest.raises(ValueError, match=r"pred holds class ids \[-1, 3\]"):
-        cm.update(torch.tensor([[[0, 3], [-1, 1]]]), torch.zeros(1, 2, 2, dtype=torch.long))
+        cm.compute()
+    cm.reset()
+    cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, -3], [700, 1]]]))
+    with pytest.raises(ValueError, match=r"labels \[-3, 700\] outside"):  # beyond the rows
+        cm.compute()
+    cm.reset()
+    cm.update(torch.tensor([[[0, 3], [-1, 1]]]), torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"pred holds class ids outside \[0, 3\).*min -1, max 3"):
+        cm.compute()
+    cm.reset()
+    uint8 = torch.tensor([[[0, 4], [2, 255]]], dtype=torch.uint8)
+    cm.update(torch.zeros(1, 2, 2, dtype=torch.long), uint8)
+    with pytest.raises(ValueError, match=r"labels \[4\] outside"):
+        cm.compute()
+    cm.reset()  # a clean pass after a bad one computes normally
+    cm.update(PRED, LABEL)
+    check_hand_values(cm.compute())
+
+
+def test_update_never_reads_a_value_back_to_the_host(monkeypatch):
+    def host_read(*args):
+        raise AssertionError("update() read a tensor value on the host (a device sync)")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    cm = ConfusionMatrix(3)
+    for dtype in (torch.uint8, torch.int64):
+        cm.update(PRED, LABEL.to(dtype))
+        cm.update(PRED, torch.full_like(LABEL, 7).to(dtype))  # bad labels: found later
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"labels \[7\]"):
+        cm.compute()
+
+
+def test_bad_shapes_and_dtypes_raise_at_update():
+    cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match="argmax"):
         cm.update(torch.zeros(1, 3, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):
@@ -145,10 +179,32 @@ def test_bad_inputs_raise_clear_errors():
     assert cm.mat.sum().item() == 0  # nothing half-added
 
 
-def test_small_int_dtypes_do_not_overflow():
-    cm = ConfusionMatrix(21)
-    cm.update(torch.tensor([[[20]]], dtype=torch.uint8), torch.tensor([[[20]]], dtype=torch.uint8))
-    assert cm.mat[20, 20].item() == 1
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+def test_equals_the_hand_computed_matrix_for_each_label_dtype(dtype):
+    # label [[0,0,1],[1,2,2]] plus a row of ignore (255); pred [[0,1,1],[1,2,0]] plus anything
+    # mat[label, pred] = [[1,1,0],[0,2,0],[1,0,1]] (the ignore row adds nothing)
+    label = torch.tensor([[[0, 0, 1], [1, 2, 2], [255, 255, 255]]], dtype=dtype)
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0], [2, 0, 1]]], dtype=dtype)
+    cm = ConfusionMatrix(3)
+    cm.update(pred, label)
+    cm.update(pred.long(), label)  # predictions as argmax gives them (int64)
+    assert cm.mat.tolist() == [[2, 2, 0], [0, 4, 0], [2, 0, 2]]
+    assert cm.mat.dtype == torch.int64
+
+
+def test_the_gpu_counting_path_equals_bincount():
+    from segkit.metrics import _count_scatter
+
+    index = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0)).int()
+    bins = torch.zeros(60, dtype=torch.int64)
+    _count_scatter(bins, index)
+    assert torch.equal(bins, torch.bincount(index, minlength=60))
+
+
+def test_negative_ignore_index_and_few_classes():
+    cm = ConfusionMatrix(2, ignore_index=-100)  # torch's cross-entropy default
+    cm.update(torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, -100, 1, 1]]]))
+    assert cm.mat.tolist() == [[1, 0], [1, 1]]
 
 
 def test_all_reduce_is_noop_without_process_group():
@@ -165,8 +221,17 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_file: str
         cm = ConfusionMatrix(3)
         cm.update(PRED[:, rank : rank + 1], LABEL[:, rank : rank + 1])  # each rank one row
         cm.all_reduce()
+        mat = cm.mat.clone()
+        cm.reset()  # a second pass: only rank 1 sees a bad label; every rank must raise
+        cm.update(PRED[:, :1], LABEL[:, :1] + 2 * rank)
+        cm.all_reduce()
+        try:
+            cm.compute()
+            raised = ""
+        except ValueError as e:
+            raised = str(e)
         if rank == 0:
-            torch.save(cm.mat, out_file)
+            torch.save({"mat": mat, "raised": raised}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -174,7 +239,9 @@ def _all_reduce_worker(rank: int, world_size: int, init_file: str, out_file: str
 def test_all_reduce_sums_across_two_gloo_ranks(tmp_path):
     out = tmp_path / "mat.pt"
     mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "pg"), str(out)), nprocs=2)
-    assert torch.load(out).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    result = torch.load(out)
+    assert result["mat"].tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert "labels [3]" in result["raised"]  # found on rank 1, raised on rank 0 too
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

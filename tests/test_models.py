@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from segkit.errors import ConfigError
 from segkit.losses.detail import DetailLoss
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet
 from segkit.run import compose_model_config, instantiate_model
@@ -42,7 +43,9 @@ def encoder_batchnorms(model) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def test_every_model_config_is_tested():
-    assert {"unet", "unet_vgg16", "unet_resnet50", "bisenetv1", "bisenetv2"} <= set(MODEL_NAMES)
+    shipped = {"unet", "unet_vgg16", "unet_resnet50", "unet_resnet18", "unet_mobilenetv3"}
+    shipped |= {"unet_efficientnet_b0", "unet_convnext_tiny", "unet_regnet"}
+    assert shipped | {"bisenetv1", "bisenetv2"} <= set(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -125,8 +128,8 @@ def test_pretrained_offline_raises_helpful_error(name, tmp_path, monkeypatch):
     err = root_error(excinfo)
     assert isinstance(err, RuntimeError)
     assert "model.weights_path" in str(err)
-    if name in ("unet_vgg16", "unet_resnet50", "bisenetv1"):
-        # says which file to put where
+    if name == "bisenetv1" or (name.startswith("unet_")):
+        # torchvision encoders: says which file to put where
         assert str(tmp_path / "checkpoints") in str(err)
         assert ".pth" in str(err) and "download.pytorch.org" in str(err)
 
@@ -165,8 +168,10 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="batch of at least 2"):
         BiSeNetV2(NUM_CLASSES).train()(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="'plain', 'vgg16' or 'resnet50'"):
-        UNet(NUM_CLASSES, backbone="resnet18")
+    with pytest.raises(ConfigError, match=r"model.backbone='resnet19'.*did you mean resnet18"):
+        UNet(NUM_CLASSES, backbone="resnet19")
+    with pytest.raises(ConfigError, match="'plain', 'vgg16', or a torchvision"):
+        UNet(NUM_CLASSES, backbone="swin_t")  # channels-last transformer: not a CNN family
 
 
 def test_unet_pads_to_multiple_and_crops_back():
@@ -178,6 +183,25 @@ def test_unet_pads_to_multiple_and_crops_back():
     padded = torch.nn.functional.pad(x, (0, 15, 0, 15))
     with torch.no_grad():
         assert torch.allclose(model(x)["out"], model(padded)["out"][..., :17, :17], atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["plain", "resnet18"])
+def test_unet_exports_with_dynamic_height_and_width(backbone):
+    """torch.export at 67x93 with symbolic H and W: the program is right at other sizes too,
+    aligned (no padding) or not (the padding and crop are computed, not branched on)."""
+    from torch.export import Dim, export
+
+    torch.manual_seed(0)
+    model = UNet(NUM_CLASSES, backbone=backbone, base_channels=4).eval()
+    dims = {2: Dim("h", min=33, max=1024), 3: Dim("w", min=33, max=1024)}
+    program = export(model, (torch.randn(2, 3, 67, 93),), dynamic_shapes={"x": dims})
+    exported = program.module()
+    for h, w in ((64, 96), (45, 130)):
+        x = torch.randn(2, 3, h, w)
+        with torch.no_grad():
+            got, want = exported(x)["out"], model(x)["out"]
+        assert got.shape == (2, NUM_CLASSES, h, w)
+        assert torch.allclose(got, want, atol=1e-5), (h, w)
 
 
 # ---- STDC detail loss: boundary target and loss values computed by hand -------------------

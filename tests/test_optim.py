@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.optim import WarmupCosineLR, param_groups, warmup_cosine_factor
+from segkit.errors import ConfigError
+from segkit.optim import (
+    WarmupCosineLR,
+    WarmupPolyLR,
+    param_groups,
+    warmup_cosine_factor,
+    warmup_poly_factor,
+)
 
 
 def test_factor_hand_values():
@@ -69,3 +76,79 @@ def test_scheduler_rejects_zero_steps():
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="total_steps"):
         WarmupCosineLR(opt, total_steps=0, steps_per_epoch=1)
+
+
+# ---------------------------------------------------------------- poly
+
+
+def _lrs(opt, sched, steps: int) -> list[float]:
+    """The LR of group 0 used at each of ``steps`` optimiser steps."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_poly_factor_hand_values():
+    # 12 steps, 2 warmup from 0.1, then (1 - k/10) ** 0.9
+    f = lambda s: warmup_poly_factor(s, 12, 2, 0.1, 0.9, 0.0)  # noqa: E731
+    assert f(0) == pytest.approx(0.1)
+    assert f(1) == pytest.approx(0.55)
+    assert f(2) == pytest.approx(1.0)
+    assert f(7) == pytest.approx(0.5**0.9)
+    assert f(11) == pytest.approx(0.1**0.9)
+    assert f(12) == 0.0 and f(40) == 0.0
+    # eta_min as a ratio: 0.2 + 0.8 * 0.5 ** 2 at the half-way step of power 2
+    assert warmup_poly_factor(5, 10, 0, 0.1, 2.0, 0.2) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("power", [0.9, 2.0])
+def test_poly_matches_torch_polynomial_lr_after_warmup(power):
+    total, per_epoch, warmup = 30, 4, 8  # warmup_epochs=2 -> 8 steps
+    opt = torch.optim.SGD(param_groups(_model()), lr=0.05)
+    sched = WarmupPolyLR(opt, total, per_epoch, warmup_epochs=2, warmup_start=0.2, power=power)
+    ours = _lrs(opt, sched, total + 3)
+    # warmup: linear from 0.2 * lr to lr, equal increments
+    assert ours[:warmup] == pytest.approx([0.05 * (0.2 + 0.8 * s / warmup) for s in range(warmup)])
+    assert len({round(b - a, 12) for a, b in zip(ours[: warmup + 1], ours[1 : warmup + 1])}) == 1
+    ref_opt = torch.optim.SGD(param_groups(_model()), lr=0.05)
+    ref = torch.optim.lr_scheduler.PolynomialLR(ref_opt, total_iters=total - warmup, power=power)
+    assert ours[warmup:] == pytest.approx(_lrs(ref_opt, ref, total + 3 - warmup), abs=1e-12)
+    assert ours[total - 1] > 0 and ours[total] == 0.0
+
+
+def test_poly_resumes_from_state_and_eta_min_is_absolute():
+    opt = torch.optim.SGD(param_groups(_model()), lr=0.1)
+    sched = WarmupPolyLR(opt, total_steps=20, steps_per_epoch=5, warmup_epochs=0, eta_min=0.01)
+    _lrs(opt, sched, 7)
+    opt2 = torch.optim.SGD(param_groups(_model()), lr=0.1)
+    sched2 = WarmupPolyLR(opt2, total_steps=20, steps_per_epoch=5, warmup_epochs=0, eta_min=0.01)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert _lrs(opt2, sched2, 20) == pytest.approx(_lrs(opt, sched, 20))
+    # both groups (with and without weight decay) end at eta_min, not at a ratio of it
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.01])
+
+
+def test_poly_config_builds_the_scheduler():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    cfg = OmegaConf.load(CONF / "scheduler" / "poly.yaml")
+    opt = torch.optim.SGD(_model().parameters(), lr=1.0)
+    sched = instantiate(cfg)(opt, total_steps=10, steps_per_epoch=2)
+    assert isinstance(sched, WarmupPolyLR) and sched.power == 0.9 and sched.warmup_steps == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"power": 0.0}, "scheduler.power"), ({"warmup_start": 1.5}, "scheduler.warmup_start")],
+)
+def test_poly_rejects_bad_values_naming_the_key(kwargs, key):
+    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=key):
+        WarmupPolyLR(opt, total_steps=10, steps_per_epoch=2, **kwargs)

@@ -67,19 +67,20 @@ def test_tensorboard_has_every_panel(trained):
     scalars = set(tags["scalars"])
     assert {"train/loss", "train/lr", "val/loss", "val/mIoU", "val/pixel_acc"} <= scalars
     assert any(t.startswith("val_iou/") for t in scalars)
-    assert "hparam/best_miou" in scalars
+    assert "val/best_mIoU" in scalars and not any(t.startswith("hparam/") for t in scalars)
     assert {"val/image|label|pred", "val/confusion"} <= set(tags["images"])
 
 
 def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
+    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=1"]  # a train/loss every step
     straight = tmp_path / "straight"
-    train_rank(compose_train(*TINY, "trainer.max_epochs=3"), straight)
+    train_rank(compose_train(*three), straight)
     crashed = tmp_path / "crashed"
     # 6 steps per epoch: step 9 is the middle of epoch 2, after epoch 1's checkpoint
     with pytest.raises(RuntimeError, match="injected failure at training step 9"):
-        train_rank(compose_train(*TINY, "trainer.max_epochs=3", *failing(9)), crashed)
+        train_rank(compose_train(*three, *failing(9)), crashed)
     assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
-    train_rank(compose_train(*TINY, "trainer.max_epochs=3", "trainer.resume=auto"), crashed)
+    train_rank(compose_train(*three, "trainer.resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 18
@@ -127,7 +128,7 @@ def test_eval_cli_on_the_checkpoint(trained, tmp_path):
 
 def test_eval_cli_missing_checkpoint_is_a_clean_error(tmp_path):
     proc = run_cli("eval.py", f"ckpt={tmp_path / 'missing.pt'}", cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -271,3 +272,25 @@ def test_metrics_csv_has_one_row_per_epoch_equal_to_tensorboard(trained):
     for r in rows:
         assert float(r["miou"]) == pytest.approx(tb[int(r["step"])], rel=1e-6)
         assert float(r["iou/circle"]) >= 0.0 and float(r["epoch_time_s"]) > 0
+
+
+def test_eval_cli_reports_every_mode_in_one_table(trained, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "eval.py",
+        f"ckpt={trained / 'checkpoints' / 'best.pt'}",
+        "modes=[whole,slide,whole+flip]",
+        "loader.num_workers=0",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["modes"]) == ["whole", "slide", "whole+flip"]
+    assert metrics["modes"]["whole"]["miou"] == pytest.approx(metrics["miou"])
+    # the demo model was trained at the image size: one window = the whole image
+    assert metrics["modes"]["slide"]["miou"] == pytest.approx(metrics["miou"], abs=1e-6)
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith(("whole", "slide"))]
+    assert len(table) == 3
+    assert (out / "confusion_matrix.png").is_file() and (out / "per_class_iou.png").is_file()
+    assert "per-class metrics" in (out / "eval.log").read_text()

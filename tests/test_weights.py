@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.weights import load_weights, normalize_key
+from segkit.weights import UnsafeCheckpointError, load_weights, normalize_key
 
 
 def net(out_classes: int = 2) -> nn.Sequential:
@@ -109,11 +109,24 @@ def test_missing_file_names_it(tmp_path):
         load_weights(net(), tmp_path / "nope.pth")
 
 
-def test_pickled_module_falls_back_with_warning(tmp_path):
+def test_pickled_module_is_refused_and_points_at_the_conversion(tmp_path):
     source = trained()
     path = tmp_path / "whole_model.pth"
     torch.save(source, path)  # the notes' torch.save(model, ...)
     target = net()
-    with pytest.warns(UserWarning, match="weights_only=False"):
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    message = r"(?s)torch\.nn\.modules.*arbitrary code.*convert_checkpoint\.py .*--trust"
+    with pytest.raises(UnsafeCheckpointError, match=message):
         load_weights(target, path)
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
+def test_safetensors_state_dict_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    source = trained()
+    path = tmp_path / "weights.safetensors"
+    save_file({"module." + k: v for k, v in source.state_dict().items()}, str(path))
+    target = net()
+    load_weights(target, path)
     assert_same(target, source)

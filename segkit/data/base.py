@@ -1,9 +1,11 @@
-"""SegmentationDataset: (image path, mask path) pairs -> normalised tensors; its LabelSpace.
+"""SegmentationDataset: (image path, mask path) pairs -> uint8 tensors; its LabelSpace.
 
 Sample i of epoch e draws all its randomness from np.random.default_rng([seed, e, i]), so the
 augmentation does not depend on the number of workers or ranks, and a resumed run is exact.
-Batches need no special collate: torch's default one stacks samples into (images (N,3,H,W)
-float32, masks (N,H,W) int64).
+Batches need no special collate: torch's default one stacks samples into (images (N,C,H,W)
+uint8, masks (N,H,W) uint8), one byte per value through the workers and the host-to-device
+copy; the model input is made on the device (`segkit.data.transforms.Normalize` with the
+LabelSpace mean/std) and losses get the masks as int64 there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.data.io import encode_mask, read_image, read_mask
-from segkit.data.transforms import DEFAULT_AUGMENT, get_random_data, normalize
+from segkit.data.transforms import DEFAULT_AUGMENT, Normalize, get_random_data, to_tensors
 from segkit.errors import DataError
 
 log = logging.getLogger("segkit.data")
@@ -28,7 +30,7 @@ log = logging.getLogger("segkit.data")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_SAMPLE_MODES = ("raise", "skip")
-RGB = tuple[float, float, float]  # a per-channel mean or std
+Channels = tuple[float, ...]  # a per-channel mean or std (3 values for RGB, 1 for gray)
 
 
 def voc_palette(n: int) -> list[list[int]]:
@@ -100,11 +102,17 @@ def check_augment(augment: Mapping | None) -> dict:
     return params
 
 
-def check_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[RGB, RGB]:
-    """Three floats each, std > 0."""
+def check_mean_std(
+    mean: Sequence[float], std: Sequence[float], in_channels: int | None = None
+) -> tuple[Channels, Channels]:
+    """``in_channels`` floats each (1 or 3; None: whatever the mean has), std > 0."""
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise DataError(f"dataset.mean/std must be 3 values each, std > 0: {mean}, {std}")
+    n = len(mean) if in_channels is None else in_channels
+    if n not in (1, 3) or len(mean) != n or len(std) != n or min(std) <= 0:
+        raise DataError(
+            f"dataset.mean/std must be dataset.in_channels={n} values each (1 gray, 3 RGB), "
+            f"std > 0; got mean {list(mean)}, std {list(std)}"
+        )
     return mean, std
 
 
@@ -123,16 +131,26 @@ class LabelSpace:
     """What a model trained on a dataset predicts and how its inputs were normalised.
 
     num_classes ids 0..num_classes-1, ignore_index (never a class id), one name and one
-    [r, g, b] colour per class, and the per-channel RGB mean / std applied to images scaled to
-    [0, 1]. `to_dict` / `from_dict` give a plain-Python form (for checkpoints and YAML).
+    [r, g, b] colour per class, and the per-channel mean / std applied to images scaled to
+    [0, 1] (3 values for RGB input, 1 for gray: ``in_channels``). `to_dict` / `from_dict` give a
+    plain-Python form (for checkpoints and YAML).
     """
 
     num_classes: int
     ignore_index: int
     class_names: list[str]
     palette: list[list[int]]
-    mean: RGB
-    std: RGB
+    mean: Channels
+    std: Channels
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the model input (1 gray, 3 RGB)."""
+        return len(self.mean)
+
+    def normalizer(self, *, channels_last: bool = False) -> Normalize:
+        """The device-side step from a uint8 batch to the model input."""
+        return Normalize(self.mean, self.std, channels_last=channels_last)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python only (ints, floats, strings, lists): safe for YAML, JSON, torch.save."""
@@ -158,12 +176,14 @@ class LabelSpace:
 
 
 class SegmentationDataset(Dataset):
-    """Pairs of (image path, mask path) -> (image (3,H,W) float32, mask (H,W) int64).
+    """Pairs of (image path, mask path) -> (image (C,H,W) uint8, mask (H,W) uint8).
 
     train=True: random aspect/scale/flip/offset + HSV jitter (see `augment`); train=False:
-    letterbox. Images are normalised (x/255 - mean)/std; masks hold ids in [0, num_classes) or
-    ignore_index (also used for padding). A sample that cannot be loaded raises DataError naming
-    index, files and cause, or with on_bad_sample="skip" is replaced by the next loadable sample.
+    letterbox. Images are RGB (in_channels=3) or gray (in_channels=1, a colour file converted),
+    not normalised: `labels.normalizer()` does (x/255 - mean)/std on the device. Masks hold ids
+    in [0, num_classes) or ignore_index (also used for padding). A sample that cannot be
+    loaded raises DataError naming index, files and cause, or with on_bad_sample="skip" is
+    replaced by the next loadable sample.
     `split_file` is the split list the samples come from (VOCDataset), None when there is none.
     """
 
@@ -182,6 +202,7 @@ class SegmentationDataset(Dataset):
         augment: Mapping | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        in_channels: int = 3,
         label_map: Mapping | None = None,
         color_map: Mapping | None = None,
         seed: int = 0,
@@ -196,7 +217,8 @@ class SegmentationDataset(Dataset):
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
         self.augment = check_augment(augment)
-        self.mean, self.std = check_mean_std(mean, std)
+        self.in_channels = int(in_channels)
+        self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.color_map = {int(k): _plain(v) for k, v in (color_map or {}).items()}
         self.seed = int(seed)
@@ -263,9 +285,10 @@ class SegmentationDataset(Dataset):
         self.remove_samples(missing)
 
     def load_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read + encode sample i without resizing: ((H,W,3) uint8 RGB, (H,W) uint8 ids)."""
+        """Read + encode sample i without resizing: ((H,W,C) uint8 RGB or gray, (H,W) uint8
+        ids)."""
         image_path, mask_path = self.files[i]
-        image = read_image(image_path)
+        image = read_image(image_path, self.in_channels)
         raw = read_mask(mask_path)
         if image.shape[:2] != raw.shape[:2]:
             raise DataError(
@@ -333,13 +356,12 @@ class SegmentationDataset(Dataset):
         raise DataError("no sample of the dataset could be loaded")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (image (3,H,W) float32 normalised, mask (H,W) int64 ids or ignore_index)."""
+        """-> (image (C,H,W) uint8, mask (H,W) uint8 ids or ignore_index)."""
         if self.on_bad_sample == "skip":
             image, mask = self._load_or_skip(index)
         else:
             image, mask = self._load(index)
-        image_t = torch.from_numpy(normalize(image, self.mean, self.std))
-        return image_t, torch.from_numpy(mask.astype(np.int64))
+        return to_tensors(image, mask)
 
 
 def _plain(value):

@@ -17,6 +17,7 @@ build it once.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ JPEG_QUALITY = 90
 BACKGROUND_BRIGHTNESS = (20, 120)
 OBJECT_BRIGHTNESS = (170, 255)
 OBJECT_MIN_CHANNEL = 0.45  # tinted, not fully saturated objects
+# what a demo cache folder may hold: built sets, their lock files and temp folders, dotfiles
+_CACHE_ENTRY = re.compile(r"\.?v\d+-\d+-\d+-\d+x\d+-seed-?\d+(\.lock|-.+)?|\..*")
 # radius multiplier per class so that every shape covers about the same area for one radius
 SHAPE_SCALE = {1: 1.0, 2: 1.0, 3: 1.35, 4: 1.15}
 
@@ -54,6 +57,25 @@ def default_demo_root() -> Path:
     cache = os.environ.get("SEGKIT_CACHE")
     base = Path(cache) if cache else Path.home() / ".cache" / "segkit"
     return base.expanduser() / "demo"
+
+
+def check_cache_root(root: Path) -> None:
+    """Stop before generating into a folder that is not a demo cache (e.g. the user's own
+    images given as ``dataset.root``): the demo set is written only into its cache folder."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"dataset.root={root} is a file; the demo set needs a cache folder")
+    foreign = sorted(p.name for p in root.iterdir() if not _CACHE_ENTRY.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise DataError(
+            f"dataset.root={root} is not a demo cache folder: it holds {len(foreign)} other "
+            f"entries ({shown}), and the demo set is generated only into a folder that is new, "
+            f"empty or holds demo sets alone (default {default_demo_root()}). Nothing was "
+            "written. To score your own labelled data use dataset=voc dataset.root=...; to "
+            "segment plain images use scripts/predict.py ckpt=... input=..."
+        )
 
 
 def _random_colour(
@@ -265,6 +287,9 @@ def make_demo_dataset(
 ) -> Path:
     """Build the demo set once under root (default `default_demo_root()`); -> its VOCdevkit path.
 
+    root must be a demo cache: new, empty, or holding demo sets only (else DataError, nothing
+    written).
+
     Layout: <root>/<DEMO_VERSION>-<num_train>-<num_val>-<H>x<W>-seed<seed>/VOCdevkit/VOC2007/
     {JPEGImages, SegmentationClass, ImageSets/Segmentation/{train,val,trainval}.txt}.
     """
@@ -275,6 +300,7 @@ def make_demo_dataset(
     final = root / f"{DEMO_VERSION}-{num_train}-{num_val}-{h}x{w}-seed{seed}"
     if final.is_dir():
         return final / "VOCdevkit"
+    check_cache_root(root)
     root.mkdir(parents=True, exist_ok=True)
     with _file_lock(root / f"{final.name}.lock"):
         if final.is_dir():  # built by another process while we waited for the lock

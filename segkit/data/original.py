@@ -7,14 +7,19 @@ from torch.utils.data import Dataset
 
 
 class OriginalSizeMasks(Dataset):
-    """Wraps a dataset built with ``train=False``: item i is ``(image (3,h,w) float32 as the
-    model sees it (letterboxed), mask (H0,W0) uint8 ids at the image's original size)``.
+    """Wraps a dataset built with ``train=False``: item i is ``(image (C,h,w) uint8 as the model
+    sees it (letterboxed, normalised on the device), mask (H0,W0) uint8 ids at the image's
+    original size)``. ``labels`` is the wrapped dataset's (its mean/std normalise the batch).
 
     Batch it with :func:`collate_original`, which keeps the masks as a list (sizes differ).
     """
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
+
+    @property
+    def labels(self):
+        return self.dataset.labels
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -26,6 +31,6 @@ class OriginalSizeMasks(Dataset):
 
 
 def collate_original(batch: list[tuple[torch.Tensor, torch.Tensor]]):
-    """-> (images (N,3,h,w), [mask (H0,W0) uint8, ...])."""
+    """-> (images (N,C,h,w) uint8, [mask (H0,W0) uint8, ...])."""
     images, masks = zip(*batch)
     return torch.stack(images), list(masks)

@@ -1,10 +1,14 @@
 """Image/mask transforms of the notes' `get_random_data`, split into small pure functions.
 
-Conventions: image (H,W,3) uint8 RGB, mask (H,W) uint8 class ids, sizes given as (H,W).
+Conventions: image (H,W,C) uint8 (C = 3 RGB, or 1 gray), mask (H,W) uint8 class ids, sizes
+given as (H,W).
 Images are resized bicubic, masks ONLY nearest (so a mask never gains new values); padding is
 gray 128 for the image and `ignore_index` for the mask (the notes padded labels with 0, which
 taught "background" on the gray bars). All randomness comes from the `rng` argument
 (np.random.Generator), never from the global np.random state.
+
+Samples stay uint8 up to the device (`to_tensors`); `Normalize` turns a batch into the
+float32 model input there.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
+import torch
 
 GRAY = 128
 DEFAULT_AUGMENT = {
@@ -32,14 +37,14 @@ def resize_pair(
     h, w = int(size_hw[0]), int(size_hw[1])
     if image.shape[:2] == (h, w):
         return image, mask
-    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
+    resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
     mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image, mask
+    return resized.reshape(h, w, image.shape[2]), mask  # cv2 drops a single channel axis
 
 
 def hflip_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror both left-right."""
-    return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+    """Mirror both left-right (cv2.flip: far faster than copying a reversed numpy view)."""
+    return cv2.flip(image, 1).reshape(image.shape), cv2.flip(mask, 1)
 
 
 def paste(
@@ -52,10 +57,10 @@ def paste(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Place image/mask with its top-left corner at offset_yx=(dy,dx) on an out_hw canvas of
     gray `fill` (image) / `ignore_index` (mask). Offsets may be negative or the picture larger
-    than the canvas: whatever falls outside is cropped. -> ((h,w,3) uint8, (h,w) uint8)."""
+    than the canvas: whatever falls outside is cropped. -> ((h,w,C) uint8, (h,w) uint8)."""
     h, w = int(out_hw[0]), int(out_hw[1])
     dy, dx = int(offset_yx[0]), int(offset_yx[1])
-    canvas = np.full((h, w, 3), fill, np.uint8)
+    canvas = np.full((h, w, image.shape[2]), fill, np.uint8)
     label = np.full((h, w), ignore_index, np.uint8)
     y0, y1 = max(dy, 0), min(dy + image.shape[0], h)
     x0, x1 = max(dx, 0), min(dx + image.shape[1], w)
@@ -130,7 +135,7 @@ def random_geometry(
     ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random aspect/scale resize, horizontal flip with probability `flip`, paste at a random
-    offset on an out_hw canvas (crops when larger). -> ((h,w,3) uint8, (h,w) uint8)."""
+    offset on an out_hw canvas (crops when larger). -> ((h,w,C) uint8, (h,w) uint8)."""
     h, w = out_hw
     nh, nw = random_size(rng, image.shape[:2], out_hw, jitter, scale)
     image, mask = resize_pair(image, mask, (nh, nw))
@@ -150,14 +155,18 @@ def hsv_jitter(
     val: float = 0.3,
 ) -> np.ndarray:
     """Multiply OpenCV H (mod 180), S and V by gains U(1-x, 1+x) through 256-entry lookup
-    tables. All three 0 -> the image is returned untouched (no lossy HSV round trip)."""
+    tables. All three 0 -> the image is returned untouched (no lossy HSV round trip).
+    A gray (H,W,1) image gets the V gain only: exactly what the RGB path does to gray pixels
+    (hue and saturation of a gray pixel are 0), with the same random draws."""
     gains = rng.uniform(-1, 1, 3) * np.array([hue, sat, val]) + 1
     if hue == 0 and sat == 0 and val == 0:
         return image
     x = np.arange(256, dtype=np.float64)
+    lut_v = np.clip(x * gains[2], 0, 255).astype(np.uint8)
+    if image.shape[2] == 1:
+        return cv2.LUT(image, lut_v).reshape(image.shape)
     lut_h = ((x * gains[0]) % 180).astype(np.uint8)
     lut_s = np.clip(x * gains[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * gains[2], 0, 255).astype(np.uint8)
     h, s, v = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
     hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
@@ -180,7 +189,7 @@ def get_random_data(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The notes' augmentation: random=True -> geometry + HSV jitter, random=False -> letterbox.
 
-    image (H,W,3) uint8 RGB, mask (H,W) uint8 -> (input_shape + (3,)) uint8, input_shape uint8.
+    image (H,W,C) uint8, mask (H,W) uint8 -> (input_shape + (C,)) uint8, input_shape uint8.
     """
     if not random:
         return letterbox(image, mask, input_shape, ignore_index)
@@ -200,8 +209,49 @@ def get_random_data(
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(H,W,3) uint8 -> (3,H,W) float32 computed as (image/255 - mean) / std per channel."""
+    """(H,W,C) uint8 -> (C,H,W) float32 computed as (image/255 - mean) / std per channel.
+    (Single pictures, e.g. for scripts; training batches use `Normalize` on the device.)"""
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
     out = image.astype(np.float32) * (1.0 / (255.0 * std)) - mean / std
     return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H,W,C) uint8 image, (H,W) uint8 mask -> ((C,H,W) uint8, (H,W) uint8) tensors: a sample
+    as it crosses the worker boundary (1 byte per value; torch's default collate stacks them)."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return torch.from_numpy(chw), torch.from_numpy(np.ascontiguousarray(mask))
+
+
+class Normalize:
+    """Model input on the device: (N,C,H,W) uint8 -> (N,C,H,W) float32 (x/255 - mean)/std.
+
+    ``mean``/``std``: C values each (RGB or gray, of pixels scaled to [0, 1]). The constants
+    follow the input's device; ``channels_last`` returns the batch in that memory format
+    (faster convolutions on tensor-core GPUs). Float input is returned as it is (already
+    normalised, e.g. by a caller that prepared its own tensors).
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], *, channels_last: bool = False
+    ) -> None:
+        std32 = np.asarray(std, np.float32)
+        # the same float32 constants as `normalize`, so both paths agree to rounding
+        self.scale = torch.from_numpy(1.0 / (255.0 * std32)).view(1, -1, 1, 1)
+        self.shift = torch.from_numpy(np.asarray(mean, np.float32) / std32).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images
+        if images.shape[1] != self.scale.shape[1]:
+            raise ValueError(
+                f"images have {images.shape[1]} channels but mean/std {self.scale.shape[1]}; "
+                "set dataset.in_channels and dataset.mean/std to the same number of channels"
+            )
+        if self.scale.device != images.device:
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        if self.channels_last:  # reorder the 1-byte values; the float ops keep the layout
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images.float().mul_(self.scale).sub_(self.shift)

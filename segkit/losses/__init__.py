@@ -6,14 +6,17 @@ from segkit.losses.combo import CEDiceLoss
 from segkit.losses.detail import CEDetailLoss
 from segkit.losses.dice import DiceLoss
 from segkit.losses.focal import FocalLoss
+from segkit.losses.lovasz import CELovaszLoss, LovaszSoftmaxLoss
 from segkit.losses.ohem import OhemCrossEntropyLoss
 
 __all__ = [
     "CEDetailLoss",
     "CEDiceLoss",
+    "CELovaszLoss",
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalLoss",
+    "LovaszSoftmaxLoss",
     "OhemCrossEntropyLoss",
     "SegLoss",
     "check_target",

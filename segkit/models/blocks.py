@@ -107,16 +107,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     inputs smaller than the pad; on normalised inputs zero is the dataset mean colour.
     """
     h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
+    # always pad (by 0 where already aligned): a Python test of the size would be frozen
+    # into a traced/exported graph at the example's size
+    x = F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
     return x, (h, w)
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Bilinear resize (align_corners=False) to ``size``; a no-op when already that size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
+    """Bilinear resize (align_corners=False) to ``size``; exact identity at the same size.
+
+    No Python test of ``x.shape`` here: traced or exported, it would freeze the branch taken
+    at the example's size (see tests/test_export.py)."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 

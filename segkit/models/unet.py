@@ -1,30 +1,40 @@
-"""UNet with a plain, VGG16 or ResNet50 encoder (the bubbliiiing/unet-pytorch lineage).
+"""UNet with a plain, VGG16 or any torchvision CNN encoder (the bubbliiiing/unet-pytorch lineage).
 
-Encoder -> five feature maps; decoder: upsample x2, concatenate the skip, two 3x3 convs, four
-times; final 1x1 conv to class logits. Inputs of any size work: the image is zero-padded at the
-bottom/right to the encoder's total stride (16 for plain / VGG16, 32 for ResNet50) and the logits
-are cropped back, so ``out`` always has the input's H and W.
+Encoder -> one feature map per output stride; decoder: upsample, concatenate the skip, two 3x3
+convs, once per skip; when the shallowest map is not at full resolution (stride 2 for ResNet,
+4 for ConvNeXt) one more upsampling stage; a final 1x1 conv to class logits. Inputs of any
+size work: the image is zero-padded at the bottom/right to the encoder's total stride (16 for
+plain / VGG16, 32 for the torchvision CNNs) and the logits are cropped back, so ``out`` always
+has the input's H and W. The padding amounts are computed from the shape every time (no Python
+test of the size), so a traced or ``torch.export``-ed model is right at every size.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torchvision.models._utils import IntermediateLayerGetter
+from collections.abc import Sequence
 
-from segkit.models.backbones import load_encoder_weights, resnet, vgg16_features
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.errors import ConfigError
+from segkit.models.backbones import (
+    check_encoder_name,
+    iter_blocks,
+    load_encoder_weights,
+    torchvision_encoder,
+    vgg16_features,
+)
 from segkit.models.blocks import (
     ConvBNReLU,
     SegmentationModel,
     check_input,
     init_conv_weights,
-    pad_to_multiple,
-    resize_to,
 )
 
 __all__ = ["UNet"]
 
-_DECODER_CHANNELS = (64, 128, 256, 512)  # bubbliiiing's out_filters for VGG16 / ResNet50
+_OWN_ENCODERS = ("plain", "vgg16")
 
 
 class DoubleConv(nn.Sequential):
@@ -49,6 +59,7 @@ class PlainEncoder(nn.Module):
     ``(1, 2, 4, 8, 16)``."""
 
     multiple = 16
+    strides = [1, 2, 4, 8, 16]
 
     def __init__(self, in_channels: int, base_channels: int) -> None:
         super().__init__()
@@ -73,12 +84,18 @@ class VGG16Encoder(nn.Module):
 
     multiple = 16
     channels = [64, 128, 256, 512, 512]
+    strides = [1, 2, 4, 8, 16]
     _taps = (3, 8, 15, 22, 29)  # ReLU outputs right before the pools at 4, 9, 16, 23
 
-    def __init__(self, in_channels: int, pretrained: bool, weights_path: str | None) -> None:
+    def __init__(
+        self, in_channels: int, pretrained: bool, weights_path: str | None, weights_tag: str | None
+    ) -> None:
         super().__init__()
         self.features = vgg16_features(
-            pretrained=pretrained, weights_path=weights_path, in_channels=in_channels
+            pretrained=pretrained,
+            weights_path=weights_path,
+            in_channels=in_channels,
+            weights_tag=weights_tag,
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -90,23 +107,41 @@ class VGG16Encoder(nn.Module):
         return feats
 
 
-class ResNet50Encoder(nn.Module):
-    """torchvision ResNet50 stem ReLU and layer1..4: channels ``(64, 256, 512, 1024, 2048)``,
-    strides ``(2, 4, 8, 16, 32)``."""
+class TorchvisionEncoder(nn.Module):
+    """A torchvision classification CNN run block by block, tapped at the end of each output
+    stride (see `segkit.models.backbones.torchvision_encoder`); ResNet50 gives its stem ReLU
+    and layer1..4: channels ``(64, 256, 512, 1024, 2048)``, strides ``(2, 4, 8, 16, 32)``.
 
-    multiple = 32
-    channels = [64, 256, 512, 1024, 2048]
+    ``body`` holds torchvision's top-level modules under their own names
+    (``encoder.body.layer1.0.conv1.weight``, ``encoder.body.features.3...``).
+    """
 
-    def __init__(self, in_channels: int, pretrained: bool, weights_path: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        in_channels: int,
+        pretrained: bool,
+        weights_path: str | None,
+        weights_tag: str | None,
+    ) -> None:
         super().__init__()
-        net = resnet(
-            "resnet50", pretrained=pretrained, weights_path=weights_path, in_channels=in_channels
+        self.body, taps, self.channels, self.strides = torchvision_encoder(
+            name,
+            pretrained=pretrained,
+            weights_path=weights_path,
+            in_channels=in_channels,
+            weights_tag=weights_tag,
         )
-        layers = {"relu": "0", "layer1": "1", "layer2": "2", "layer3": "3", "layer4": "4"}
-        self.body = IntermediateLayerGetter(net, return_layers=layers)
+        self.taps = frozenset(taps)
+        self.multiple = self.strides[-1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.body(x).values())
+        feats = []
+        for i, (_, block) in enumerate(iter_blocks(self.body)):
+            x = block(x)
+            if i in self.taps:
+                feats.append(x)
+        return feats
 
 
 class UpBlock(nn.Module):
@@ -117,7 +152,9 @@ class UpBlock(nn.Module):
         self.conv = DoubleConv(in_channels, out_channels, norm)
 
     def forward(self, skip: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, resize_to(x, skip.shape[-2:])], dim=1))
+        # always resized (never a Python test of the size, see pad_to_stride)
+        up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, up], dim=1))
 
 
 class UNet(SegmentationModel):
@@ -125,13 +162,26 @@ class UNet(SegmentationModel):
 
     Args:
         num_classes: output channels of ``out``.
-        backbone: ``"plain"`` (BatchNorm everywhere, width ``base_channels``), ``"vgg16"`` or
-            ``"resnet50"`` (torchvision encoders, bubbliiiing's decoder without BatchNorm).
+        backbone: ``"plain"`` (BatchNorm everywhere, width ``base_channels``), ``"vgg16"``
+            (bubbliiiing's VGG16, stride 16) or any torchvision classification CNN by name:
+            ``resnet18`` ... ``resnet152``, ``resnext50_32x4d``, ``wide_resnet50_2``,
+            ``mobilenet_v2``, ``mobilenet_v3_large|small``, ``efficientnet_b0`` ... ``b7``,
+            ``efficientnet_v2_s|m|l``, ``regnet_[xy]_*``, ``convnext_tiny|small|base|large``,
+            ``vgg11|13|19[_bn]``, ``vgg16_bn``, ``shufflenet_v2_*``, ``mnasnet*`` (see
+            `segkit.models.backbones.encoder_names`). Non-plain encoders get bubbliiiing's
+            decoder without BatchNorm.
         base_channels: width of the plain UNet's first stage (ignored by the other backbones).
         pretrained: load ImageNet encoder weights (torch hub cache or ``weights_path``; never
             downloads). The plain encoder has no public weights and needs ``weights_path``.
         weights_path: local encoder state dict; read only when ``pretrained``.
-        in_channels: input channels (torchvision stems are rebuilt when not 3).
+        weights_tag: which member of torchvision's weights enum the encoder loads
+            (``IMAGENET1K_V1``, ``IMAGENET1K_V2`` where published, ``DEFAULT``); None:
+            ``IMAGENET1K_V1`` where torchvision has it, else ``DEFAULT``.
+        in_channels: input channels; when not 3 the stem's RGB weights are adapted (sum over
+            RGB for 1 channel, tiled and scaled by 3 / k for k channels).
+        decoder_channels: widths of the decoder stages, shallow to deep, one per skip
+            (``len(strides) - 1``); default: the plain encoder's own widths, else
+            ``64, 128, 256, 512`` (capped at 512) as in bubbliiiing.
 
     ``forward(x: (N, in_channels, H, W) float) -> {"out": (N, num_classes, H, W) logits}``.
     """
@@ -144,22 +194,27 @@ class UNet(SegmentationModel):
         pretrained: bool = False,
         weights_path: str | None = None,
         in_channels: int = 3,
+        weights_tag: str | None = None,
+        decoder_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.encoder = _build_encoder(
-            backbone, base_channels, pretrained, weights_path, in_channels
+            backbone, base_channels, pretrained, weights_path, in_channels, weights_tag
         )
         enc, norm = self.encoder.channels, backbone == "plain"
-        dec = enc[:4] if norm else list(_DECODER_CHANNELS)
+        dec = _decoder_widths(enc, norm, decoder_channels)
+        last = len(dec) - 1
         self.ups = nn.ModuleList(
-            UpBlock(enc[i] + (enc[i + 1] if i == 3 else dec[i + 1]), dec[i], norm) for i in range(4)
+            UpBlock(enc[i] + (enc[i + 1] if i == last else dec[i + 1]), dec[i], norm)
+            for i in range(len(dec))
         )
-        # ResNet's first map is at stride 2: one more upsampling stage back to full size.
+        # The shallowest map at stride s > 1 (ResNet 2, ConvNeXt 4): upsample by s to full size.
+        first = self.encoder.strides[0]
         self.up_conv = None
-        if isinstance(self.encoder, ResNet50Encoder):
+        if first > 1:
             self.up_conv = nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Upsample(scale_factor=first, mode="bilinear", align_corners=False),
                 DoubleConv(dec[0], dec[0], norm),
             )
         self.classifier = nn.Conv2d(dec[0], num_classes, 1)
@@ -172,28 +227,72 @@ class UNet(SegmentationModel):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x, self.in_channels, "UNet")
-        x, (h, w) = pad_to_multiple(x, self.encoder.multiple)
+        # always padded (by 0 when aligned) and cropped: exports stay right at every size
+        h, w = x.shape[-2:]
+        x = pad_to_stride(x, self.encoder.multiple)
         feats = self.encoder(x)
         y = feats[-1]
-        for i in reversed(range(4)):
+        for i in reversed(range(len(self.ups))):
             y = self.ups[i](feats[i], y)
         if self.up_conv is not None:
             y = self.up_conv(y)
-        return {"out": self.classifier(y)[..., :h, :w]}
+        return {"out": crop_to(self.classifier(y), h, w)}
+
+
+def pad_to_stride(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad ``(N, C, H, W)`` at the bottom/right to ``ceil(H / m) * m`` by ``ceil(W / m) * m``.
+
+    Always padded (by 0 when aligned), never a Python test of the size. Written as
+    ``ceil(H / m) * m - H`` rather than ``-H % m``: the same numbers, but ``torch.export``
+    derives the padded size's range (e.g. >= 2m for H > m) and so needs no guard on it. Zero
+    padding works for any size; on normalised inputs zero is the dataset mean colour.
+    """
+    h, w = x.shape[-2:]
+    pad_h = (h + multiple - 1) // multiple * multiple - h
+    pad_w = (w + multiple - 1) // multiple * multiple - w
+    return F.pad(x, (0, pad_w, 0, pad_h))
+
+
+def crop_to(x: torch.Tensor, h: int | torch.SymInt, w: int | torch.SymInt) -> torch.Tensor:
+    """The top-left ``(h, w)`` of ``(N, C, H, W)`` (``h <= H``, ``w <= W``), as a new tensor.
+
+    A negative ``F.pad`` rather than ``x[..., :h, :w]``: the slice is a strided view whose
+    contiguity ``torch.export`` can only decide by guarding on ``W == w`` (true at some sizes,
+    not at others), which fails a dynamic-shape export; the pad has no such branch.
+    """
+    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
+def _decoder_widths(
+    enc: Sequence[int], norm: bool, decoder_channels: Sequence[int] | None
+) -> list[int]:
+    """One decoder width per skip connection (all encoder maps but the deepest)."""
+    n = len(enc) - 1
+    if decoder_channels is None:
+        return list(enc[:n]) if norm else [min(64 * 2**i, 512) for i in range(n)]
+    widths = [int(c) for c in decoder_channels]
+    if len(widths) != n or min(widths) < 1:
+        raise ConfigError(
+            f"model.decoder_channels={list(decoder_channels)}: this encoder gives {len(enc)} "
+            f"feature maps, hence {n} skip connections: give {n} positive widths, shallow to "
+            "deep, or null for the default"
+        )
+    return widths
 
 
 def _build_encoder(
-    backbone: str, base_channels: int, pretrained: bool, weights_path: str | None, in_ch: int
+    backbone: str,
+    base_channels: int,
+    pretrained: bool,
+    weights_path: str | None,
+    in_ch: int,
+    weights_tag: str | None,
 ) -> nn.Module:
+    check_encoder_name(backbone, _OWN_ENCODERS)
     if backbone == "vgg16":
-        return VGG16Encoder(in_ch, pretrained, weights_path)
-    if backbone == "resnet50":
-        return ResNet50Encoder(in_ch, pretrained, weights_path)
+        return VGG16Encoder(in_ch, pretrained, weights_path, weights_tag)
     if backbone != "plain":
-        raise ValueError(
-            f"model.backbone={backbone!r} is not a UNet backbone; "
-            "use 'plain', 'vgg16' or 'resnet50'"
-        )
+        return TorchvisionEncoder(backbone, in_ch, pretrained, weights_path, weights_tag)
     encoder = PlainEncoder(in_ch, base_channels)
     if pretrained:
         load_encoder_weights(encoder, weights_path, "plain UNet")

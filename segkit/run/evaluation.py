@@ -1,0 +1,105 @@
+"""The evaluate task of ``eval.py``: score a checkpoint at the images' original resolution in
+one or more evaluation modes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from segkit import checkpoint as ckpt_io
+from segkit import dist
+from segkit.metrics import ConfusionMatrix, format_table
+from segkit.metrics import evaluate as evaluate_model
+from segkit.run.building import dataset_factory
+from segkit.tracking import log_to_files
+from segkit.validate import check_eval_config
+
+log = logging.getLogger("segkit")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.ckpt`` on ``cfg.split`` at the original resolution, once per evaluation mode;
+    prints per-class and per-mode tables, writes ``metrics.json`` (the first mode, plus every
+    mode's means), pictures, and ``predictions/*.png`` with ``save_masks``."""
+    from segkit.data.original import OriginalSizeMasks, collate_original
+    from segkit.inference import checkpoint_input_shape, format_modes
+    from segkit.visualize import PredictionWriter, write_eval_report
+
+    check_eval_config(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = dist.select_device(cfg.accelerator, 0)
+    model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
+    ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
+    if cfg.input_shape:
+        ds_cfg["input_shape"] = list(cfg.input_shape)
+    ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
+    loader = DataLoader(
+        OriginalSizeMasks(ds),
+        batch_size=cfg.loader.batch_size,
+        num_workers=cfg.loader.num_workers,
+        collate_fn=collate_original,
+    )
+    writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
+    window = cfg.slide.window or checkpoint_input_shape(ckpt)
+    results = {}
+    for i, spec in enumerate(cfg.modes):
+        hook = writer if cfg.save_masks and i == 0 else None  # masks of the first mode
+        results[spec] = score_mode(cfg, spec, model.to(device), loader, ds, window, hook)
+    metrics = results[cfg.modes[0]]
+    confusion = metrics.pop("confusion")
+    report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": len(ds)}
+    report.update(class_names=list(ds.class_names), **metrics)
+    means = ("miou", "mpa", "pixel_acc", "mdice")
+    report["modes"] = {spec: {k: m[k] for k in means} for spec, m in results.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    table = format_table(metrics, ds.class_names) + "\n\n" + format_modes(results)
+    print(table)
+    log_to_files(f"per-class metrics ({cfg.split}, mode {cfg.modes[0]}):\n{table}")
+    scores = {**metrics, "confusion": confusion}
+    files = write_eval_report(out_dir, scores, ds.class_names, ds.palette)
+    log.info("written: %s", ", ".join(str(p) for p in [out_dir / "metrics.json", *files]))
+    return report
+
+
+def score_mode(cfg: DictConfig, spec: str, model, loader, ds, window, on_batch) -> dict:
+    """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``)."""
+    from segkit.inference import predictor_for
+
+    device = next(model.parameters()).device
+    predictor = predictor_for(
+        spec,
+        model,
+        window=window,
+        overlap=cfg.slide.overlap,
+        scales=cfg.tta.scales,
+        batch=cfg.loader.batch_size,
+    )
+    metrics = evaluate_model(
+        predictor,
+        loader,
+        ConfusionMatrix(ds.num_classes, ds.ignore_index, device=device),
+        device=device,
+        amp_dtype=dist.amp_dtype(cfg.precision),
+        on_batch=on_batch,
+    )
+    metrics.pop("loss")
+    return metrics
+
+
+def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
+    """The dataset to score: ``dataset=NAME`` if given, else the checkpoint's own config (only
+    segkit's dataset classes: a checkpoint is data, never code); ``dataset_root`` replaces its
+    root (same dataset, data somewhere else)."""
+    if cfg.get("dataset"):
+        ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    else:
+        ckpt_io.check_dataset_target(stored, source)
+        ds = dict(stored)
+    if cfg.dataset_root:
+        ds["root"] = cfg.dataset_root
+    return ds

@@ -1,0 +1,173 @@
+"""The train task: ``train(cfg)`` runs here or in ``trainer.devices`` spawned workers; each rank
+runs :func:`train_rank`: seed -> data -> model -> Trainer.fit -> files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from segkit import checkpoint as ckpt_io
+from segkit import dist
+from segkit.complexity import log_complexity
+from segkit.run.building import (
+    build_datasets,
+    build_loaders,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    check_datasets,
+    compile_and_wrap,
+    loop_kwargs,
+    resume,
+    seed_everything,
+    unused_heads,
+)
+from segkit.sharing import export_weights
+from segkit.sweep import finished_result
+from segkit.tracking import (
+    Tracker,
+    hparams_of,
+    override_keys,
+    read_result,
+    read_status,
+    run_result,
+    task_overrides,
+    write_config,
+    write_status,
+)
+from segkit.trainer import Trainer
+from segkit.validate import check_train_config
+
+log = logging.getLogger("segkit")
+
+
+def train(cfg: DictConfig) -> float:
+    """Train as configured; returns the best validation mIoU (what sweepers optimise)."""
+    check_train_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a relaunched sweep: skip or resume
+        done = finished_result(run_dir)
+        if done is not None:
+            log.info("job already finished in %s (best mIoU %.4f)", run_dir, done["best_miou"])
+            return done["best_miou"]
+        if cfg.trainer.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
+            cfg.trainer.resume = "auto"
+    devices = dist.resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
+    if devices > 1 and not dist.launched_by_torchrun():
+        plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
+        dist.launch_workers(_train_plain, plain, run_dir, devices)
+        return read_result(run_dir)["best_miou"]
+    return train_rank(cfg, run_dir)
+
+
+def _train_plain(plain: dict, run_dir: Path) -> float:
+    """Entry of a spawned worker (module level, so it pickles)."""
+    return train_rank(OmegaConf.create(plain), run_dir)
+
+
+def train_rank(cfg: DictConfig, run_dir: Path) -> float:
+    """Train in this process: one rank of a DDP job, or the only process."""
+    info = dist.init(cfg.trainer.accelerator)
+    try:
+        run_dir = dist.shared_run_dir(run_dir, info)
+        if dist.elastic_restarts() and cfg.trainer.resume is None:  # torchrun --max-restarts
+            log.warning(
+                "elastic restart %d: resuming from the newest checkpoint", dist.elastic_restarts()
+            )
+            cfg.trainer.resume = "auto"
+        return _train(cfg, run_dir, info)
+    except Exception as e:
+        if info.is_main and run_dir.is_dir():
+            kind = {"Interrupted": "interrupted", "DivergedError": "diverged"}
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            write_status(run_dir, kind.get(type(e).__name__, "failed"), reason=reason[:500])
+        raise
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+    """seed -> data -> model -> loss/optimizer/schedule -> DDP -> resume -> fit -> result.
+    Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
+    t0 = time.time()
+    out_dir = run_dir if info.is_main else None
+    seed_everything(cfg.seed)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if out_dir is not None:
+        write_config(run_config, out_dir)
+        write_status(out_dir, "running", **restart_record(out_dir))
+        ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
+    dist.log_devices(info)
+    train_ds, val_ds = build_datasets(cfg)
+    check_datasets(cfg, train_ds, val_ds, out_dir)
+    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
+    model = build_model(cfg, info)
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = build_loss(cfg, train_ds).to(info.device)
+    trainer = Trainer(
+        compile_and_wrap(model, cfg, info, unused_heads(model, loss_fn)),
+        loss_fn,
+        optimizer,
+        build_scheduler(cfg, optimizer, len(train_loader)),
+        train_loader,
+        val_loader,
+        labels=val_ds.labels,
+        info=info,
+        ckpt_dir=None if out_dir is None else out_dir / ckpt_io.CKPT_DIR,
+        run_config=run_config,
+        tracker=None,
+        **loop_kwargs(cfg, show_progress=out_dir is not None),
+    )
+    resume(trainer, cfg, run_dir, info)
+    if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
+        log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
+        return trainer.state.best_miou
+    report = log_complexity(model, cfg.dataset.input_shape)
+    if out_dir is not None:
+        trainer.tracker = Tracker(out_dir, val_ds.labels, trainer.state.step)
+    state = trainer.fit()
+    if out_dir is not None:
+        finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
+    log.info(
+        "best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir
+    )
+    return state.best_miou
+
+
+def restart_record(run_dir: Path) -> dict[str, Any]:
+    """For status.json after a torchrun restart: how many, and why the last attempt ended."""
+    if not dist.elastic_restarts():
+        return {}
+    previous = read_status(run_dir) or {}
+    cause = previous.get("reason") or f"a rank died (status was {previous.get('status')!r})"
+    log.warning("restart %d after: %s", dist.elastic_restarts(), cause)
+    return {"restarts": dist.elastic_restarts(), "restart_cause": cause}
+
+
+def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
+    """Rank 0 at the end: hparams, plots and result.json (tracker), ``best.safetensors`` (the
+    best weights to share), status.json."""
+    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
+    trainer.tracker.finish(
+        hparams_of(run_config, overrides), result, varied=override_keys(overrides)
+    )
+    best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
+    if best.is_file():
+        export_weights(best, best.with_suffix(".safetensors"))
+    state = trainer.state
+    write_status(
+        out_dir,
+        "finished",
+        epoch=state.epoch,
+        step=state.step,
+        best_miou=state.best_miou,
+        best_epoch=state.best_epoch,
+        best_checkpoint=best,
+    )

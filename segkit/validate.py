@@ -1,0 +1,431 @@
+"""Config validation before any work is done.
+
+Every check raises :class:`segkit.errors.ConfigError` with one message naming the key, what was
+expected, what was found and a fix (with a did-you-mean where a name is close to a real one):
+
+- old key names (a table of renamed and removed keys), on the command line and in yaml files;
+- keys nothing reads (a ``+ckpt_path=...`` that Hydra accepts, a misspelt component argument);
+- ``_target_`` classes whose module fails to import, with the real ImportError;
+- types and ranges of the numeric keys and lengths that must match ``dataset.num_classes``.
+
+``segkit.run`` calls :func:`check_train_config` / :func:`check_eval_config` first thing;
+``train.py`` and ``eval.py`` call :func:`check_command_line` before Hydra composes anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from segkit.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+# old key -> new key (None: removed, with the reason in REMOVED_KEYS)
+RENAMED_KEYS: dict[str, str | None] = {
+    "data.batch_size": "loader.batch_size",
+    "data.val_batch_size": "loader.val_batch_size",
+    "data.num_workers": "loader.num_workers",
+    "data.train_split": "dataset.train_split",
+    "data.val_split": "dataset.val_split",
+    "data.check": "dataset.check",
+    "batch_size": "loader.batch_size",  # eval.py
+    "num_workers": "loader.num_workers",  # eval.py
+    "trainer.fail_at_step": None,
+    "dataset.one_hot": None,
+}
+REMOVED_KEYS = {
+    "trainer.fail_at_step": "fault injection is test machinery and lives in the tests now",
+    "dataset.one_hot": "losses that need one-hot targets build them on the device",
+}
+# keys users reach for that segkit spells differently
+HINTS = {
+    "ckpt_path": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
+    "ckpt": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
+    "resume": "trainer.resume=PATH",
+    "epochs": "trainer.max_epochs",
+    "lr": "optimizer.lr",
+    "batch_size": "loader.batch_size",
+}
+# segkit's own keys inside component nodes (not constructor arguments)
+OWN_KEYS = {"dataset": {"train_split", "val_split", "check"}, "model": {"init_from"}}
+COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
+
+
+# --------------------------------------------------------------------------- old key names
+def renamed_key_error(key: str) -> ConfigError | None:
+    """The error for an old key name (``data.batch_size``, or the whole old ``data`` block),
+    or None."""
+    key = key.lstrip("+~")
+    matches = [old for old in RENAMED_KEYS if key == old or (key == "data" and old[:5] == "data.")]
+    if not matches:
+        return None
+    if key in REMOVED_KEYS:
+        return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}; drop it from your config")
+    pairs = ", ".join(f"{old} -> {RENAMED_KEYS[old]}" for old in matches if RENAMED_KEYS[old])
+    return ConfigError(f"{key} was renamed ({pairs}); see 'Renamed keys' in README.md")
+
+
+def check_renamed(cfg: DictConfig) -> None:
+    """Stop on old key names that came in through config files (experiments, own yamls)."""
+    for old in ("data", *RENAMED_KEYS):
+        if OmegaConf.select(cfg, old, default=None, throw_on_missing=False) is not None:
+            raise renamed_key_error(old)
+
+
+# --------------------------------------------------------------------------- command line
+def check_command_line(config_name: str, args: Sequence[str]) -> None:
+    """Before Hydra runs: old key names, then (single runs) compose the config once so that an
+    unknown key or option becomes one message with a did-you-mean instead of Hydra's dump."""
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    for arg in overrides:
+        err = renamed_key_error(arg.split("=", 1)[0])
+        if err is not None:
+            raise err
+    check_output_dir(overrides)
+    if any(a.startswith("-") for a in args):  # -m, --cfg, --config-name ...: Hydra's business
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    mine = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name=config_name, overrides=mine)
+    except HydraException as e:
+        chosen = tuple(o.split("=", 1) for o in mine if "." not in o.split("=", 1)[0])
+        raise composition_error(f"{e}\n{e.__cause__ or ''}", config_name, chosen) from None
+
+
+def check_output_dir(overrides: Sequence[str]) -> None:
+    """The run directory (``hydra.run.dir`` / ``hydra.sweep.dir``, default ``outputs/``) must be
+    creatable: Hydra would otherwise fail inside its own code."""
+    import os
+
+    dirs = [
+        o.split("=", 1)[1]
+        for o in overrides
+        if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+    ]
+    for d in dirs or ["outputs"]:
+        path = Path(d).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            from segkit.errors import StorageError
+
+            raise StorageError(
+                f"cannot create the run directory {path}: {existing} is not a writable folder; "
+                "run from a "
+                "writable folder or set hydra.run.dir=/a/writable/path"
+            )
+
+
+def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
+    """A checkpoint to resume must hold the configured model: same class and classes."""
+    from segkit.errors import CheckpointError
+
+    old, new = stored.get("model", {}), cfg.model
+    n_old, n_new = old.get("num_classes"), new.get("num_classes")
+    if old.get("_target_") != new.get("_target_") or n_old != n_new:
+        raise CheckpointError(
+            f"trainer.resume={path}: the checkpoint holds {old.get('_target_')} with {n_old} "
+            f"classes, the config {new.get('_target_')} with {n_new}; resuming continues the "
+            f"same run: to fine-tune from it instead use model.init_from={path}"
+        )
+
+
+def composition_error(message: str, config_name: str, chosen: tuple = ()) -> ConfigError:
+    """Hydra's composition message -> one ConfigError with the closest real key or option."""
+    option = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", message)
+    if option:
+        group, name = option.groups()
+        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem[0] != "_")
+        return ConfigError(
+            f"{group}={name}: no such option in conf/{group}/; expected one of {known}"
+            f"{did_you_mean(name, known)}"
+        )
+    key = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '([\w.]+)'", message)
+    if key:
+        full = key.group(1)
+        parent = full.rpartition(".")[0]
+        return unknown_key_error(full, default_keys(config_name, parent, chosen))
+    return ConfigError(message.strip().splitlines()[0])
+
+
+@cache
+def default_config(config_name: str, chosen: tuple = ()) -> DictConfig:
+    """``conf/<config_name>.yaml`` with its default group options (or those ``chosen``, pairs
+    like ``("dataset", "voc")``) merged in, read as plain yaml (no Hydra: this also runs inside
+    a Hydra app). The schema of the plain nodes."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
+    node = {k: v for k, v in raw.items() if k != "defaults"}  # unresolved: interpolations stay
+    for entry in raw.get("defaults", []):
+        for group, option in entry.items() if isinstance(entry, dict) else ():
+            group = str(group).split()[-1]  # "optional dataset" -> "dataset"
+            option = dict(chosen).get(group, option)
+            path = CONF_DIR / group / f"{option}.yaml"
+            if group.startswith("hydra") or option is None or not path.is_file():
+                continue
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+            if "_base" in str(loaded.get("defaults", "")):
+                loaded = {
+                    **OmegaConf.to_container(OmegaConf.load(path.parent / "_base.yaml")),
+                    **loaded,
+                }
+            node[group] = {k: v for k, v in loaded.items() if k != "defaults"}
+    return OmegaConf.create(node)
+
+
+def default_keys(config_name: str, parent: str, chosen: tuple = ()) -> list[str]:
+    """The keys of node ``parent`` ("" = top level) in the default config."""
+    cfg = default_config(config_name, tuple(tuple(c) for c in chosen))
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    keys = list(node.keys()) if isinstance(node, DictConfig) else []
+    return [f"{parent}.{k}" if parent else str(k) for k in keys]
+
+
+# --------------------------------------------------------------------------- keys nothing reads
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def unknown_key_error(key: str, known: Sequence[str]) -> ConfigError:
+    leaf = key.rpartition(".")[2]
+    hint = HINTS.get(leaf)
+    fix = f"; to do that use {hint}" if hint else did_you_mean(key, known)
+    return ConfigError(
+        f"{key} is not a key segkit reads (it would be ignored); known keys here: "
+        f"{sorted(k.rpartition('.')[2] for k in known)}{fix}"
+    )
+
+
+def check_known_keys(cfg: DictConfig, config_name: str, plain_nodes: Sequence[str]) -> None:
+    """Top-level keys and the keys of plain nodes (``trainer``, ``loader``) must exist in the
+    default config; component nodes are checked against their constructors."""
+    top = default_keys(config_name, "") + list(COMPONENTS)
+    for key in cfg:
+        if key != "hydra" and key not in top:
+            raise unknown_key_error(str(key), top)
+    for parent in plain_nodes:
+        known = default_keys(config_name, parent)
+        for key in cfg.get(parent) or {}:
+            if f"{parent}.{key}" not in known:
+                raise unknown_key_error(f"{parent}.{key}", known)
+
+
+def locate(target: str, key: str) -> Any:
+    """Import ``target`` (``pkg.module.Name``); a failing import is shown as the ImportError."""
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing and module_name.startswith(missing):
+            raise ConfigError(
+                f"{key}._target_={target}: no module named {missing!r}; check the spelling"
+            ) from None
+        raise ConfigError(
+            f"{key}._target_={target}: importing {module_name} failed: {type(e).__name__}: {e} "
+            "(install the missing package or fix that module)"
+        ) from None
+    if not hasattr(module, attr):
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(
+            f"{key}._target_={target}: {module_name} has no {attr!r}{did_you_mean(attr, names)}"
+        )
+    return getattr(module, attr)
+
+
+def accepted_kwargs(target: Any) -> set[str] | None:
+    """Keyword arguments a class or function accepts, following ``**kwargs`` up the MRO;
+    None when anything goes (a ``**kwargs`` that is not passed to a base class)."""
+    classes = target.__mro__ if inspect.isclass(target) else (None,)
+    names: set[str] = set()
+    for cls in classes:
+        fn = target if cls is None else cls.__dict__.get("__init__")
+        if fn is None or cls is object:
+            continue
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def check_components(cfg: DictConfig) -> None:
+    """Each component's ``_target_`` imports, and each of its keys is an argument it takes."""
+    for key in COMPONENTS:
+        node = cfg.get(key)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        accepted = accepted_kwargs(locate(node._target_, key))
+        if accepted is None:
+            continue
+        known = accepted | OWN_KEYS.get(key, set())
+        for arg in node:
+            if not str(arg).startswith("_") and arg not in known:
+                name = node._target_.rsplit(".", 1)[-1]
+                raise ConfigError(
+                    f"{key}.{arg}: {name} has no argument {arg!r} (it would fail or be ignored); "
+                    f"its arguments: {sorted(known)}{did_you_mean(str(arg), known)}"
+                )
+
+
+# --------------------------------------------------------------------------- values
+@dataclass(frozen=True)
+class Rule:
+    """``key`` must be an int (``integer``) or a number, within [lo, hi]; None allowed when
+    ``nullable``; an absent key is fine (a component that does not take it)."""
+
+    key: str
+    integer: bool
+    lo: float | None = None
+    hi: float | None = None
+    nullable: bool = False
+
+
+RULES = (
+    Rule("seed", True),
+    Rule("loader.batch_size", True, 1),
+    Rule("loader.val_batch_size", True, 1),
+    Rule("loader.num_workers", True, 0),
+    Rule("trainer.max_epochs", True, 1),
+    Rule("trainer.val_every", True, 1),
+    Rule("trainer.log_every", True, 1),
+    Rule("trainer.num_vis", True, 0),
+    Rule("trainer.freeze_epochs", True, 0),
+    Rule("trainer.grad_clip", False, 1e-12, nullable=True),
+    Rule("trainer.early_stop_patience", True, 1, nullable=True),
+    Rule("trainer.limit_train_batches", True, 1, nullable=True),
+    Rule("trainer.limit_val_batches", True, 1, nullable=True),
+    Rule("trainer.max_nonfinite_steps", True, 1, nullable=True),
+    Rule("loader.prefetch_factor", True, 1),
+    Rule("optimizer.lr", False, 1e-300),
+    Rule("optimizer.weight_decay", False, 0),
+    Rule("optimizer.momentum", False, 0, 1),
+    Rule("scheduler.warmup_epochs", False, 0),
+    Rule("scheduler.eta_min", False, 0),
+    Rule("dataset.num_classes", True, 1, 255),
+    Rule("dataset.ignore_index", True, 0, 255),
+)
+CHOICES = {
+    "trainer.precision": ("auto", "fp32", "fp16", "bf16"),
+    "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "dataset.check": ("off", "quick", "full"),
+}
+
+
+def check_value(cfg: DictConfig, rule: Rule) -> None:
+    if OmegaConf.select(cfg, rule.key, default="<absent>", throw_on_missing=False) == "<absent>":
+        return
+    value = OmegaConf.select(cfg, rule.key)
+    if value is None and rule.nullable:
+        return
+    kind = "an integer" if rule.integer else "a number"
+    ok_type = isinstance(value, int) if rule.integer else isinstance(value, int | float)
+    bounds = _bounds(rule)
+    if ok_type and not isinstance(value, bool):
+        if (rule.lo is None or value >= rule.lo) and (rule.hi is None or value <= rule.hi):
+            return
+    found = f"{type(value).__name__} {value!r}"
+    raise ConfigError(
+        f"{rule.key}={value!r}: expected {kind}{bounds}{' or null' if rule.nullable else ''}, "
+        f"found {found}; fix: e.g. {rule.key}={_example(rule)}"
+    )
+
+
+def _bounds(rule: Rule) -> str:
+    if rule.lo is not None and rule.hi is not None:
+        return f" in [{rule.lo:g}, {rule.hi:g}]"
+    if rule.lo is not None:
+        return " > 0" if 0 < rule.lo < 1e-6 else f" >= {rule.lo:g}"
+    return ""
+
+
+def _example(rule: Rule) -> str:
+    try:
+        value = OmegaConf.select(default_config("train"), rule.key, default=None)
+    except Exception:  # an interpolation into a group not in the defaults
+        value = None
+    value = value if isinstance(value, int | float) else None
+    return repr(value) if value is not None else str(int(rule.lo or 0) + 1)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges (RULES), choices, devices and class_weights length."""
+    for rule in RULES:
+        check_value(cfg, rule)
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {list(choices)}")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if devices != "auto" and (not isinstance(devices, int) or devices < 1):
+        raise ConfigError(f"trainer.devices={devices!r}: expected an int >= 1 or auto")
+    check_class_weights(cfg)
+    check_channels(cfg)
+
+
+def check_channels(cfg: DictConfig) -> None:
+    """A gray (or other non-RGB) dataset needs a model that takes its channel count."""
+    channels = OmegaConf.select(cfg, "dataset.in_channels", default=3)
+    model = cfg.get("model") or {}
+    if channels != 3 and model.get("in_channels", 3) != channels:
+        raise ConfigError(
+            f"dataset.in_channels={channels} but model {model.get('_target_')} takes "
+            f"{model.get('in_channels', 3)}-channel input; use a model with in_channels (the "
+            f"unet* configs) and model.in_channels={channels}, or dataset.in_channels=3"
+        )
+
+
+def check_class_weights(cfg: DictConfig) -> None:
+    weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
+    n = OmegaConf.select(cfg, "dataset.num_classes", default=None)
+    if weights is None or isinstance(weights, str) and weights in ("auto", "median", "inverse"):
+        return
+    expected = f"null, auto / median / inverse, or a list of {n} numbers >= 0"
+    if not isinstance(weights, ListConfig | list):
+        raise ConfigError(f"loss.class_weights={weights!r}: expected {expected}")
+    values = list(weights)
+    if n is not None and len(values) != n:
+        raise ConfigError(
+            f"loss.class_weights has {len(values)} values but dataset.num_classes={n}: give one "
+            "weight per class, or loss.class_weights=auto"
+        )
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ConfigError(f"loss.class_weights={values}: expected {expected}")
+
+
+# --------------------------------------------------------------------------- entry points
+def check_missing(cfg: DictConfig) -> None:
+    """Mandatory values (``???``) that were not given, e.g. ``dataset.root`` of ``dataset=voc``."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        given = " ".join(f"{k}=..." for k in missing)
+        raise ConfigError(f"{', '.join(missing)} not set: add {given} to the command line")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Everything above, for ``train.py``."""
+    check_renamed(cfg)
+    check_missing(cfg)
+    check_known_keys(cfg, "train", ("trainer", "loader"))
+    check_components(cfg)
+    check_values(cfg)
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Old and unknown keys, for ``eval.py`` (the model and data come from the checkpoint)."""
+    check_renamed(cfg)
+    check_known_keys(cfg, "eval", ("loader",))
+    check_components(cfg)

@@ -1,0 +1,110 @@
+"""Bad input ends with one message and a distinct exit code, with 1 process or 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY, run_cli
+
+CPU = [*TINY, "trainer.accelerator=cpu", "dataset.check=off"]
+
+# (override, exit code, text the one message must hold)
+BAD_VALUES = [
+    ("optimizer.lr=abc", 2, "optimizer.lr='abc': expected a number > 0"),
+    ("loader.batch_size=0", 2, "loader.batch_size=0: expected an integer >= 1"),
+    ("loader.batch_size=abc", 2, "loader.batch_size='abc'"),
+    ("trainer.max_epochs=-1", 2, "trainer.max_epochs=-1"),
+    ("loss.class_weights=[1,2]", 2, "loss.class_weights has 2 values but dataset.num_classes=5"),
+    ("dataset=voc", 2, "dataset.root not set"),
+    ("model._target_=no_such_pkg.Model", 2, "no module named 'no_such_pkg'"),
+    ("+ckpt_path=x.pt", 2, "trainer.resume=PATH"),
+    ("trainer.max_epoch=3", 2, "did you mean trainer.max_epochs?"),
+    ("model=unett", 2, "did you mean unet?"),
+    ("+model.base_chanels=8", 2, "did you mean base_channels?"),
+    ("data.batch_size=2", 2, "loader.batch_size"),
+]
+
+
+def _one_message(proc, code: int, text: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out[-3000:]
+    assert text in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in out
+    assert proc.stderr.count("segkit: error:") == 1
+
+
+@pytest.mark.parametrize(("override", "code", "text"), BAD_VALUES)
+def test_bad_config_value_is_one_message_with_its_exit_code(tmp_path, override, code, text):
+    args = CPU if override != "dataset=voc" else ["trainer.accelerator=cpu"]
+    proc = run_cli("train.py", *args, override, cwd=tmp_path, timeout=120)
+    _one_message(proc, code, text)
+    assert not list(tmp_path.glob("outputs/train/runs/*/checkpoints"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "code", "text"), BAD_VALUES[:2] + BAD_VALUES[5:7])
+def test_the_same_message_with_two_processes(tmp_path, override, code, text):
+    args = CPU if override != "dataset=voc" else ["trainer.accelerator=cpu"]
+    proc = run_cli("train.py", *args, "trainer.devices=2", override, cwd=tmp_path, timeout=120)
+    _one_message(proc, code, text)
+
+
+def _voc_with_a_bad_mask(root: Path) -> Path:
+    """8 train / 2 val 16x16 samples; mask of train sample 5 holds the value 9 (3 classes)."""
+    voc = root / "VOC2007"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"s{i}" for i in range(10)]
+    for i, name in enumerate(names):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(
+            voc / "JPEGImages" / f"{name}.jpg"
+        )
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 9 if i == 5 else 1 + i % 2
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{name}.png")
+    split = voc / "ImageSets/Segmentation"
+    (split / "train.txt").write_text("\n".join(names[:8]) + "\n")
+    (split / "val.txt").write_text("\n".join(names[8:]) + "\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_data_error_in_a_rank_is_one_message_exit_3(tmp_path, devices):
+    root = _voc_with_a_bad_mask(tmp_path / "voc")
+    args = [
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "loader.num_workers=0",
+        "dataset.check=off",
+        "dataset=voc",
+        f"dataset.root={root}",
+        "dataset.num_classes=3",
+        "dataset.class_names=[a,b,c]",
+        "dataset.input_shape=[16,16]",
+        "loader.batch_size=2",
+        f"trainer.devices={devices}",
+    ]
+    proc = run_cli("train.py", *args, cwd=tmp_path, timeout=180)
+    _one_message(proc, 3, "s5.png")
+
+
+def test_resume_with_another_model_names_init_from(tmp_path):
+    first = run_cli("train.py", *CPU, "trainer.max_epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    args = [a for a in CPU if not a.startswith("model")]
+    proc = run_cli("train.py", *args, "model=bisenetv1", f"trainer.resume={ckpt}", cwd=tmp_path)
+    _one_message(proc, 2, f"model.init_from={ckpt}")
+
+
+def test_run_dir_that_cannot_be_created_is_a_storage_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli("train.py", *CPU, f"hydra.run.dir={blocker}/run", cwd=tmp_path)
+    _one_message(proc, 6, "is not a writable folder")

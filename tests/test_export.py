@@ -1,0 +1,147 @@
+"""ONNX export with a parity check: every model is right at every size, and the check catches
+a broken export (static shapes, or a Python-level shape branch frozen at the export size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from segkit.data.base import LabelSpace
+from segkit.data.demo import make_demo_sample
+from segkit.export import OnnxModel, export_onnx, parity_check
+from segkit.models import UNet
+from segkit.run import compose_model_config, instantiate_model, model_config_names, train_rank
+from tests.conftest import TINY, compose_train, run_cli
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+LABELS = LabelSpace.from_dict(
+    {
+        "num_classes": 3,
+        "ignore_index": 255,
+        "class_names": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+)
+EXPORT_HW = (64, 64)
+SIZES = [EXPORT_HW, (50, 75), (37, 29), (96, 80)]  # the export size, then others
+
+
+def demo_images(n: int = 2) -> list[np.ndarray]:
+    """Real pictures (the demo generator's), not noise: logits have realistic ranges."""
+    return [make_demo_sample(i, (90, 120))[0] for i in range(n)]
+
+
+def with_statistics(model: nn.Module) -> nn.Module:
+    """Random BatchNorm statistics, so that a wrong graph cannot hide behind identity BNs."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+class OldPadUNet(nn.Module):
+    """A small net with the bug the issue reported: it pads only when the size needs it, a
+    Python-level test of the shape that the exporter freezes at the export size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % 16, (-w) % 16
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = F.interpolate(self.head(torch.relu(self.down(x))), scale_factor=2.0, mode="bilinear")
+        return {"out": y[..., :h, :w]}
+
+
+@pytest.mark.parametrize("name", model_config_names())
+def test_every_model_exports_right_at_every_size(name, tmp_path):
+    """Every ``conf/model/*.yaml``. The legacy (tracing) exporter: fast, and just as prone to
+    freezing Python shape tests as torch.export."""
+    overrides = ["model.base_channels=4"] if name == "unet" else []
+    model = with_statistics(instantiate_model(compose_model_config(name, 3, overrides)))
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert report.passed, report.format()
+    assert [r.size for r in report.rows] == SIZES
+    # float32 rounding only: far inside the tolerance (a frozen branch gives ~1e-1)
+    assert all(r.relative < 2e-5 for r in report.rows), report.format()
+
+
+def test_parity_fails_on_a_python_shape_branch(tmp_path):
+    model = OldPadUNet().eval()
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW)  # torch.export, dynamic shapes
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS, export_hw=EXPORT_HW)
+    assert not report.passed
+    ok = {r.size: report.row_ok(r) for r in report.rows}
+    assert ok[EXPORT_HW] and ok[(96, 80)]  # multiples of 16: the frozen branch happens to fit
+    assert not ok[(50, 75)] and not ok[(37, 29)]
+    bad = report.rows[1]
+    assert bad.max_abs > 1e-2 and bad.argmax_share > 1e-3
+    assert "FAIL" in report.format() and "(export size)" in report.format()
+
+
+def test_parity_fails_on_a_static_export(tmp_path):
+    model = with_statistics(UNet(3, base_channels=4))
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy", dynamic=False)
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert not report.passed
+    assert report.row_ok(report.rows[0]) and report.rows[0].max_abs < 1e-4
+    assert all("cannot run at this size" in r.error for r in report.rows[1:])
+
+
+# --------------------------------------------------------------------------- the commands
+@pytest.fixture(scope="module")
+def demo_ckpt(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    train_rank(compose_train(*TINY, "trainer.max_epochs=1"), run_dir)
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def test_export_command_passes_on_a_demo_model_and_predict_runs_it(demo_ckpt, tmp_path):
+    out = tmp_path / "export" / "model.onnx"
+    result = run_cli("scripts/export.py", f"ckpt={demo_ckpt}", f"out={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # the demo model was trained at 32x32: checked there and at sizes that are not multiples
+    # of 32, on the demo's own val images, as one batch of 2
+    for size in ("32x32", "200x300", "97x61", "77x107"):
+        assert size in result.stdout
+    assert "FAIL" not in result.stdout and f"exported to {out}" in result.stdout
+    onnx_model = OnnxModel(out)
+    assert onnx_model.input_shape == (32, 32)
+    assert onnx_model.labels.class_names[1] == "circle"
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(make_demo_sample(0, (45, 70))[0]).save(images / "x.png")
+    pred = tmp_path / "pred"
+    args = [f"ckpt={out}", f"input={images}", f"out={pred}", "progress_bar=false"]
+    result = run_cli("scripts/predict.py", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(pred / "masks" / "x.png").size == (70, 45)
+
+
+def test_export_command_fails_beyond_the_tolerance(demo_ckpt, tmp_path):
+    out = tmp_path / "model.onnx"
+    args = [f"ckpt={demo_ckpt}", f"out={out}", "exporter=legacy", "parity.logit_tol=-1"]
+    result = run_cli("scripts/export.py", *args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "differs from PyTorch beyond the tolerance" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and (tmp_path / "model.failed.onnx").is_file()

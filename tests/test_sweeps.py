@@ -1,0 +1,120 @@
+"""Sweeps that lose nothing: own folders, launch-time configs, relaunch, fail-fast, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+QUICK = [
+    *TINY,
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "dataset.check=off",
+]
+
+
+def _rows(sweep: Path) -> list[dict]:
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_sweeps_started_together_keep_separate_folders(tmp_path):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", *QUICK, "seed=1,2"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
+    sweeps = sorted((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        assert [r["status"] for r in _rows(sweep)] == ["completed", "completed"]
+
+
+def test_jobs_use_the_config_composed_at_launch(tmp_path):
+    extra = tmp_path / "extra" / "loss"
+    extra.mkdir(parents=True)
+    record = tmp_path / "smoothing.txt"
+    (extra / "probe.yaml").write_text(
+        "_target_: tests.faults.ConfigEditingLoss\n"
+        f"path: {extra / 'probe.yaml'}\nrecord: {record}\n"
+        "ignore_index: ${dataset.ignore_index}\nlabel_smoothing: 0.0\n"
+    )
+    proc = run_cli(
+        "train.py", "-m", *QUICK, "loss=probe", "seed=1,2",
+        f"hydra.searchpath=[file://{tmp_path / 'extra'}]", f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0.3" in (extra / "probe.yaml").read_text()  # the first job did edit it
+    assert record.read_text().split() == ["0.0", "0.0"]  # the second job kept the launch config
+
+
+def test_relaunched_sweep_skips_finished_jobs_one_row_each(tmp_path):
+    args = ["train.py", "-m", *QUICK, "seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}"]
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already finished") + again.stderr.count("already finished") == 2
+    rows = _rows(tmp_path / "s")
+    assert [r["job"] for r in rows] == ["0", "1"]
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
+    proc = run_cli(
+        "train.py", "-m", *QUICK, "loss._target_=tests.faults.FailingCrossEntropy",
+        "+loss.fail_at_step=1,null,null", "hydra.launcher.fail_fast=true",
+        f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert [r["status"] for r in _rows(tmp_path / "s")] == ["failed"]
+    assert "stopping the sweep (fail_fast)" in proc.stdout + proc.stderr
+
+
+def test_optuna_with_sqlite_storage(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    db = tmp_path / "study.db"
+    proc = run_cli(
+        "train.py", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK,
+        f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 's'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert db.is_file() and len(_rows(tmp_path / "s")) == 2
+
+
+def test_submitit_local_launcher_runs_the_jobs_and_the_summary_has_both(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = run_cli(
+        "train.py", "-m", "hydra/launcher=submitit_local", *QUICK, "seed=1,2",
+        f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(tmp_path / "s")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
+    assert all((tmp_path / "s" / j / "result.json").is_file() for j in ("0", "1"))
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
