@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+INTERRUPT, PERIODIC = "interrupt.pt", "periodic.pt"  # mid-epoch: hold ``epoch_step``
 TMP_MARK = ".tmp-"  # .<name>.tmp-<pid>: a checkpoint being written
 _LEAF_TYPES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
 _CONTAINERS = (dict, OrderedDict, list, tuple, torch.Size)

@@ -10,6 +10,7 @@ Everything else asks it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from segkit.errors import ConfigError
 
@@ -184,6 +185,27 @@ def amp_dtype(precision: str) -> torch.dtype | None:
     return AMP_DTYPES[precision]
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``trainer.precision`` -> fp32 | fp16 | bf16. ``auto``: bf16 on a CUDA GPU that supports
+    it (Ampere and newer), fp16 with loss scaling on older GPUs, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
+    """Process-wide CUDA switches (nothing on CPU): cuDNN autotuning (one search per input
+    shape: leave it off when shapes vary from batch to batch) and TF32 matmuls/convolutions
+    (Ampere and newer; ~10 mantissa bits in products, fp32 accumulation)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     """One code path for fp32/fp16/bf16: autocast is simply disabled for fp32 (``dtype=None``)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -215,21 +237,30 @@ def log_devices(info: DistInfo) -> None:
 
 # --------------------------------------------------------------------------- interrupts
 class StopRequest:
-    """SIGINT / SIGTERM set a flag instead of killing the process, so the training loop can
-    finish its step and save (``requested``). Install it once per process (main thread)."""
+    """While active (``with StopRequest() as stop:``, main thread), SIGINT / SIGTERM set a flag
+    instead of killing the process, so the training loop can finish its step, save and stop
+    (``requested``). A second SIGINT stops at once (KeyboardInterrupt)."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        self._previous: dict = {}
 
-    def install(self) -> StopRequest:
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
     def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name == "SIGINT" and name == "SIGINT":
+            raise KeyboardInterrupt
         if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-            log.warning("%s received: stopping after the current step", self.signal_name)
+            self.signal_name = name
+            log.warning("%s received: saving and stopping after the current step", name)
 
     def requested(self, info: DistInfo) -> str | None:
         """The signal name once any rank got one (agreed across ranks), else None."""
@@ -246,8 +277,20 @@ class StopRequest:
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``. Samples draw from their own (seed, epoch, index) generator;
     this only keeps a library that uses numpy's global RNG from repeating the same stream in
-    every worker process."""
+    every worker process. Ctrl-C reaches the workers too: they ignore it, the main process
+    saves and stops them."""
     np.random.seed(torch.initial_seed() % 2**32)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (``skip`` samples of this rank's
+    share), for an exact mid-epoch resume without loading the skipped samples."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
 
 
 def _free_port() -> int:
@@ -296,6 +339,8 @@ def _forward_signals(processes: list) -> Callable[[], None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handle(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:  # Ctrl-C: the terminal sent it to the workers already
+            return
         for p in processes:
             if p.is_alive():
                 os.kill(p.pid, signum)

@@ -34,8 +34,9 @@ from tqdm import tqdm
 from segkit import checkpoint as ckpt_io
 from segkit import dist
 from segkit.data.base import LabelSpace
-from segkit.errors import DivergedError
+from segkit.errors import DivergedError, Interrupted
 from segkit.metrics import ConfusionMatrix, evaluate
+from segkit.stepstats import StepStats
 from segkit.tracking import SampleCollector, Tracker
 
 log = logging.getLogger(__name__)
@@ -49,93 +50,8 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``trainer.precision`` -> fp32 | fp16 | bf16. ``auto``: bf16 on a CUDA GPU that supports
-    it (Ampere and newer), fp16 with loss scaling on older GPUs, fp32 on CPU."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
-    """Process-wide CUDA switches (nothing on CPU): cuDNN autotuning (one search per input
-    shape: leave it off when shapes vary from batch to batch) and TF32 matmuls/convolutions
-    (Ampere and newer; ~10 mantissa bits in products, fp32 accumulation)."""
-    if device.type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-    torch.backends.cudnn.allow_tf32 = bool(tf32)
-
-
-class StepStats:
-    """What the loop measures. Per step, on the device (no sync): sums of the finite losses and
-    gradient norms, finite and non-finite step counts, the current run of consecutive
-    non-finite steps. On the host: images and seconds spent waiting for batches. ``read`` (at
-    a logging point) syncs once and returns the window since the previous read; the epoch
-    totals add up the windows."""
-
-    KEYS = ("loss_sum", "finite", "nonfinite", "grad_norm_sum", "run")
-
-    def __init__(self, device: torch.device, world_size: int = 1) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
-        self.run = torch.zeros((), dtype=torch.int64, device=device)  # kept across epochs
-        self.world_size = world_size
-        self.start_epoch()
-
-    def start_epoch(self) -> None:
-        self.t_epoch = self.t_window = time.perf_counter()
-        self.window = {"images": 0, "wait": 0.0}
-        self.epoch = dict.fromkeys(("images", "wait", "loss_sum", "finite", "nonfinite"), 0.0)
-
-    def waited(self, seconds: float, images: int) -> None:
-        self.window["images"] += images
-        self.window["wait"] += seconds
-
-    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, bad: torch.Tensor) -> None:
-        ok, zero = ~bad, torch.zeros((), dtype=torch.float64, device=loss.device)
-        loss, grad_norm = loss.detach().double(), grad_norm.detach().double()
-        self.sums += torch.stack(
-            [torch.where(ok, loss, zero), ok, bad, torch.where(ok, grad_norm, zero)]
-        )
-        self.run.add_(1).mul_(bad)  # +1 on a non-finite step, back to 0 on a finite one
-
-    def read(self) -> dict[str, float]:
-        """The window: the KEYS plus images, wait and seconds (wall time, real now that the
-        device has caught up); then a new window starts."""
-        window = dict(zip(self.KEYS, torch.cat([self.sums, self.run.view(1).double()]).tolist()))
-        self.sums.zero_()
-        now = time.perf_counter()
-        window.update(self.window, seconds=now - self.t_window)
-        self.t_window, self.window = now, {"images": 0, "wait": 0.0}
-        for key in self.epoch:
-            self.epoch[key] += window[key]
-        return window
-
-    def scalars(self, w: dict[str, float]) -> dict[str, float]:
-        """TensorBoard scalars of a window (images/s counts the images of every rank)."""
-        seconds = max(w["seconds"], 1e-9)
-        out = {
-            "train/images_per_s": w["images"] * self.world_size / seconds,
-            "train/data_wait": w["wait"] / seconds,
-        }
-        if w["finite"]:
-            out["train/loss"] = w["loss_sum"] / w["finite"]
-            out["train/grad_norm"] = w["grad_norm_sum"] / w["finite"]
-        if w["nonfinite"]:
-            out["train/nonfinite_steps"] = w["nonfinite"]
-        return out
-
-    def epoch_summary(self) -> tuple[float, int, str]:
-        """(mean loss over the epoch's finite steps, non-finite steps, a log line part)."""
-        e, seconds = self.epoch, max(time.perf_counter() - self.t_epoch, 1e-9)
-        rate = e["images"] * self.world_size / seconds
-        text = f"{seconds:.1f}s, {rate:.1f} img/s, {100 * e['wait'] / seconds:.0f}% data wait"
-        return e["loss_sum"] / max(e["finite"], 1), int(e["nonfinite"]), text
+    epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
+    epoch_stats: dict = field(default_factory=dict)  # StepStats.epoch of those steps
 
 
 class Trainer:
@@ -166,10 +82,11 @@ class Trainer:
         progress_bar: bool,
         limit_train_batches: int | None,
         limit_val_batches: int | None,
-        max_nonfinite_steps: int | None = 20,
-        channels_last: bool = True,
-        cudnn_benchmark: bool = True,
-        tf32: bool = True,
+        max_nonfinite_steps: int | None,
+        channels_last: bool,
+        cudnn_benchmark: bool,
+        tf32: bool,
+        checkpoint_every_steps: int | None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -181,9 +98,11 @@ class Trainer:
         self.num_vis, self.early_stop_patience = num_vis, early_stop_patience
         self.progress_bar, self.max_nonfinite_steps = progress_bar, max_nonfinite_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.stop: dist.StopRequest | None = None  # set while signals should stop the loop
         cuda = info.device.type == "cuda"
-        configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
-        self.precision = resolve_precision(precision, info.device)
+        dist.configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
+        self.precision = dist.resolve_precision(precision, info.device)
         self.amp_dtype = dist.amp_dtype(self.precision)
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=self.precision == "fp16" and cuda
@@ -254,6 +173,8 @@ class Trainer:
             self.save(ckpt_io.LAST, metrics)
             if improved:
                 self.save(ckpt_io.BEST, metrics)
+            for name in (ckpt_io.INTERRUPT, ckpt_io.PERIODIC):  # superseded by last
+                (self.ckpt_dir / name).unlink(missing_ok=True)
         dist.barrier()
 
     def _epoch_row(self, lr: float, seconds: float) -> dict[str, Any]:
@@ -290,22 +211,68 @@ class Trainer:
             disable=not self.progress_bar,
             leave=False,
         )
-        self.stats.start_epoch()
+        start = self._start_epoch_at()
         batches = iter(self.train_loader)
-        for i in range(total):
+        bar.update(start)
+        for i in range(start, total):
             t_wait = time.perf_counter()
             images, masks = next(batches)
             self.stats.waited(time.perf_counter() - t_wait, images.shape[0])
             self.train_step(images, masks)
             bar.update(1)
-            if self.state.step % self.log_every == 0 or i + 1 == total:
+            at_log = self.state.step % self.log_every == 0 or i + 1 == total
+            if at_log:
                 self._log_window(bar, position=i)
+            self._mid_epoch_checkpoints(epoch, i + 1, at_log)
         bar.close()
         mean, skipped, summary = self.stats.epoch_summary()
         if skipped:
             log.warning("epoch %d: %d non-finite steps were skipped", epoch + 1, skipped)
         log.info("epoch %d train loss %.4f (%s)", epoch + 1, mean, summary)
         return mean
+
+    def _start_epoch_at(self) -> int:
+        """Batches of this epoch already done (resumed from a mid-epoch checkpoint): the
+        sampler skips them and the epoch statistics continue from the saved ones."""
+        start, self.state.epoch_step = self.state.epoch_step, 0
+        self.stats.start_epoch()
+        self.stats.epoch.update(self.state.epoch_stats)
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "skip"):
+            sampler.skip = start * (self.train_loader.batch_size or 1)
+        return start
+
+    def _mid_epoch_checkpoints(self, epoch: int, done: int, at_log: bool) -> None:
+        """Every ``checkpoint_every_steps`` steps a ``periodic`` checkpoint; on SIGINT/SIGTERM
+        (agreed across ranks, at logging points under DDP) an ``interrupt`` checkpoint, then
+        :class:`Interrupted`. Both record the position inside the epoch."""
+        every = self.checkpoint_every_steps
+        if every and self.state.step % every == 0 and done < self.steps_per_epoch:
+            self._save_position(epoch, done, ckpt_io.PERIODIC)
+        if self.stop is None or (self.info.distributed and not at_log):
+            return
+        name = self.stop.requested(self.info)
+        if name is None:
+            return
+        path = self._save_position(epoch, done, ckpt_io.INTERRUPT)
+        if self.tracker is not None:
+            self.tracker.writer.flush()
+            self.tracker.writer.close()
+        raise Interrupted(
+            f"interrupted by {name} at step {self.state.step} (epoch {epoch + 1}, batch {done}); "
+            f"saved {path or 'the interrupt checkpoint'}; continue with trainer.resume=auto",
+            name,
+        )
+
+    def _save_position(self, epoch: int, done: int, name: str) -> Path | None:
+        """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it)."""
+        self.stats.read()  # fold the open window into the epoch totals
+        self._check_finite_weights(epoch)
+        self.state.epoch_step, self.state.epoch_stats = done, dict(self.stats.epoch)
+        try:
+            return self.save(name, None) if self.ckpt_dir is not None else None
+        finally:
+            self.state.epoch_step, self.state.epoch_stats = 0, {}
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
         """Forward, backward, guarded optimiser step. Nothing here waits for the device; the
@@ -437,6 +404,8 @@ class Trainer:
             "best_epoch": s.best_epoch,
             "bad_epochs": s.bad_epochs,
             "history": s.history,
+            "epoch_step": s.epoch_step,
+            "epoch_stats": s.epoch_stats,
             "rng": ckpt_io.rng_state(),
             "config": self.run_config,
             "labels": self.labels.to_dict(),
@@ -464,6 +433,8 @@ class Trainer:
             best_epoch=ckpt["best_epoch"],
             bad_epochs=ckpt.get("bad_epochs", 0),
             history=list(ckpt.get("history", [])),
+            epoch_step=ckpt.get("epoch_step", 0),
+            epoch_stats=dict(ckpt.get("epoch_stats") or {}),
         )
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
             ckpt_io.set_rng_state(ckpt["rng"])

@@ -7,6 +7,7 @@ Subprocesses find this module because the tests put the repository root on PYTHO
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 
@@ -88,3 +89,20 @@ class ConfigEditingLoss(CrossEntropyLoss):
         text = open(path).read().replace("label_smoothing: 0.0", "label_smoothing: 0.3")
         with open(path, "w") as f:
             f.write(text)
+
+
+class SignalingCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy that sends a real ``SIGTERM`` on training call ``signal_at_step``: to its
+    own process (``to_parent=False``) or to its parent (the launcher of ``trainer.devices=N``,
+    which passes it on to every rank), like a cluster scheduler would."""
+
+    def __init__(self, *args, signal_at_step: int, to_parent: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.signal_at_step, self.to_parent, self.calls = signal_at_step, to_parent, 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            if self.calls == self.signal_at_step and os.environ.get("RANK", "0") == "0":
+                os.kill(os.getppid() if self.to_parent else os.getpid(), signal.SIGTERM)
+        return super().forward(outputs, target)

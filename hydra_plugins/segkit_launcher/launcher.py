@@ -32,7 +32,8 @@ class _LaunchTimeConfigs:
 
 class SegkitLauncher(BasicLauncher):
     """``hydra/launcher=segkit`` (the default of ``conf/train.yaml``). ``fail_fast``: stop at
-    the first failed job instead of running the rest."""
+    the first failed job instead of running the rest. An interrupted job (SIGINT / SIGTERM)
+    always stops the sweep; relaunching it resumes."""
 
     def __init__(self, fail_fast: bool = False) -> None:
         super().__init__()
@@ -49,12 +50,15 @@ class SegkitLauncher(BasicLauncher):
             context, config_loader=_LaunchTimeConfigs(loader, configs)
         )
         try:
-            if not self.fail_fast:
-                return super().launch(job_overrides, initial_job_idx)
             runs: list[JobReturn] = []
             for i, overrides in enumerate(job_overrides):
                 runs += super().launch([overrides], initial_job_idx + i)
-                if runs[-1].status == JobStatus.FAILED:
+                if runs[-1].status != JobStatus.FAILED:
+                    continue
+                if type(runs[-1]._return_value).__name__ == "Interrupted":
+                    log.error("job %d was interrupted: stopping the sweep", initial_job_idx + i)
+                    break
+                if self.fail_fast:
                     log.error("job %d failed: stopping the sweep (fail_fast)", initial_job_idx + i)
                     break
             return runs

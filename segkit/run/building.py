@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
@@ -97,7 +97,7 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
             f"the train split has {len(train_ds)} samples, fewer than loader.batch_size="
             f"{lc.batch_size} x {info.world_size} process(es); lower loader.batch_size"
         )
-    sampler = DistributedSampler(
+    sampler = dist.ResumableSampler(
         train_ds, info.world_size, info.rank, seed=cfg.seed, drop_last=True
     )
     pin = info.device.type == "cuda"

@@ -132,7 +132,9 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
         trainer.tracker = Tracker(out_dir, val_ds.labels, trainer.state.step)
-    state = trainer.fit()
+    with dist.StopRequest() as stop:  # SIGINT / SIGTERM: save and stop after the step
+        trainer.stop = stop
+        state = trainer.fit()
     if out_dir is not None:
         finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
     log.info(

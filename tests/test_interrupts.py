@@ -1,0 +1,82 @@
+"""SIGTERM mid-epoch: an interrupt checkpoint, exit 143, and an exact resume (1 and 2 processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit import checkpoint as ck
+from tests.conftest import TINY, run_cli
+
+# 6 steps per epoch with 1 process (24 images, batch 4), 3 with 2; log every step
+BASE = [*TINY, "trainer.max_epochs=2", "trainer.log_every=1", "dataset.check=off"]
+
+
+def _signal_at(step: int, to_parent: bool = False) -> list[str]:
+    return [
+        "loss._target_=tests.faults.SignalingCrossEntropy",
+        f"+loss.signal_at_step={step}",
+        f"+loss.to_parent={str(to_parent).lower()}",
+    ]
+
+
+def _weights(run: Path) -> dict:
+    return ck.load(run / "checkpoints" / "last.pt")
+
+
+def _interrupted_then_resumed(tmp_path: Path, extra: list[str], signal: list[str]) -> Path:
+    run = ["hydra.run.dir=interrupted"]
+    first = run_cli("train.py", *BASE, *extra, *signal, *run, cwd=tmp_path, timeout=300)
+    assert first.returncode == 143, first.stderr[-3000:]
+    assert first.stderr.count("segkit: error:") == 1 and "Traceback" not in first.stderr
+    assert "trainer.resume=auto" in first.stderr
+    ckpts = tmp_path / "interrupted" / "checkpoints"
+    mid = ck.load(ckpts / "interrupt.pt")
+    assert mid["epoch"] == 1 and mid["epoch_step"] > 0  # inside epoch 2
+    status = json.loads((tmp_path / "interrupted" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "SIGTERM" in status["reason"]
+    resume = [*run, "trainer.resume=auto"]
+    again = run_cli("train.py", *BASE, *extra, *signal, *resume, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (ckpts / "interrupt.pt").exists()  # superseded by the epoch's last.pt
+    return tmp_path / "interrupted"
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["history"] == b["history"]
+
+
+def test_sigterm_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+    straight = run_cli("train.py", *BASE, "hydra.run.dir=straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # the SIGTERM arrives during training step 8 (epoch 2, batch 2); the step finishes first.
+    # The resumed run gets the same loss class: it signals nothing again (step 8 is done).
+    resumed = _interrupted_then_resumed(tmp_path, [], _signal_at(8))
+    _same_weights(_weights(tmp_path / "straight"), _weights(resumed))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_of_two_processes_then_resume(tmp_path):
+    two = ["trainer.devices=2"]
+    straight = run_cli("train.py", *BASE, *two, "hydra.run.dir=straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    resumed = _interrupted_then_resumed(tmp_path, two, _signal_at(5, to_parent=True))
+    _same_weights(_weights(tmp_path / "straight"), _weights(resumed))
+
+
+def test_periodic_checkpoints_record_the_position(tmp_path):
+    args = [*BASE, "trainer.max_epochs=1", "trainer.checkpoint_every_steps=4", "hydra.run.dir=r"]
+    killer = [
+        "loss._target_=tests.faults.FailingCrossEntropy",
+        "+loss.fail_at_step=6",  # dies in the last step of the epoch, after the step-4 save
+    ]
+    proc = run_cli("train.py", *args, *killer, cwd=tmp_path)
+    assert proc.returncode != 0
+    mid = ck.load(tmp_path / "r" / "checkpoints" / "periodic.pt")
+    assert mid["step"] == 4 and mid["epoch"] == 0 and mid["epoch_step"] == 4
