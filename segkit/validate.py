@@ -310,6 +310,7 @@ RULES = (
     Rule("trainer.limit_val_batches", True, 1, nullable=True),
     Rule("trainer.max_nonfinite_steps", True, 1, nullable=True),
     Rule("trainer.checkpoint_every_steps", True, 1, nullable=True),
+    Rule("trainer.dist_timeout_s", False, 1),
     Rule("loader.prefetch_factor", True, 1),
     Rule("optimizer.lr", False, 1e-300),
     Rule("optimizer.weight_decay", False, 0),

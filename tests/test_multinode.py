@@ -44,10 +44,10 @@ def test_two_node_torchrun_on_localhost_is_one_job(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-4000:]
-    runs0 = list((tmp_path / "node0" / "outputs" / "train" / "runs").iterdir())
+    runs0 = [p for p in (tmp_path / "node0" / "outputs" / "train" / "runs").iterdir() if p.is_dir()]
     runs1 = tmp_path / "node1" / "outputs" / "train" / "runs"
     assert len(runs0) == 1  # global rank 0 writes the one run directory
-    assert not runs1.exists() or not any(runs1.iterdir())  # node 1 leaves none behind
+    assert not runs1.exists() or not any(p.is_dir() for p in runs1.iterdir())  # node 1: none
     run = runs0[0]
     log = (run / "train.log").read_text()
     assert "world size 2, backend gloo" in log and "rank -> device: 0: cpu, 1: cpu" in log

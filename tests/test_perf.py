@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from segkit import dist
+from segkit.dist import resolve_precision
 from segkit.metrics import ConfusionMatrix, evaluate
 from segkit.run import (
     build_datasets,
@@ -22,7 +23,7 @@ from segkit.run import (
     loop_kwargs,
     seed_everything,
 )
-from segkit.trainer import Trainer, resolve_precision
+from segkit.trainer import Trainer
 from tests.conftest import TINY, compose_train
 
 FAST = [*TINY, "dataset.check=off", "trainer.num_vis=0"]

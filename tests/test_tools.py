@@ -319,7 +319,7 @@ def test_check_dataset_val_split_null_checks_train_only(tmp_path, capsys):
     assert load_script("check_dataset").run(compose_check(*overrides)) == 0
     assert "train: 3 samples (3 read): 0 error(s)" in capsys.readouterr().out
     overrides[-1] = "dataset.val_split=val"
-    assert load_script("check_dataset").run(compose_check(*overrides)) == 1
+    assert load_script("check_dataset").run(compose_check(*overrides)) == 3  # data errors found
 
 
 def test_dump_augmented_grid(tmp_path):

@@ -44,7 +44,7 @@ class SegkitLauncher(BasicLauncher):
     ) -> Sequence[JobReturn]:
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
-        configs = {tuple(o): loader.load_sweep_config(self.config, list(o)) for o in job_overrides}
+        configs = [loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
         context = self.hydra_context
         self.hydra_context = dataclasses.replace(
             context, config_loader=_LaunchTimeConfigs(loader, configs)

@@ -29,7 +29,7 @@ log = logging.getLogger("segkit")
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-LAUNCH_KEYS = ("accelerator", "devices", "sync_bn", "compile", "resume")
+LAUNCH_KEYS = ("accelerator", "devices", "dist_timeout_s", "sync_bn", "compile", "resume")
 
 DATASET_RUN_KEYS = ("train_split", "val_split", "check")
 

@@ -74,7 +74,7 @@ def _train_plain(plain: dict, run_dir: Path) -> float:
 
 def train_rank(cfg: DictConfig, run_dir: Path) -> float:
     """Train in this process: one rank of a DDP job, or the only process."""
-    info = dist.init(cfg.trainer.accelerator)
+    info = dist.init(cfg.trainer.accelerator, timeout_s=cfg.trainer.dist_timeout_s)
     try:
         run_dir = dist.shared_run_dir(run_dir, info)
         if dist.elastic_restarts() and cfg.trainer.resume is None:  # torchrun --max-restarts
