@@ -41,6 +41,7 @@ from segkit.inference import (
     list_inputs,
 )
 from segkit.run import dataset_factory
+from segkit.targets import check_dataset_target
 
 log = logging.getLogger("segkit")
 
@@ -48,6 +49,7 @@ log = logging.getLogger("segkit")
 def dataset_images(config: dict, count: int) -> list[np.ndarray]:
     """The first ``count`` val (else train) images of the checkpoint's own dataset."""
     ds_cfg = dict(config["dataset"])
+    check_dataset_target(ds_cfg, "the checkpoint")  # a checkpoint is data: segkit's datasets only
     split = ds_cfg.get("val_split") or ds_cfg.get("train_split") or "val"
     try:
         ds = dataset_factory(ds_cfg)(split=split, train=False)

@@ -17,24 +17,20 @@ tensors, and as JSON metadata the run config, label space, class names and palet
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
 import random
-import re
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import IO, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from segkit.errors import CheckpointError, StorageError
+from segkit.targets import check_model_target
 from segkit.weights import UnsafeCheckpointError, is_safetensors, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -272,91 +268,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model under DDP / torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
-
-
-# --------------------------------------------------------------------------- config targets
-_DOTTED = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)+")  # no leading underscores: no dunders
-_FIX = {
-    "model": "build the model from your own config and load the weights with model.init_from=PATH",
-    "dataset": "name the dataset yourself (eval.py dataset=NAME)",
-}
-
-
-def check_model_target(model_cfg: Any, source: str | Path = "checkpoint") -> None:
-    """Refuse a model config read from a file unless its ``_target_`` names a model class of
-    segkit (an ``nn.Module`` subclass defined in ``segkit.models``); nested ``_target_``s may
-    also name ``torch.nn`` layers. Imports nothing outside those packages, builds nothing.
-
-    Raises CheckpointError naming the target and where it came from."""
-    _check_targets(model_cfg, "model", "segkit.models", nn.Module, source)
-
-
-def check_dataset_target(dataset_cfg: Any, source: str | Path = "checkpoint") -> None:
-    """As `check_model_target`, for a dataset config: a ``Dataset`` class of ``segkit.data``."""
-    from torch.utils.data import Dataset
-
-    _check_targets(dataset_cfg, "dataset", "segkit.data", Dataset, source)
-
-
-def _check_targets(node: Any, name: str, root: str, base: type, source: str | Path) -> None:
-    if not isinstance(node, Mapping) or "_target_" not in node:
-        raise CheckpointError(
-            f"{source}: the stored config has no {name} with a _target_ (found "
-            f"{type(node).__name__}); it was not written by segkit"
-        )
-    for key, target in _targets(node, name):
-        top = key == f"{name}._target_"
-        allowed = [(root, base)] if top else [(root, nn.Module), ("torch.nn", nn.Module)]
-        if not any(_resolves_within(target, r, b) for r, b in allowed):
-            raise CheckpointError(
-                f"{source}: the stored {name} config names {key}={target!r}, which is not one "
-                f"of segkit's own classes ({root}.*); a checkpoint may only name those, so it "
-                f"was refused before anything was built. To use it anyway, {_FIX[name]}"
-            )
-
-
-def _targets(node: Any, where: str) -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` of every ``_target_`` in a nested config."""
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key == "_target_":
-                yield f"{where}._target_", value
-            else:
-                yield from _targets(value, f"{where}.{key}")
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            yield from _targets(value, f"{where}[{i}]")
-
-
-def _resolves_within(target: Any, root: str, base: type) -> bool:
-    """True when ``target`` names, inside package ``root``, a subclass of ``base`` defined
-    there (``segkit.models.unet.os.system`` has the prefix but names ``os.system``)."""
-    if not isinstance(target, str) or not _DOTTED.fullmatch(target):
-        return False
-    if not target.startswith(root + "."):
-        return False
-    obj = _locate_within(target, root)
-    return inspect.isclass(obj) and issubclass(obj, base) and _inside(obj.__module__, root)
-
-
-def _inside(module: str, root: str) -> bool:
-    return f"{module}.".startswith(f"{root}.")
-
-
-def _locate_within(target: str, root: str) -> object | None:
-    """What Hydra would locate for ``target``, importing only submodules of ``root``."""
-    obj: object = importlib.import_module(root)
-    for part in target[len(root) + 1 :].split("."):
-        if hasattr(obj, part):
-            obj = getattr(obj, part)
-        elif isinstance(obj, ModuleType) and _inside(obj.__name__, root):
-            try:
-                obj = importlib.import_module(f"{obj.__name__}.{part}")
-            except ImportError:
-                return None
-        else:
-            return None
-    return obj
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu"):

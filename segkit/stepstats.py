@@ -1,10 +1,15 @@
-"""What the training loop measures per step, kept on the device between logging points."""
+"""What the training loop measures per step, kept on the device between logging points, and
+what it says when training diverges."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
+from torch import nn
+
+from segkit.errors import DivergedError
 
 
 class StepStats:
@@ -71,3 +76,42 @@ class StepStats:
         rate = e["images"] * self.world_size / seconds
         text = f"{seconds:.1f}s, {rate:.1f} img/s, {100 * e['wait'] / seconds:.0f}% data wait"
         return e["loss_sum"] / max(e["finite"], 1), int(e["nonfinite"]), text
+
+
+def batch_files(loader: torch.utils.data.DataLoader, position: int) -> list[str]:
+    """Image files of batch ``position`` of the current epoch (a deterministic sampler, e.g.
+    the DistributedSampler, gives the same order again; others are not replayed)."""
+    sampler, size = loader.sampler, loader.batch_size
+    if size is None or not isinstance(
+        sampler, torch.utils.data.DistributedSampler | torch.utils.data.SequentialSampler
+    ):
+        return [f"(unknown: {type(sampler).__name__} does not replay its order)"]
+    order = (
+        torch.utils.data.DistributedSampler.__iter__(sampler)
+        if hasattr(sampler, "skip")
+        else iter(sampler)
+    )
+    indices = list(itertools.islice(order, position * size, (position + 1) * size))
+    files = getattr(loader.dataset, "files", None)
+    return [files[i][0] if files else f"index {i}" for i in indices]
+
+
+def divergence_error(
+    run: int, step: int, limit: int, lr: float, scale: str, precision: str, files, first: int
+) -> DivergedError:
+    """The error for ``run`` consecutive non-finite steps ending at ``step``."""
+    where = "batch" if first >= 0 else "last batch (the run began in an earlier epoch)"
+    return DivergedError(
+        f"training diverged: {run} consecutive non-finite steps (loss or gradients NaN/Inf) "
+        f"at steps {step - run + 1}..{step}, trainer.max_nonfinite_steps={limit}; "
+        f"lr {lr:.4g}, loss scale {scale} (trainer.precision={precision}); "
+        f"samples of the first bad {where}: {files}. "
+        "The last finite checkpoint is kept. Fix: lower optimizer.lr or add warmup "
+        "(scheduler.warmup_epochs), set trainer.grad_clip, or check those samples"
+    )
+
+
+def finite_weights(model: nn.Module) -> bool:
+    """True when every floating-point tensor of the model's state is finite."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())

@@ -32,11 +32,11 @@ from torch import nn
 from tqdm import tqdm
 
 from segkit import checkpoint as ckpt_io
-from segkit import dist
+from segkit import dist, launch
 from segkit.data.base import LabelSpace
 from segkit.errors import DivergedError, Interrupted
 from segkit.metrics import ConfusionMatrix, evaluate
-from segkit.stepstats import StepStats
+from segkit.stepstats import StepStats, batch_files, divergence_error, finite_weights
 from segkit.tracking import SampleCollector, Tracker
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Trainer:
         self.progress_bar, self.max_nonfinite_steps = progress_bar, max_nonfinite_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
         self.checkpoint_every_steps = checkpoint_every_steps
-        self.stop: dist.StopRequest | None = None  # set while signals should stop the loop
+        self.stop: launch.StopRequest | None = None  # set while signals should stop the loop
         cuda = info.device.type == "cuda"
         dist.configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
         self.precision = dist.resolve_precision(precision, info.device)
@@ -324,37 +324,14 @@ class Trainer:
             return
         run, step = int(run), self.state.step
         first = position - run + 1  # batch position of the first bad step in this epoch
-        where = "batch" if first >= 0 else "last batch (the run began in an earlier epoch)"
-        files = self._batch_files(first if first >= 0 else position)
+        files = batch_files(self.train_loader, max(first, 0) if first >= 0 else position)
         scale = f"{self.scaler.get_scale():g}" if self.scaler.is_enabled() else "none"
-        raise DivergedError(
-            f"training diverged: {run} consecutive non-finite steps (loss or gradients NaN/Inf) "
-            f"at steps {step - run + 1}..{step}, trainer.max_nonfinite_steps={limit}; "
-            f"lr {self.step_lr:.4g}, loss scale {scale} (trainer.precision={self.precision}); "
-            f"samples of the first bad {where}: {files}. "
-            "The last finite checkpoint is kept. Fix: lower optimizer.lr or add warmup "
-            "(scheduler.warmup_epochs), set trainer.grad_clip, or check those samples"
-        )
-
-    def _batch_files(self, position: int) -> list[str]:
-        """Image files of batch ``position`` of this epoch (a deterministic sampler, e.g. the
-        DistributedSampler, gives the same order again; others are not replayed)."""
-        loader = self.train_loader
-        sampler, size = loader.sampler, loader.batch_size
-        if size is None or not isinstance(
-            sampler, torch.utils.data.DistributedSampler | torch.utils.data.SequentialSampler
-        ):
-            return [f"(unknown: {type(sampler).__name__} does not replay its order)"]
-        indices = list(sampler)[position * size : (position + 1) * size]
-        files = getattr(loader.dataset, "files", None)
-        return [files[i][0] if files else f"index {i}" for i in indices]
+        raise divergence_error(run, step, limit, self.step_lr, scale, self.precision, files, first)
 
     def _check_finite_weights(self, epoch: int) -> None:
         """Weights that are not finite are never written (checked on every rank: BatchNorm
         statistics may differ between ranks)."""
-        tensors = [t for t in self.bare_model.state_dict().values() if t.is_floating_point()]
-        finite = bool(torch.stack([t.isfinite().all() for t in tensors]).all())
-        if dist.any_rank(not finite, self.info.device):
+        if dist.any_rank(not finite_weights(self.bare_model), self.info.device):
             raise DivergedError(
                 f"the model weights hold NaN/Inf after epoch {epoch + 1} (step "
                 f"{self.state.step}, lr {self.step_lr:.4g}); they were not saved and the last "

@@ -14,65 +14,34 @@ expected, what was found and a fix (with a did-you-mean where a name is close to
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segkit.config_keys import (
+    RENAMED_KEYS,
+    composition_error,
+    default_config,
+    default_keys,
+    did_you_mean,
+    renamed_key_error,
+    unknown_key_error,
+)
 from segkit.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-# old key -> new key (None: removed, with the reason in REMOVED_KEYS)
-RENAMED_KEYS: dict[str, str | None] = {
-    "data.batch_size": "loader.batch_size",
-    "data.val_batch_size": "loader.val_batch_size",
-    "data.num_workers": "loader.num_workers",
-    "data.train_split": "dataset.train_split",
-    "data.val_split": "dataset.val_split",
-    "data.check": "dataset.check",
-    "batch_size": "loader.batch_size",  # eval.py
-    "num_workers": "loader.num_workers",  # eval.py
-    "trainer.fail_at_step": None,
-    "dataset.one_hot": None,
-}
-REMOVED_KEYS = {
-    "trainer.fail_at_step": "fault injection is test machinery and lives in the tests now",
-    "dataset.one_hot": "losses that need one-hot targets build them on the device",
-}
-# keys users reach for that segkit spells differently
-HINTS = {
-    "ckpt_path": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
-    "ckpt": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
-    "resume": "trainer.resume=PATH",
-    "epochs": "trainer.max_epochs",
-    "lr": "optimizer.lr",
-    "batch_size": "loader.batch_size",
-}
 # segkit's own keys inside component nodes (not constructor arguments)
 OWN_KEYS = {"dataset": {"train_split", "val_split", "check"}, "model": {"init_from"}}
 COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 
 # --------------------------------------------------------------------------- old key names
-def renamed_key_error(key: str) -> ConfigError | None:
-    """The error for an old key name (``data.batch_size``, or the whole old ``data`` block),
-    or None."""
-    key = key.lstrip("+~")
-    matches = [old for old in RENAMED_KEYS if key == old or (key == "data" and old[:5] == "data.")]
-    if not matches:
-        return None
-    if key in REMOVED_KEYS:
-        return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}; drop it from your config")
-    pairs = ", ".join(f"{old} -> {RENAMED_KEYS[old]}" for old in matches if RENAMED_KEYS[old])
-    return ConfigError(f"{key} was renamed ({pairs}); see 'Renamed keys' in README.md")
 
 
 def check_renamed(cfg: DictConfig) -> None:
@@ -143,70 +112,7 @@ def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
         )
 
 
-def composition_error(message: str, config_name: str, chosen: tuple = ()) -> ConfigError:
-    """Hydra's composition message -> one ConfigError with the closest real key or option."""
-    option = re.search(r"Could not find '([\w/]+)/([\w.-]+)'", message)
-    if option:
-        group, name = option.groups()
-        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem[0] != "_")
-        return ConfigError(
-            f"{group}={name}: no such option in conf/{group}/; expected one of {known}"
-            f"{did_you_mean(name, known)}"
-        )
-    key = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '([\w.]+)'", message)
-    if key:
-        full = key.group(1)
-        parent = full.rpartition(".")[0]
-        return unknown_key_error(full, default_keys(config_name, parent, chosen))
-    return ConfigError(message.strip().splitlines()[0])
-
-
-@cache
-def default_config(config_name: str, chosen: tuple = ()) -> DictConfig:
-    """``conf/<config_name>.yaml`` with its default group options (or those ``chosen``, pairs
-    like ``("dataset", "voc")``) merged in, read as plain yaml (no Hydra: this also runs inside
-    a Hydra app). The schema of the plain nodes."""
-    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
-    node = {k: v for k, v in raw.items() if k != "defaults"}  # unresolved: interpolations stay
-    for entry in raw.get("defaults", []):
-        for group, option in entry.items() if isinstance(entry, dict) else ():
-            group = str(group).split()[-1]  # "optional dataset" -> "dataset"
-            option = dict(chosen).get(group, option)
-            path = CONF_DIR / group / f"{option}.yaml"
-            if group.startswith("hydra") or option is None or not path.is_file():
-                continue
-            loaded = OmegaConf.to_container(OmegaConf.load(path))
-            if "_base" in str(loaded.get("defaults", "")):
-                loaded = {
-                    **OmegaConf.to_container(OmegaConf.load(path.parent / "_base.yaml")),
-                    **loaded,
-                }
-            node[group] = {k: v for k, v in loaded.items() if k != "defaults"}
-    return OmegaConf.create(node)
-
-
-def default_keys(config_name: str, parent: str, chosen: tuple = ()) -> list[str]:
-    """The keys of node ``parent`` ("" = top level) in the default config."""
-    cfg = default_config(config_name, tuple(tuple(c) for c in chosen))
-    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-    keys = list(node.keys()) if isinstance(node, DictConfig) else []
-    return [f"{parent}.{k}" if parent else str(k) for k in keys]
-
-
 # --------------------------------------------------------------------------- keys nothing reads
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def unknown_key_error(key: str, known: Sequence[str]) -> ConfigError:
-    leaf = key.rpartition(".")[2]
-    hint = HINTS.get(leaf)
-    fix = f"; to do that use {hint}" if hint else did_you_mean(key, known)
-    return ConfigError(
-        f"{key} is not a key segkit reads (it would be ignored); known keys here: "
-        f"{sorted(k.rpartition('.')[2] for k in known)}{fix}"
-    )
 
 
 def check_known_keys(cfg: DictConfig, config_name: str, plain_nodes: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from segkit.dist import DistInfo
 from segkit.errors import CheckpointError
 from segkit.run import build_model, train_rank
 from segkit.sharing import export_weights
+from segkit.targets import check_dataset_target, check_model_target
 from segkit.weights import UnsafeCheckpointError
 from tests.conftest import TINY, compose_train, run_cli
 
@@ -145,16 +146,16 @@ def test_nested_targets_are_checked_too(run, tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.norm\._target_='os\.mkdir'"):
         ck.load_model(_with_model_config(run, tmp_path, evil))
     assert not made.exists()
-    ck.check_model_target({**stored, "act": {"_target_": "torch.nn.ReLU"}})  # torch.nn layers
+    check_model_target({**stored, "act": {"_target_": "torch.nn.ReLU"}})  # torch.nn layers
     with pytest.raises(CheckpointError, match="torch.nn.ReLU"):  # ... but not as the model
-        ck.check_model_target({"_target_": "torch.nn.ReLU"})
+        check_model_target({"_target_": "torch.nn.ReLU"})
 
 
 def test_a_stored_dataset_target_is_checked_too(run):  # eval.py builds the stored dataset
     stored = ck.load(run / "checkpoints" / "last.pt")["config"]["dataset"]
-    ck.check_dataset_target(stored)  # segkit's demo dataset
+    check_dataset_target(stored)  # segkit's demo dataset
     with pytest.raises(CheckpointError, match=r"dataset\._target_='os\.system'.*dataset=NAME"):
-        ck.check_dataset_target({**stored, "_target_": "os.system"})
+        check_dataset_target({**stored, "_target_": "os.system"})
 
 
 def test_weights_file_loads_into_a_fresh_model_with_identical_outputs(run, tmp_path):

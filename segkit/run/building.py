@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
-from segkit import dist
+from segkit import dist, launch
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer
@@ -97,11 +97,11 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
             f"the train split has {len(train_ds)} samples, fewer than loader.batch_size="
             f"{lc.batch_size} x {info.world_size} process(es); lower loader.batch_size"
         )
-    sampler = dist.ResumableSampler(
+    sampler = launch.ResumableSampler(
         train_ds, info.world_size, info.rank, seed=cfg.seed, drop_last=True
     )
     pin = info.device.type == "cuda"
-    common = dict(num_workers=lc.num_workers, pin_memory=pin, worker_init_fn=dist.seed_worker)
+    common = dict(num_workers=lc.num_workers, pin_memory=pin, worker_init_fn=launch.seed_worker)
     if lc.num_workers > 0:  # workers live across epochs and validations
         common.update(persistent_workers=True, prefetch_factor=lc.prefetch_factor)
     train_loader = DataLoader(

@@ -16,6 +16,7 @@ from segkit import dist
 from segkit.metrics import ConfusionMatrix, format_table
 from segkit.metrics import evaluate as evaluate_model
 from segkit.run.building import dataset_factory
+from segkit.targets import check_dataset_target
 from segkit.tracking import log_to_files
 from segkit.validate import check_eval_config
 
@@ -98,7 +99,7 @@ def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
     if cfg.get("dataset"):
         ds = OmegaConf.to_container(cfg.dataset, resolve=True)
     else:
-        ckpt_io.check_dataset_target(stored, source)
+        check_dataset_target(stored, source)
         ds = dict(stored)
     if cfg.dataset_root:
         ds["root"] = cfg.dataset_root

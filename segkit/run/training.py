@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segkit import checkpoint as ckpt_io
-from segkit import dist
+from segkit import dist, launch
 from segkit.complexity import log_complexity
 from segkit.run.building import (
     build_datasets,
@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> float:
     devices = dist.resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
     if devices > 1 and not dist.launched_by_torchrun():
         plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
-        dist.launch_workers(_train_plain, plain, run_dir, devices)
+        launch.launch_workers(_train_plain, plain, run_dir, devices)
         return read_result(run_dir)["best_miou"]
     return train_rank(cfg, run_dir)
 
@@ -75,29 +75,30 @@ def _train_plain(plain: dict, run_dir: Path) -> float:
 def train_rank(cfg: DictConfig, run_dir: Path) -> float:
     """Train in this process: one rank of a DDP job, or the only process."""
     info = dist.init(cfg.trainer.accelerator, timeout_s=cfg.trainer.dist_timeout_s)
+    out_dir = None  # rank 0 alone writes the run's files
     try:
-        run_dir = dist.shared_run_dir(run_dir, info)
-        if dist.elastic_restarts() and cfg.trainer.resume is None:  # torchrun --max-restarts
+        run_dir = launch.shared_run_dir(run_dir, info)
+        out_dir = run_dir if info.is_main else None
+        if launch.elastic_restarts() and cfg.trainer.resume is None:  # torchrun --max-restarts
             log.warning(
-                "elastic restart %d: resuming from the newest checkpoint", dist.elastic_restarts()
+                "elastic restart %d: resuming from the newest checkpoint", launch.elastic_restarts()
             )
             cfg.trainer.resume = "auto"
-        return _train(cfg, run_dir, info)
+        return _train(cfg, run_dir, out_dir, info)
     except Exception as e:
-        if info.is_main and run_dir.is_dir():
+        if out_dir is not None and out_dir.is_dir():
             kind = {"Interrupted": "interrupted", "DivergedError": "diverged"}
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
-            write_status(run_dir, kind.get(type(e).__name__, "failed"), reason=reason[:500])
+            write_status(out_dir, kind.get(type(e).__name__, "failed"), reason=reason[:500])
         raise
     finally:
         dist.teardown()
 
 
-def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
+def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.DistInfo) -> float:
     """seed -> data -> model -> loss/optimizer/schedule -> DDP -> resume -> fit -> result.
     Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
     t0 = time.time()
-    out_dir = run_dir if info.is_main else None
     seed_everything(cfg.seed)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     if out_dir is not None:
@@ -132,7 +133,7 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
         trainer.tracker = Tracker(out_dir, val_ds.labels, trainer.state.step)
-    with dist.StopRequest() as stop:  # SIGINT / SIGTERM: save and stop after the step
+    with launch.StopRequest() as stop:  # SIGINT / SIGTERM: save and stop after the step
         trainer.stop = stop
         state = trainer.fit()
     if out_dir is not None:
@@ -145,12 +146,12 @@ def _train(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> float:
 
 def restart_record(run_dir: Path) -> dict[str, Any]:
     """For status.json after a torchrun restart: how many, and why the last attempt ended."""
-    if not dist.elastic_restarts():
+    if not launch.elastic_restarts():
         return {}
     previous = read_status(run_dir) or {}
     cause = previous.get("reason") or f"a rank died (status was {previous.get('status')!r})"
-    log.warning("restart %d after: %s", dist.elastic_restarts(), cause)
-    return {"restarts": dist.elastic_restarts(), "restart_cause": cause}
+    log.warning("restart %d after: %s", launch.elastic_restarts(), cause)
+    return {"restarts": launch.elastic_restarts(), "restart_cause": cause}
 
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
