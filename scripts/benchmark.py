@@ -455,39 +455,9 @@ class InMemoryLoader:
 def build_trainer(cfg, device: torch.device):
     """The Trainer as segkit.run builds it (no run directory, no tracker)."""
     from segkit.dist import DistInfo
-    from segkit.run import (
-        build_datasets,
-        build_loaders,
-        build_loss,
-        build_model,
-        build_optimizer,
-        build_scheduler,
-        loop_kwargs,
-    )
-    from segkit.trainer import Trainer
+    from segkit.run import build_trainer as build
 
-    info = DistInfo(device=device)
-    train_ds, val_ds = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
-    model = build_model(cfg, info)
-    if cfg.trainer.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    loss = build_loss(cfg, train_ds).to(device)
-    return Trainer(
-        model,
-        loss,
-        optimizer,
-        build_scheduler(cfg, optimizer, len(train_loader)),
-        train_loader,
-        val_loader,
-        labels=val_ds.labels,
-        info=info,
-        ckpt_dir=None,
-        run_config={},
-        tracker=None,
-        **loop_kwargs(cfg, show_progress=False),
-    )
+    return build(cfg, DistInfo(device=device))[0]
 
 
 def bench_train(root: Path, args, mem: PeakMemory) -> dict:

@@ -14,13 +14,7 @@ from segkit import dist
 from segkit.dist import resolve_precision
 from segkit.metrics import ConfusionMatrix, evaluate
 from segkit.run import (
-    build_datasets,
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    loop_kwargs,
+    build_trainer,
     seed_everything,
 )
 from segkit.trainer import Trainer
@@ -49,25 +43,11 @@ def make_trainer(*overrides: str, compile_backend: str | None = None, tracker=No
     """A Trainer built the way segkit.run does, without a run directory."""
     cfg = compose_train(*FAST, *overrides)
     seed_everything(cfg.seed)
-    info = dist.DistInfo()
-    train_ds, val_ds = build_datasets(cfg)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
-    model = build_model(cfg, info)
-    optimizer = build_optimizer(cfg, model)
-    return Trainer(
-        torch.compile(model, backend=compile_backend) if compile_backend else model,
-        build_loss(cfg, train_ds),
-        optimizer,
-        build_scheduler(cfg, optimizer, len(train_loader)),
-        train_loader,
-        val_loader,
-        labels=val_ds.labels,
-        info=info,
-        ckpt_dir=None,
-        run_config={},
-        tracker=tracker,
-        **loop_kwargs(cfg, show_progress=False),
-    )
+    trainer, model = build_trainer(cfg, dist.DistInfo())
+    if compile_backend:
+        trainer.model = torch.compile(model, backend=compile_backend)
+    trainer.tracker = tracker
+    return trainer
 
 
 def test_scalars_only_every_log_every_steps_and_the_loss_is_the_window_mean():

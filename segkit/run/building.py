@@ -236,3 +236,36 @@ def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo
         log.info(
             "resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n
         )
+
+
+def build_trainer(
+    cfg: DictConfig,
+    info: dist.DistInfo,
+    *,
+    out_dir: Path | None = None,
+    run_config: dict | None = None,
+) -> tuple[Trainer, nn.Module]:
+    """data -> model -> loss/optimizer/schedule -> compile/DDP -> Trainer, and the bare model.
+    ``out_dir``: rank 0's run directory (checkpoints, bad_samples.txt, progress bar); None on
+    the other ranks and for a Trainer that writes nothing (benchmarks, tests)."""
+    train_ds, val_ds = build_datasets(cfg)
+    check_datasets(cfg, train_ds, val_ds, out_dir)
+    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
+    model = build_model(cfg, info)
+    optimizer = build_optimizer(cfg, model)
+    loss_fn = build_loss(cfg, train_ds).to(info.device)
+    trainer = Trainer(
+        compile_and_wrap(model, cfg, info, unused_heads(model, loss_fn)),
+        loss_fn,
+        optimizer,
+        build_scheduler(cfg, optimizer, len(train_loader)),
+        train_loader,
+        val_loader,
+        labels=val_ds.labels,
+        info=info,
+        ckpt_dir=None if out_dir is None else out_dir / ckpt_io.CKPT_DIR,
+        run_config=run_config or {},
+        tracker=None,
+        **loop_kwargs(cfg, show_progress=out_dir is not None),
+    )
+    return trainer, model

@@ -15,20 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch
 from segkit.complexity import log_complexity
-from segkit.run.building import (
-    build_datasets,
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    check_datasets,
-    compile_and_wrap,
-    loop_kwargs,
-    resume,
-    seed_everything,
-    unused_heads,
-)
+from segkit.run.building import build_trainer, resume, seed_everything
 from segkit.sharing import export_weights
 from segkit.sweep import finished_result
 from segkit.tracking import (
@@ -106,33 +93,14 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         write_status(out_dir, "running", **restart_record(out_dir))
         ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
     dist.log_devices(info)
-    train_ds, val_ds = build_datasets(cfg)
-    check_datasets(cfg, train_ds, val_ds, out_dir)
-    train_loader, val_loader = build_loaders(cfg, train_ds, val_ds, info)
-    model = build_model(cfg, info)
-    optimizer = build_optimizer(cfg, model)
-    loss_fn = build_loss(cfg, train_ds).to(info.device)
-    trainer = Trainer(
-        compile_and_wrap(model, cfg, info, unused_heads(model, loss_fn)),
-        loss_fn,
-        optimizer,
-        build_scheduler(cfg, optimizer, len(train_loader)),
-        train_loader,
-        val_loader,
-        labels=val_ds.labels,
-        info=info,
-        ckpt_dir=None if out_dir is None else out_dir / ckpt_io.CKPT_DIR,
-        run_config=run_config,
-        tracker=None,
-        **loop_kwargs(cfg, show_progress=out_dir is not None),
-    )
+    trainer, model = build_trainer(cfg, info, out_dir=out_dir, run_config=run_config)
     resume(trainer, cfg, run_dir, info)
     if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
         log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
         return trainer.state.best_miou
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
-        trainer.tracker = Tracker(out_dir, val_ds.labels, trainer.state.step)
+        trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
     with launch.StopRequest() as stop:  # SIGINT / SIGTERM: save and stop after the step
         trainer.stop = stop
         state = trainer.fit()
