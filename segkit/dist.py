@@ -83,7 +83,16 @@ def init(accelerator: str = "auto", timeout_s: float = 600.0) -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt == "0":
+            dist.init_process_group(backend, timeout=timeout)
+        else:  # a torchrun restart: keys of this attempt only, never the dead attempt's ports
+            store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+            store = dist.PrefixStore(f"segkit/attempt{attempt}", store)
+            dist.init_process_group(
+                backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 

@@ -46,7 +46,7 @@ def test_bad_config_value_is_one_message_with_its_exit_code(tmp_path, override, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("override", "code", "text"), BAD_VALUES[:2] + BAD_VALUES[5:7])
+@pytest.mark.parametrize(("override", "code", "text"), BAD_VALUES)
 def test_the_same_message_with_two_processes(tmp_path, override, code, text):
     args = CPU if override != "dataset=voc" else ["trainer.accelerator=cpu"]
     proc = run_cli("train.py", *args, "trainer.devices=2", override, cwd=tmp_path, timeout=120)
@@ -108,3 +108,13 @@ def test_run_dir_that_cannot_be_created_is_a_storage_error(tmp_path):
     blocker.write_text("not a folder")
     proc = run_cli("train.py", *CPU, f"hydra.run.dir={blocker}/run", cwd=tmp_path)
     _one_message(proc, 6, "is not a writable folder")
+
+
+@pytest.mark.slow
+def test_stdc_with_a_loss_that_ignores_its_detail_head_trains_under_ddp(tmp_path):
+    args = [a for a in CPU if not a.startswith("model")]
+    stdc = ["model=stdc1", "loss=ce", "trainer.devices=2", "trainer.max_epochs=1"]
+    proc = run_cli("train.py", *args, *stdc, "hydra.run.dir=run", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "detail head is not trained by this loss: use loss=ce_detail" in log

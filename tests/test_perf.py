@@ -6,6 +6,7 @@ bars that honour the batch limits."""
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -88,7 +89,14 @@ def test_precision_auto_is_fp32_on_cpu():
     "backend",
     [
         "aot_eager",  # dynamo capture + AOT autograd: guards and recompiles, in seconds
-        pytest.param("inductor", marks=pytest.mark.slow),  # trainer.compile=true (minutes)
+        # inductor (what trainer.compile=true uses) compiles for minutes with a cold cache on 2
+        # cores: run it with SEGKIT_TEST_INDUCTOR=1 (it passed here, ~2.4 min cold)
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                not os.environ.get("SEGKIT_TEST_INDUCTOR"), reason="set SEGKIT_TEST_INDUCTOR=1"
+            ),
+        ),
     ],
 )
 def test_compile_matches_eager_loss_and_evaluation_does_not_recompile(backend):
