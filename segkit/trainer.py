@@ -21,6 +21,7 @@ that are not finite are never saved.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -368,21 +369,15 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def state_dict(self, metrics: dict | None) -> dict[str, Any]:
+        """The checkpoint (see ``segkit.checkpoint``): weights, optimiser, schedule, scaler, the
+        TrainState fields, RNG states, config, labels and the last validation's metrics."""
         clean = None if metrics is None else {k: v for k, v in metrics.items() if k != "confusion"}
-        s = self.state
         return {
             "model": self.bare_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": s.epoch,
-            "step": s.step,
-            "best_miou": s.best_miou,
-            "best_epoch": s.best_epoch,
-            "bad_epochs": s.bad_epochs,
-            "history": s.history,
-            "epoch_step": s.epoch_step,
-            "epoch_stats": s.epoch_stats,
+            **dataclasses.asdict(self.state),
             "rng": ckpt_io.rng_state(),
             "config": self.run_config,
             "labels": self.labels.to_dict(),
@@ -403,15 +398,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(
-            epoch=ckpt["epoch"],
-            step=ckpt["step"],
-            best_miou=ckpt["best_miou"],
-            best_epoch=ckpt["best_epoch"],
-            bad_epochs=ckpt.get("bad_epochs", 0),
-            history=list(ckpt.get("history", [])),
-            epoch_step=ckpt.get("epoch_step", 0),
-            epoch_stats=dict(ckpt.get("epoch_stats") or {}),
-        )
+        names = [f.name for f in dataclasses.fields(TrainState)]  # older files lack some
+        self.state = TrainState(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
             ckpt_io.set_rng_state(ckpt["rng"])
