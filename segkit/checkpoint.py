@@ -51,10 +51,10 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     Raises TypeError (naming the entry) when ``obj`` holds anything but tensors and plain
     data: such a file would need unpickling to load back."""
     check_plain(obj)
-    _write_atomic(Path(path), lambda f: torch.save(obj, f), tensor_bytes(obj))
+    write_file_atomic(Path(path), lambda f: torch.save(obj, f), tensor_bytes(obj))
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None], nbytes: int = 0) -> None:
+def write_file_atomic(path: Path, write: Callable[[IO[bytes]], None], nbytes: int = 0) -> None:
     """Temp file in the same folder, fsync, rename, fsync of the folder. A failure (disk full,
     permissions) removes the temp file, leaves ``path`` as it was and raises StorageError
     naming the folder, the space free there and ``nbytes`` (about what the file needs)."""

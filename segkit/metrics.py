@@ -255,9 +255,7 @@ def evaluate(
     """
     model.eval()
     cm.reset()
-    if normalize is None:
-        labels = getattr(getattr(loader, "dataset", None), "labels", None)
-        normalize = labels.normalizer() if labels is not None else _as_given
+    normalize = normalize or _dataset_normalizer(loader)
     total = len(loader) if limit_batches is None else min(len(loader), limit_batches)
     bar = tqdm(loader, total=total, desc="val", leave=False, disable=not progress)
     loss_sum, scored = torch.zeros((), device=device, dtype=torch.float64), 0
@@ -285,6 +283,12 @@ def evaluate(
     metrics["loss"] = totals[0] / totals[1] if totals[1] > 0 else math.nan
     metrics["confusion"] = cm.mat.cpu().numpy()
     return metrics
+
+
+def _dataset_normalizer(loader: Iterable) -> Callable[[Tensor], Tensor]:
+    """The dataset's own normaliser (its mean/std), or the images as given without labels."""
+    labels = getattr(getattr(loader, "dataset", None), "labels", None)
+    return labels.normalizer() if labels is not None else _as_given
 
 
 def _as_given(images: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from segkit.checkpoint import _write_atomic, load
+from segkit.checkpoint import load, write_file_atomic
 from segkit.errors import CheckpointError
 from segkit.weights import read_safetensors
 
@@ -32,7 +32,7 @@ def export_weights(ckpt: Mapping[str, Any] | str | Path, out_path: str | Path) -
     meta.update({k: json.dumps(ckpt[k]) for k in _META_KEYS if ckpt.get(k) is not None})
     data = save(_unshared(ckpt["model"]), metadata=meta)
     out = Path(out_path)
-    _write_atomic(out, lambda f: f.write(data))
+    write_file_atomic(out, lambda f: f.write(data))
     return out
 
 

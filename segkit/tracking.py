@@ -67,9 +67,6 @@ class Tracker:
         self._tags: set[str] = set()
         self._layout: dict | None = None
 
-    def log_train(self, step: int, loss: float, lr: float) -> None:
-        self.log_scalars(step, {"train/loss": loss, "train/lr": lr})
-
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
         for tag, value in scalars.items():
@@ -205,18 +202,12 @@ def keep_rows(path: Path, max_step: int) -> list[dict[str, str]]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temp file + fsync + rename: a reader (or a crash)
-    sees the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``text`` into ``path`` the way checkpoints are written (temp file, fsync, rename): a
+    reader (or a crash) sees the old file or the new one, never a partial one."""
+    from segkit.checkpoint import write_file_atomic
+
+    data = text.encode("utf-8")
+    write_file_atomic(Path(path), lambda f: f.write(data), len(data))
 
 
 # --------------------------------------------------------------------------- config, hparams

@@ -20,7 +20,6 @@ __all__ = [
     "check_input",
     "check_train_batch",
     "init_conv_weights",
-    "pad_to_multiple",
     "resize_to",
 ]
 
@@ -97,20 +96,6 @@ def check_train_batch(model: nn.Module, x: torch.Tensor) -> None:
             "layers normalise globally pooled 1x1 features); use batch_size >= 2 with "
             "drop_last=True, or call model.eval() for inference"
         )
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad ``(N, C, H, W)`` at the bottom/right so H and W are multiples of ``multiple``.
-
-    Returns the padded tensor and the original ``(H, W)`` so the caller can crop logits back
-    with ``out[..., :H, :W]``. Zero padding (rather than reflect) works for any size, including
-    inputs smaller than the pad; on normalised inputs zero is the dataset mean colour.
-    """
-    h, w = x.shape[-2:]
-    # always pad (by 0 where already aligned): a Python test of the size would be frozen
-    # into a traced/exported graph at the example's size
-    x = F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
-    return x, (h, w)
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

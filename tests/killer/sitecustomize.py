@@ -7,7 +7,7 @@ import signal
 
 from segkit import checkpoint
 
-_write = checkpoint._write_atomic
+_write = checkpoint.write_file_atomic
 
 
 def _killing_write(path, write, nbytes=0):
@@ -18,4 +18,4 @@ def _killing_write(path, write, nbytes=0):
     return _write(path, write, nbytes)
 
 
-checkpoint._write_atomic = _killing_write
+checkpoint.write_file_atomic = _killing_write
