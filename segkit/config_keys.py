@@ -122,3 +122,7 @@ def unknown_key_error(key: str, known: Sequence[str]) -> ConfigError:
         f"{key} is not a key segkit reads (it would be ignored); known keys here: "
         f"{sorted(k.rpartition('.')[2] for k in known)}{fix}"
     )
+
+
+# segkit's own dataset keys: read by segkit.run, never passed to the dataset constructor
+DATASET_RUN_KEYS = ("train_split", "val_split", "check", "val_input_shape", "val_original_size")

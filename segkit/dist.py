@@ -127,6 +127,13 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """In-place: every rank gets rank ``src``'s values (no-op in a single process)."""
+    if is_initialized():
+        for t in tensors:
+            dist.broadcast(t, src=src)
+
+
 def all_gather_object(obj: object) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
     if not is_initialized():

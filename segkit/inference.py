@@ -58,9 +58,11 @@ def checkpoint_labels(ckpt: Mapping[str, Any]) -> LabelSpace:
 
 
 def checkpoint_input_shape(ckpt: Mapping[str, Any]) -> tuple[int, int]:
-    """(H, W) the model was trained at: the checkpoint's ``dataset.input_shape``."""
+    """(H, W) the model is used at: the checkpoint's ``dataset.val_input_shape`` when set (it
+    trained on crops), else its ``dataset.input_shape``."""
     ds = ckpt["config"]["dataset"]
-    return check_input_shape(ds.get("input_shape") or ds.get("image_size"))
+    shape = ds.get("val_input_shape") or ds.get("input_shape") or ds.get("image_size")
+    return check_input_shape(shape)
 
 
 # --------------------------------------------------------------------------- input / output

@@ -1,6 +1,7 @@
 """Starting and stopping processes: spawning the workers of ``trainer.devices=N`` and reporting
-their errors, worker logging, the job's one run directory (torchrun, elastic restarts), and
-SIGINT / SIGTERM handling. Ranks, collectives and devices are ``segkit.dist``."""
+their errors, worker logging, the job's one run directory (torchrun, elastic restarts),
+SIGINT / SIGTERM handling, and submitit's preemption / time-limit signal (the one place that
+knows a job runs under submitit). Ranks, collectives and devices are ``segkit.dist``."""
 
 from __future__ import annotations
 
@@ -23,18 +24,79 @@ from segkit.dist import DistInfo, all_reduce_sum, broadcast_object
 log = logging.getLogger("segkit")
 
 
+def preemption_signal() -> signal.Signals | None:
+    """The signal submitit delivers before a job's time limit and when the cluster preempts it
+    (SLURM ``--signal=USR2@signal_delay_s``; its local controller ``signal_delay_s`` before
+    ``timeout_min``): SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` names another. None when this
+    process does not run a submitit job (its controller and sbatch script export
+    ``SUBMITIT_EXECUTOR``; segkit's DDP workers inherit it)."""
+    if not _submitit_executor():
+        return None
+    from submitit import JobEnvironment
+
+    return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
+
+
+def slurm_requeues() -> int:
+    """How often SLURM requeued this submitit job (``SLURM_RESTART_COUNT``): submitit's requeue,
+    or the cluster's own (a preemption with ``PreemptMode=REQUEUE``, a node failure); else 0."""
+    if _submitit_executor() != "slurm":
+        return 0
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def _submitit_executor() -> str | None:
+    """``local`` or ``slurm`` inside a submitit job (its controller and its sbatch script export
+    ``SUBMITIT_EXECUTOR``), else None: the one test for "this runs under submitit"."""
+    return os.environ.get("SUBMITIT_EXECUTOR") or None
+
+
+_preempted = False  # this process got preemption_signal() while segkit handled it
+
+
+def preempted() -> bool:
+    """Whether this process got submitit's preemption / time-limit signal (then the job, once
+    its interrupt checkpoint is saved, goes back to submitit: :func:`requeue`)."""
+    return _preempted
+
+
+def _note_preemption(signum: int, frame: Any = None) -> None:
+    global _preempted
+    _preempted = True
+
+
+def requeue() -> None:
+    """Hand a preempted or timed-out job back to submitit: call the handler submitit installed
+    for :func:`preemption_signal` (``SignalHandler.checkpoint_and_try_requeue``, which segkit's
+    own handlers held back). It pickles the job again (hydra-submitit's ``checkpoint()``: the
+    same overrides, so the same run directory), counts a time-out against ``max_num_timeout``,
+    requeues (SLURM: ``scontrol requeue``; local: exit status 144, which its controller reruns)
+    and ends the process (SystemExit). Raises submitit's ``UncompletedJobError`` when it will
+    not requeue (timed out too often)."""
+    sig = preemption_signal()
+    handler = signal.getsignal(sig) if sig is not None else None
+    if not callable(handler):
+        raise RuntimeError(f"no submitit handler for {sig!r}: this is not a submitit job")
+    handler(sig, None)
+
+
 class StopRequest:
     """While active (``with StopRequest() as stop:``, main thread), SIGINT / SIGTERM set a flag
     instead of killing the process, so the training loop can finish its step, save and stop
-    (``requested``). A second SIGINT stops at once (KeyboardInterrupt)."""
+    (``requested``). A second SIGINT stops at once (KeyboardInterrupt). Under submitit its
+    preemption / time-limit signal (:func:`preemption_signal`) stops the loop the same way, and
+    wins over the others (the job is then requeued, :func:`requeue`); SIGTERM alone stays a
+    plain stop, as submitit has it (``scancel`` sends SIGTERM too)."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _stop_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
+        if _preempted:  # a DDP worker got it before training began
+            self.signal_name = preemption_signal().name
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -45,7 +107,15 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.signal_name == "SIGINT" and name == "SIGINT":
             raise KeyboardInterrupt
-        if self.signal_name is None:
+        if signum == preemption_signal() and self.signal_name != name:
+            _note_preemption(signum)
+            self.signal_name = name
+            log.warning(
+                "%s received (time limit or preemption): saving after the current step, "
+                "then handing the job back to submitit to requeue it",
+                name,
+            )
+        elif self.signal_name is None:
             self.signal_name = name
             log.warning("%s received: saving and stopping after the current step", name)
 
@@ -53,20 +123,29 @@ class StopRequest:
         """The signal name once any rank got one (agreed across ranks), else None."""
         if not info.distributed:
             return self.signal_name
-        flags = torch.tensor([self.signal_name == "SIGINT", self.signal_name == "SIGTERM"])
+        names = [s.name for s in _stop_signals()]  # the same list on every rank
+        flags = torch.tensor([self.signal_name == n for n in names])
         flags = all_reduce_sum(flags.to(info.device, torch.float32)).cpu()
-        if flags.sum() == 0:
-            return None
-        return "SIGTERM" if flags[1] > 0 else "SIGINT"
+        got = [n for n, f in zip(names, flags.tolist()) if f > 0]
+        return got[-1] if got else None  # the preemption signal, else SIGTERM, else SIGINT
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    """SIGINT, SIGTERM, and submitit's preemption signal under submitit (the last wins)."""
+    sig = preemption_signal()
+    return (signal.SIGINT, signal.SIGTERM) + ((sig,) if sig is not None else ())
 
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``. Samples draw from their own (seed, epoch, index) generator;
     this only keeps a library that uses numpy's global RNG from repeating the same stream in
     every worker process. Ctrl-C reaches the workers too: they ignore it, the main process
-    saves and stops them."""
+    saves and stops them; so does submitit's preemption signal (SLURM signals every process
+    of the job)."""
     np.random.seed(torch.initial_seed() % 2**32)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, preemption_signal()):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class ResumableSampler(DistributedSampler):
@@ -120,18 +199,24 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
 
 
 def _forward_signals(processes: list) -> Callable[[], None]:
-    """Pass SIGINT / SIGTERM on to the workers (which save and stop) instead of dying here;
-    returns the function that restores the previous handlers."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Pass SIGINT / SIGTERM (and submitit's preemption signal, noted for :func:`requeue`) on to
+    the workers (which save and stop) instead of dying here; returns the function that restores
+    the previous handlers."""
+    sigs = _stop_signals()
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
 
     def handle(signum: int, frame: Any) -> None:
         if signum == signal.SIGINT:  # Ctrl-C: the terminal sent it to the workers already
             return
+        if signum == preemption_signal():
+            _note_preemption(signum)
+            name = signal.Signals(signum).name
+            log.warning("%s received (time limit or preemption): stopping the workers", name)
         for p in processes:
             if p.is_alive():
                 os.kill(p.pid, signum)
 
-    for sig in previous:
+    for sig in sigs:
         signal.signal(sig, handle)
     return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
@@ -175,6 +260,8 @@ def _worker(
         LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if (sig := preemption_signal()) is not None:  # not fatal before training: StopRequest acts
+        signal.signal(sig, _note_preemption)
     setup_worker_logging(Path(run_dir), local_rank)
     try:
         fn(plain_cfg, Path(run_dir))

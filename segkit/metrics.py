@@ -244,9 +244,9 @@ def evaluate(
     dataset's mean/std; images pass as they are when the dataset has no ``labels``).
     ``masks`` is either a ``(N,h,w)`` tensor at the input size (training-time validation: the
     letterboxed label, padding = ignore), or a list of N ``(H0,W0)`` tensors at each image's
-    original size (``eval.py``): then each prediction is cropped out of the letterbox and its
-    logits resized back before scoring. ``loss_fn``
-    (input-size masks only) adds ``"loss"``, the mean over images. ``on_batch`` is called with
+    original size (``eval.py``, ``dataset.val_original_size``): then each prediction is cropped
+    out of the letterbox and its logits resized back before scoring (and before the loss).
+    ``loss_fn`` adds ``"loss"``, the mean over images. ``on_batch`` is called with
     ``(normalised images, masks, pred)`` of every batch (e.g. to keep a few for pictures).
     ``progress``: a tqdm bar (its total honours ``limit_batches``). Nothing here waits for the
     device until the end of the pass.
@@ -273,7 +273,10 @@ def evaluate(
                 loss_sum += loss_fn(out, masks.long()).double() * images.shape[0]
                 scored += images.shape[0]
         else:
-            pred = _score_original_size(cm, logits, masks, device)
+            pred, losses = _score_original_size(cm, logits, masks, device, loss_fn)
+            if loss_fn is not None:
+                loss_sum += losses
+                scored += images.shape[0]
         if on_batch is not None:
             on_batch(images, masks, pred)
     bar.close()
@@ -305,17 +308,25 @@ def _score_batch(cm: ConfusionMatrix, logits: Tensor, masks: Tensor) -> Tensor:
 
 
 def _score_original_size(
-    cm: ConfusionMatrix, logits: Tensor, masks: list[Tensor], device: torch.device
-) -> list[Tensor]:
-    """Each (C,h,w) letterboxed logit map back to its mask's (H0,W0), argmax, scored."""
-    preds = []
+    cm: ConfusionMatrix,
+    logits: Tensor,
+    masks: list[Tensor],
+    device: torch.device,
+    loss_fn: nn.Module | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """Each (C,h,w) letterboxed logit map back to its mask's (H0,W0), argmax, scored.
+    -> (the N (H0,W0) predictions, the sum of the N per-image losses (0 without loss_fn))."""
+    preds, loss_sum = [], torch.zeros((), device=device, dtype=torch.float64)
     in_hw = tuple(logits.shape[-2:])
     for lg, mask in zip(logits, masks):
         mask = mask.to(device)
-        pred = restore_logits(lg, in_hw, tuple(mask.shape)).max(0).indices
+        restored = restore_logits(lg, in_hw, tuple(mask.shape))
+        pred = restored.max(0).indices
         cm.update(pred[None], mask[None])
+        if loss_fn is not None:
+            loss_sum += loss_fn({"out": restored[None]}, mask[None].long()).double()
         preds.append(pred)
-    return preds
+    return preds, loss_sum
 
 
 def format_table(metrics: dict, class_names: list[str]) -> str:

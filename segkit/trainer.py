@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from segkit import budget, dist, launch
 from segkit import checkpoint as ckpt_io
-from segkit import dist, launch
 from segkit.data.base import LabelSpace
+from segkit.ema import ModelEMA
 from segkit.errors import DivergedError, Interrupted
 from segkit.metrics import ConfusionMatrix, evaluate
 from segkit.stepstats import StepStats, batch_files, divergence_error, finite_weights
@@ -53,6 +54,13 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
     epoch_stats: dict = field(default_factory=dict)  # StepStats.epoch of those steps
+    # trainer.max_time_min: seconds of completed epochs (validation included), of training
+    # alone, of the last validation; the epochs that fit and the cost of one (its plan)
+    elapsed_s: float = 0.0
+    train_s: float = 0.0
+    val_s: float = 0.0
+    planned_epochs: int | None = None
+    epoch_s: float = 0.0
 
 
 class Trainer:
@@ -88,6 +96,8 @@ class Trainer:
         cudnn_benchmark: bool,
         tf32: bool,
         checkpoint_every_steps: int | None,
+        max_time_min: float | None,
+        ema_decay: float | None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -100,6 +110,9 @@ class Trainer:
         self.progress_bar, self.max_nonfinite_steps = progress_bar, max_nonfinite_steps
         self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
         self.checkpoint_every_steps = checkpoint_every_steps
+        self.budget_s = None if max_time_min is None else float(max_time_min) * 60.0
+        self.epoch_cap = max_epochs  # max_epochs may shrink to the epochs that fit the budget
+        self.ema = ModelEMA(self.bare_model, ema_decay) if ema_decay else None
         self.stop: launch.StopRequest | None = None  # set while signals should stop the loop
         cuda = info.device.type == "cuda"
         dist.configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
@@ -128,6 +141,11 @@ class Trainer:
         return ckpt_io.unwrap(self.model)
 
     @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and checkpoints deploy: the EMA copy when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -138,22 +156,60 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> TrainState:
-        """Train until ``max_epochs``; returns the final state (best mIoU etc.)."""
-        start = self.state.epoch
-        for epoch in range(start, self.max_epochs):
+        """Train until ``max_epochs`` (under ``max_time_min``: the epochs that fit, planned
+        again after every epoch); returns the final state (best mIoU etc.)."""
+        if self.state.planned_epochs is not None:
+            self.max_epochs = self.state.planned_epochs
+        epoch = self.state.epoch
+        while epoch < self.max_epochs:
             t0, lr = time.perf_counter(), self.lr
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
+            if self.budget_s is not None:
+                self._plan_epochs(time.perf_counter() - t0)
             metrics = None
             if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.max_epochs:
+                t_val = time.perf_counter()
                 metrics = self.validate(epoch)
+                self.state.val_s = time.perf_counter() - t_val
+            seconds = time.perf_counter() - t0
+            self.state.elapsed_s += seconds
             self._end_epoch(epoch, train_loss, metrics)
             if self.tracker is not None:
-                self.tracker.log_epoch(self._epoch_row(lr, time.perf_counter() - t0))
+                self.tracker.log_epoch(self._epoch_row(lr, seconds))
             if self._should_stop():
                 log.info("early stop: no mIoU gain for %d validations", self.state.bad_epochs)
                 break
+            epoch += 1
         return self.state
+
+    def _plan_epochs(self, train_s: float) -> None:
+        """Under ``max_time_min``, after each training epoch (before its validation): the
+        epochs that fit, from the mean training epoch so far plus the last validation's share
+        (rank 0's timing), and the learning-rate schedule set to end with them."""
+        s = self.state
+        s.train_s += train_s
+        epoch_s = s.train_s / s.epoch + s.val_s / self.val_every
+        planned = budget.plan_epochs(
+            self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.epoch_cap
+        )
+        planned, s.epoch_s = dist.broadcast_object((planned, epoch_s))
+        if planned == s.planned_epochs:
+            return
+        s.planned_epochs = self.max_epochs = planned
+        total = planned * self.steps_per_epoch
+        if budget.retarget_schedule(self.scheduler, total):
+            how = f"the schedule ends at step {total}"
+        else:
+            how = f"{type(self.scheduler).__name__} cannot be retargeted: it keeps its length"
+        log.info(
+            "trainer.max_time_min=%g: %.0f s spent, an epoch takes %.1f s; planning %d epochs; %s",
+            self.budget_s / 60,
+            s.elapsed_s + train_s,
+            s.epoch_s,
+            planned,
+            how,
+        )
 
     def _end_epoch(self, epoch: int, train_loss: float, metrics: dict | None) -> None:
         self._last_metrics = metrics
@@ -302,6 +358,8 @@ class Trainer:
         self.scheduler.step()
         self.state.step += 1
         self.stats.add(loss, grad_norm, bad)
+        if self.ema is not None:
+            self.ema.update(self.bare_model)
 
     def _log_window(self, bar: tqdm, position: int) -> None:
         """A logging point: read the device-side stats (the one sync of the window), stop on
@@ -332,7 +390,8 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         """Weights that are not finite are never written (checked on every rank: BatchNorm
         statistics may differ between ranks)."""
-        if dist.any_rank(not finite_weights(self.bare_model), self.info.device):
+        finite = finite_weights(self.bare_model) and finite_weights(self.eval_model)
+        if dist.any_rank(not finite, self.info.device):
             raise DivergedError(
                 f"the model weights hold NaN/Inf after epoch {epoch + 1} (step "
                 f"{self.state.step}, lr {self.step_lr:.4g}); they were not saved and the last "
@@ -344,8 +403,10 @@ class Trainer:
     def validate(self, epoch: int) -> dict:
         """Score the val loader (summed across ranks), log it, and hand it to the tracker."""
         samples = SampleCollector(self.num_vis)
+        if self.ema is not None:  # BatchNorm statistics may differ between ranks
+            dist.broadcast_tensors(list(self.ema.module.buffers()))
         metrics = evaluate(
-            self.model,
+            self.eval_model,
             self.val_loader,
             self.cm,
             device=self.info.device,
@@ -372,8 +433,17 @@ class Trainer:
         """The checkpoint (see ``segkit.checkpoint``): weights, optimiser, schedule, scaler, the
         TrainState fields, RNG states, config, labels and the last validation's metrics."""
         clean = None if metrics is None else {k: v for k, v in metrics.items() if k != "confusion"}
+        ema = (
+            {}
+            if self.ema is None
+            else {
+                "train_model": self.bare_model.state_dict(),  # what training continues from
+                "ema_updates": self.ema.updates,
+            }
+        )
         return {
-            "model": self.bare_model.state_dict(),
+            "model": ckpt_io.unwrap(self.eval_model).state_dict(),  # EMA weights with EMA
+            **ema,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -394,7 +464,11 @@ class Trainer:
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore everything needed to continue exactly where ``ckpt`` was written."""
-        self.bare_model.load_state_dict(ckpt["model"])
+        trained = ckpt.get("train_model")  # present when the checkpoint holds an EMA
+        self.bare_model.load_state_dict(ckpt["model"] if trained is None else trained)
+        if self.ema is not None:  # without a stored average, it starts from these weights
+            updates = ckpt.get("ema_updates", 0) if trained is not None else 0
+            self.ema.load_state_dict(ckpt["model"], updates)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])

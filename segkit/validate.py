@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit.config_keys import (
+    DATASET_RUN_KEYS,
     RENAMED_KEYS,
     composition_error,
     default_config,
@@ -37,7 +38,7 @@ from segkit.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # segkit's own keys inside component nodes (not constructor arguments)
-OWN_KEYS = {"dataset": {"train_split", "val_split", "check"}, "model": {"init_from"}}
+OWN_KEYS = {"dataset": set(DATASET_RUN_KEYS), "model": {"init_from"}}
 COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 
@@ -216,6 +217,9 @@ RULES = (
     Rule("trainer.limit_val_batches", True, 1, nullable=True),
     Rule("trainer.max_nonfinite_steps", True, 1, nullable=True),
     Rule("trainer.checkpoint_every_steps", True, 1, nullable=True),
+    Rule("trainer.max_time_min", False, 1e-12, nullable=True),
+    Rule("trainer.ema_decay", False, 1e-12, 0.999999, nullable=True),
+    Rule("dataset.augment.class_crop", False, 0, 1),
     Rule("trainer.dist_timeout_s", False, 1),
     Rule("loader.prefetch_factor", True, 1),
     Rule("optimizer.lr", False, 1e-300),

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,6 +25,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from segkit.data.transforms import letterbox_geometry
 from segkit.metrics import format_table
 
 IGNORE_COLOUR = (255, 255, 255)
@@ -56,7 +58,18 @@ class SampleCollector:
         for img, m, p in zip(images, masks, pred):
             if len(self.samples) >= self.limit:
                 return
-            self.samples.append((img.float().cpu().numpy(), m.cpu().numpy(), p.cpu().numpy()))
+            image = img.float().cpu().numpy()
+            if image.shape[1:] != tuple(m.shape):  # original-size mask: undo the letterbox
+                image = unletterbox(image, tuple(m.shape))
+            self.samples.append((image, m.cpu().numpy(), p.cpu().numpy()))
+
+
+def unletterbox(image: np.ndarray, orig_hw: tuple[int, int]) -> np.ndarray:
+    """(C,h,w) letterboxed model input -> (C,H0,W0): the padding cropped, resized back."""
+    nh, nw, top, left = letterbox_geometry(orig_hw, image.shape[1:])
+    crop = image[:, top : top + nh, left : left + nw].transpose(1, 2, 0)
+    back = cv2.resize(crop, (orig_hw[1], orig_hw[0]), interpolation=cv2.INTER_LINEAR)
+    return back.reshape(*orig_hw, -1).transpose(2, 0, 1)
 
 
 def colorize(mask: np.ndarray, palette: list[list[int]], ignore_index: int = 255) -> np.ndarray:

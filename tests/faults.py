@@ -106,3 +106,36 @@ class SignalingCrossEntropy(CrossEntropyLoss):
             if self.calls == self.signal_at_step and os.environ.get("RANK", "0") == "0":
                 os.kill(os.getppid() if self.to_parent else os.getpid(), signal.SIGTERM)
         return super().forward(outputs, target)
+
+
+class PreemptedCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy that sends the ``signals`` (names, in order) on training call
+    ``signal_at_step``, once per ``marker`` file (created then): a submitit job that the
+    scheduler preempts (``["SIGTERM", "SIGUSR2"]``, as ``SlurmJob._interrupt()`` does) or
+    signals before its time limit (``["SIGUSR2"]``) on its first attempt only. ``None``:
+    never. To its own process, or (``to_parent``, rank 0) to the launcher of
+    ``trainer.devices=N``, the process submitit signals."""
+
+    def __init__(
+        self,
+        *args,
+        signal_at_step: int | None,
+        signals: list[str],
+        marker: str,
+        to_parent: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.signal_at_step, self.signals, self.marker = signal_at_step, list(signals), marker
+        self.to_parent, self.calls = to_parent, 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            first = not os.path.exists(self.marker) and os.environ.get("RANK", "0") == "0"
+            if self.calls == self.signal_at_step and first:
+                open(self.marker, "w").close()
+                for name in self.signals:
+                    pid = os.getppid() if self.to_parent else os.getpid()
+                    os.kill(pid, getattr(signal, name))
+        return super().forward(outputs, target)

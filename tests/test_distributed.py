@@ -61,12 +61,15 @@ def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(tmp_path):
 
 
 def test_torchrun_shares_rank0_run_dir(tmp_path):
+    """Also with an EMA of the weights: its BatchNorm statistics (which differ per rank) come
+    from rank 0 at validation, so the metrics are those of the saved average."""
     proc = run_cli(
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
         str(Path(__file__).resolve().parents[1] / "train.py"),
         *DDP_ARGS,
+        "trainer.ema_decay=0.9",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

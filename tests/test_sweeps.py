@@ -1,14 +1,18 @@
-"""Sweeps that lose nothing: own folders, launch-time configs, relaunch, fail-fast, Optuna."""
+"""Sweeps that lose nothing: own folders, launch-time configs, relaunch, fail-fast, Optuna,
+submitit (a preempted or timed-out job is requeued and resumes)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from segkit import checkpoint as ck
 from tests.conftest import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -105,6 +109,41 @@ def test_submitit_local_launcher_runs_the_jobs_and_the_summary_has_both(tmp_path
     rows = _rows(tmp_path / "s")
     assert [(r["job"], r["status"]) for r in rows] == [("0", "completed"), ("1", "completed")]
     assert all((tmp_path / "s" / j / "result.json").is_file() for j in ("0", "1"))
+
+
+def test_submitit_requeues_a_preempted_job_which_resumes_from_its_interrupt_checkpoint(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "s"
+    # 2 epochs of 3 steps. At step 5 (epoch 2, batch 2) of its first attempt, job 0 gets
+    # SIGUSR2 (what submitit's controller sends before the time limit), job 1 SIGTERM then
+    # SIGUSR2 (a preemption, as submitit's SlurmJob._interrupt() sends it); job 2 runs straight.
+    proc = run_cli(
+        "train.py", "-m", "hydra/launcher=submitit_local", *TINY, "dataset.check=off",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+        "loss._target_=tests.faults.PreemptedCrossEntropy", "+loss.signal_at_step=5",
+        "+loss.signals=[SIGUSR2],[SIGTERM,SIGUSR2],[]",
+        "+loss.marker=${hydra:runtime.output_dir}/signalled", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(r["job"], r["status"]) for r in _rows(sweep)] == [
+        ("0", "completed"), ("1", "completed"), ("2", "completed")
+    ]  # fmt: skip
+    straight = ck.load(sweep / "2" / "checkpoints" / "last.pt")
+    for job in ("0", "1"):
+        run = sweep / job
+        status = json.loads((run / "status.json").read_text())
+        assert status["status"] == "finished" and status["restarts"] == 1, status
+        assert "requeued by submitit" in status["restart_cause"]
+        assert "interrupted by SIGUSR2 at step 5" in status["restart_cause"]
+        log = (run / "train.log").read_text()
+        assert "interrupt.pt at epoch 1, step 5" in log  # resumed there, not from step 0
+        assert not (run / "checkpoints" / "interrupt.pt").exists()  # superseded by last.pt
+        resumed = ck.load(run / "checkpoints" / "last.pt")
+        assert resumed["step"] == straight["step"] == 6
+        for name, tensor in straight["model"].items():
+            assert torch.equal(tensor, resumed["model"][name]), (job, name)
+    assert json.loads((sweep / "2" / "status.json").read_text()).get("restarts") is None
 
 
 def test_slurm_launcher_config_composes():

@@ -97,6 +97,8 @@ def check_augment(augment: Mapping | None) -> dict:
     lo, hi = params["scale"] if len(params["scale"]) == 2 else (0, -1)
     if not 0 < lo <= hi:
         raise DataError(f"dataset.augment.scale must be [lo, hi] with 0 < lo <= hi: {lo, hi}")
+    if not 0 <= params["class_crop"] <= 1:
+        raise DataError(f"dataset.augment.class_crop must be in [0, 1]: {params['class_crop']}")
     if not 0 <= params["jitter"] < 1:
         raise DataError(f"dataset.augment.jitter must be in [0, 1): {params['jitter']}")
     return params

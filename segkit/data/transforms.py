@@ -27,6 +27,7 @@ DEFAULT_AUGMENT = {
     "hue": 0.1,  # hue gain U(1-hue, 1+hue) (OpenCV hue, 0..179, wraps)
     "sat": 0.7,  # saturation gain U(1-sat, 1+sat)
     "val": 0.3,  # value (brightness) gain U(1-val, 1+val)
+    "class_crop": 0.0,  # probability that a crop holds a pixel of a class drawn uniformly
 }
 
 
@@ -132,19 +133,56 @@ def random_geometry(
     jitter: float = 0.3,
     scale: Sequence[float] = (0.25, 2.0),
     flip: float = 0.5,
+    class_crop: float = 0.0,
     ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random aspect/scale resize, horizontal flip with probability `flip`, paste at a random
-    offset on an out_hw canvas (crops when larger). -> ((h,w,C) uint8, (h,w) uint8)."""
+    offset on an out_hw canvas (crops when larger). With probability `class_crop` the offset
+    is drawn so that the crop holds a pixel of a class drawn uniformly from the classes in the
+    mask (`class_balanced_offset`). -> ((h,w,C) uint8, (h,w) uint8)."""
     h, w = out_hw
     nh, nw = random_size(rng, image.shape[:2], out_hw, jitter, scale)
     image, mask = resize_pair(image, mask, (nh, nw))
     if rng.uniform() < flip:
         image, mask = hflip_pair(image, mask)
+    if class_crop > 0 and rng.uniform() < class_crop:
+        offset = class_balanced_offset(mask, out_hw, rng, ignore_index)
+        if offset is not None:
+            return paste(image, mask, out_hw, offset, ignore_index)
     # notes' rand(0, w - nw): negative when the picture is larger than the canvas (then cropped)
     dx = int(rng.random() * (w - nw))
     dy = int(rng.random() * (h - nh))
     return paste(image, mask, out_hw, (dy, dx), ignore_index)
+
+
+def class_balanced_offset(
+    mask: np.ndarray, out_hw: Sequence[int], rng: np.random.Generator, ignore_index: int = 255
+) -> tuple[int, int] | None:
+    """Class-balanced crop sampling: a paste offset (dy, dx) for an (H,W) ``mask`` on an out_hw
+    canvas such that the canvas holds a pixel of class c, c drawn uniformly from the classes
+    present (rare classes are picked as often as common ones), the pixel drawn uniformly from
+    that class, and the offset uniformly from the valid ones that keep it. None: no class."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    counts[ignore_index % 256] = 0
+    classes = np.flatnonzero(counts)
+    if classes.size == 0:
+        return None
+    c = classes[rng.integers(classes.size)]
+    ys, xs = np.nonzero(mask == c)
+    k = rng.integers(ys.size)
+    return (
+        _offset_keeping(int(ys[k]), mask.shape[0], int(out_hw[0]), rng),
+        _offset_keeping(int(xs[k]), mask.shape[1], int(out_hw[1]), rng),
+    )
+
+
+def _offset_keeping(pos: int, size: int, out: int, rng: np.random.Generator) -> int:
+    """An offset d for a picture of ``size`` px on an ``out`` px canvas (d in [out-size, 0]
+    when the picture is larger, [0, out-size] otherwise) with 0 <= pos + d < out, so pixel
+    ``pos`` lands on the canvas; uniform over those offsets."""
+    lo, hi = sorted((0, out - size))
+    lo, hi = max(lo, -pos), min(hi, out - 1 - pos)
+    return int(rng.integers(lo, hi + 1))
 
 
 def hsv_jitter(
@@ -185,6 +223,7 @@ def get_random_data(
     hue: float = 0.1,
     sat: float = 0.7,
     val: float = 0.3,
+    class_crop: float = 0.0,
     ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The notes' augmentation: random=True -> geometry + HSV jitter, random=False -> letterbox.
@@ -203,6 +242,7 @@ def get_random_data(
         jitter=jitter,
         scale=scale,
         flip=flip,
+        class_crop=class_crop,
         ignore_index=ignore_index,
     )
     return hsv_jitter(image, rng, hue, sat, val), mask

@@ -4,6 +4,7 @@ Trainer's loop keyword arguments). Pure construction; the tasks are in ``trainin
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch
+from segkit.config_keys import DATASET_RUN_KEYS
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer
@@ -30,8 +32,6 @@ log = logging.getLogger("segkit")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 LAUNCH_KEYS = ("accelerator", "devices", "dist_timeout_s", "sync_bn", "compile", "resume")
-
-DATASET_RUN_KEYS = ("train_split", "val_split", "check")
 
 
 def seed_everything(seed: int) -> None:
@@ -49,8 +49,9 @@ def loop_kwargs(cfg: DictConfig, show_progress: bool) -> dict[str, Any]:
 
 
 def dataset_factory(node: DictConfig | Mapping) -> Callable[..., Any]:
-    """``make(split=..., train=...)`` from a ``dataset`` config node (the ``_partial_``
-    constructor without segkit's own keys ``train_split``, ``val_split`` and ``check``)."""
+    """``make(split=..., train=...)`` from a ``dataset`` config node: the ``_partial_``
+    constructor without segkit's own keys (``DATASET_RUN_KEYS``); ``train=False`` splits are
+    built at ``val_input_shape`` when it is set."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=True)  # `???` values stay "???"
     missing = sorted(f"dataset.{k}" for k, v in node.items() if v == "???")
@@ -59,7 +60,16 @@ def dataset_factory(node: DictConfig | Mapping) -> Callable[..., Any]:
             f"{', '.join(missing)} not set: add {' '.join(f'{k}=...' for k in missing)}"
         )
     kwargs = {k: v for k, v in node.items() if k not in DATASET_RUN_KEYS}
-    return instantiate(kwargs)
+    make = instantiate(kwargs)
+    val_shape = node.get("val_input_shape")
+    return functools.partial(_make_split, make, list(val_shape)) if val_shape else make
+
+
+def _make_split(make: Callable[..., Any], val_shape: list[int], *, split: str, train: bool):
+    """One split; evaluation splits (``train=False``) at ``val_shape``."""
+    if train:
+        return make(split=split, train=True)
+    return make(split=split, train=False, input_shape=val_shape)
 
 
 def build_datasets(cfg: DictConfig, *, augment_train: bool = True):
@@ -108,6 +118,10 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
         train_ds, batch_size=lc.batch_size, sampler=sampler, drop_last=True, **common
     )
     val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
+    if cfg.dataset.get("val_original_size"):  # masks at each image's own size, as eval.py
+        from segkit.data.original import OriginalSizeMasks, collate_original
+
+        val_ds, common["collate_fn"] = OriginalSizeMasks(val_ds), collate_original
     val_loader = DataLoader(val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common)
     return train_loader, val_loader
 

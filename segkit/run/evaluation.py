@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
     model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
     ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
     if cfg.input_shape:
-        ds_cfg["input_shape"] = list(cfg.input_shape)
+        ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(cfg.input_shape), None
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
     loader = DataLoader(
         OriginalSizeMasks(ds),

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch
 from segkit.complexity import log_complexity
+from segkit.errors import Interrupted
 from segkit.run.building import build_trainer, resume, seed_everything
 from segkit.sharing import export_weights
 from segkit.sweep import finished_result
@@ -47,11 +48,16 @@ def train(cfg: DictConfig) -> float:
         if cfg.trainer.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
             cfg.trainer.resume = "auto"
     devices = dist.resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
-    if devices > 1 and not dist.launched_by_torchrun():
-        plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
-        launch.launch_workers(_train_plain, plain, run_dir, devices)
-        return read_result(run_dir)["best_miou"]
-    return train_rank(cfg, run_dir)
+    try:
+        if devices > 1 and not dist.launched_by_torchrun():
+            plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
+            launch.launch_workers(_train_plain, plain, run_dir, devices)
+            return read_result(run_dir)["best_miou"]
+        return train_rank(cfg, run_dir)
+    except Interrupted:
+        if launch.preempted():  # submitit's time-limit / preemption signal: requeue the job
+            requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
+        raise
 
 
 def _train_plain(plain: dict, run_dir: Path) -> float:
@@ -101,7 +107,7 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
         trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
-    with launch.StopRequest() as stop:  # SIGINT / SIGTERM: save and stop after the step
+    with launch.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
         state = trainer.fit()
     if out_dir is not None:
@@ -112,14 +118,39 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     return state.best_miou
 
 
+def requeue_preempted(run_dir: Path) -> None:
+    """Under submitit, after its time-limit / preemption signal stopped the run (the interrupt
+    checkpoint is saved): mark status.json ``requeued`` (the next attempt counts it, see
+    :func:`restart_record`) and hand the job back to submitit, which requeues it and ends this
+    process. If submitit will not (timed out ``max_num_timeout`` times) the run stays
+    interrupted; relaunching the sweep resumes it."""
+    reason = (read_status(run_dir) or {}).get("reason", "")
+    write_status(run_dir, "interrupted", reason=reason, requeued=True)
+    log.warning("requeuing the job through submitit; the next attempt resumes in %s", run_dir)
+    try:
+        launch.requeue()
+    except Exception as e:  # submitit's UncompletedJobError
+        log.error("submitit did not requeue the job: %s", e)
+        write_status(run_dir, "interrupted", reason=reason, requeue_refused=str(e)[:300])
+
+
 def restart_record(run_dir: Path) -> dict[str, Any]:
-    """For status.json after a torchrun restart: how many, and why the last attempt ended."""
-    if not launch.elastic_restarts():
-        return {}
+    """For status.json after a restart (torchrun's ``--max-restarts``; a requeue after a time
+    limit or preemption, by submitit or by SLURM itself): how many, and why the last attempt
+    ended."""
     previous = read_status(run_dir) or {}
-    cause = previous.get("reason") or f"a rank died (status was {previous.get('status')!r})"
-    log.warning("restart %d after: %s", launch.elastic_restarts(), cause)
-    return {"restarts": launch.elastic_restarts(), "restart_cause": cause}
+    ended = previous.get("reason") or f"status {previous.get('status')!r}"
+    if launch.elastic_restarts():
+        count = launch.elastic_restarts()
+        cause = previous.get("reason") or f"a rank died (status was {previous.get('status')!r})"
+    elif previous.get("requeued") or launch.slurm_requeues():
+        count = previous.get("restarts", 0) + 1
+        by = "submitit" if previous.get("requeued") else "SLURM"
+        cause = f"requeued by {by} after {ended}"
+    else:
+        return {}
+    log.warning("restart %d after: %s", count, cause)
+    return {"restarts": count, "restart_cause": cause}
 
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:

@@ -1,0 +1,307 @@
+"""General features the CamVid recipes use: class-balanced crops, validation at another input
+size and at the original label resolution, EMA of the weights, the training-time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from segkit import budget
+from segkit import checkpoint as ck
+from segkit.data.transforms import class_balanced_offset, random_geometry
+from segkit.ema import ModelEMA
+from segkit.errors import ConfigError
+from segkit.inference import checkpoint_input_shape
+from segkit.run import build_trainer, dataset_factory, train_rank
+from segkit.validate import check_train_config
+from tests.conftest import CONF, TINY, compose_train, run_cli
+from tests.faults import failing
+
+
+# --------------------------------------------------------------------------- class-balanced crops
+def _rare_pixel_scene() -> tuple[np.ndarray, np.ndarray]:
+    """100x200 picture of class 0 with one 2x2 patch of class 7 near the right edge."""
+    mask = np.zeros((100, 200), np.uint8)
+    mask[10:12, 190:192] = 7
+    mask[50:, :] = 255  # ignore: never a class to centre on
+    image = np.zeros((100, 200, 3), np.uint8)
+    return image, mask
+
+
+def test_class_balanced_offset_keeps_a_pixel_of_a_uniformly_drawn_class():
+    _, mask = _rare_pixel_scene()
+    rng = np.random.default_rng(0)
+    held_rare = 0
+    for _ in range(400):
+        dy, dx = class_balanced_offset(mask, (40, 40), rng, ignore_index=255)
+        # a valid paste offset for a larger picture: the canvas lies inside it
+        assert 40 - 100 <= dy <= 0 and 40 - 200 <= dx <= 0
+        crop = mask[-dy : -dy + 40, -dx : -dx + 40]
+        assert (crop != 255).any()  # a class pixel (0 or 7) is always inside
+        held_rare += bool((crop == 7).any())
+    # class 7 is drawn half of the time (2 classes present), plus chance hits of class-0 draws
+    assert 0.45 < held_rare / 400 < 0.75
+    assert class_balanced_offset(np.full((5, 5), 255, np.uint8), (4, 4), rng) is None
+
+
+def test_class_crop_raises_how_often_a_rare_class_is_seen():
+    image, mask = _rare_pixel_scene()
+
+    def rare_fraction(class_crop: float) -> float:
+        rng, hits = np.random.default_rng(1), 0
+        for _ in range(300):
+            _, m = random_geometry(
+                image, mask, rng, (40, 40), jitter=0.0, scale=(5.0, 5.0), flip=0.5,
+                class_crop=class_crop, ignore_index=255,
+            )  # fmt: skip
+            hits += bool((m == 7).any())
+        return hits / 300
+
+    assert rare_fraction(0.0) < 0.1  # a random 40x40 window of 200x100 rarely holds it
+    assert rare_fraction(1.0) > 0.45
+
+
+def test_class_crop_zero_keeps_the_augmentation_stream():
+    """class_crop=0 draws no extra random numbers: old recipes give the same samples."""
+    image = np.random.default_rng(3).integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    mask = np.random.default_rng(4).integers(0, 3, (50, 60), dtype=np.uint8)
+    a = random_geometry(image, mask, np.random.default_rng(9), (32, 32), class_crop=0.0)
+    rng = np.random.default_rng(9)  # the draws of the code before class_crop existed
+    from segkit.data.transforms import hflip_pair, paste, random_size, resize_pair
+
+    nh, nw = random_size(rng, (50, 60), (32, 32), 0.3, (0.25, 2.0))
+    im, m = resize_pair(image, mask, (nh, nw))
+    if rng.uniform() < 0.5:
+        im, m = hflip_pair(im, m)
+    dx, dy = int(rng.random() * (32 - nw)), int(rng.random() * (32 - nh))
+    b = paste(im, m, (32, 32), (dy, dx), 255)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_class_crop_out_of_range_is_a_config_error():
+    cfg = compose_train(*TINY, "dataset.augment.class_crop=1.5")
+    with pytest.raises(ConfigError, match="dataset.augment.class_crop"):
+        check_train_config(cfg)
+
+
+# --------------------------------------------------------------------------- validation size
+def test_val_input_shape_builds_eval_splits_at_that_size():
+    cfg = compose_train(*TINY, "dataset.input_shape=[24,24]", "dataset.val_input_shape=[40,48]")
+    make = dataset_factory(cfg.dataset)
+    train_ds, val_ds = make(split="train", train=True), make(split="val", train=False)
+    assert train_ds[0][0].shape == (3, 24, 24)
+    assert val_ds[0][0].shape == (3, 40, 48) and val_ds[0][1].shape == (40, 48)
+    stored = {"config": {"dataset": {"input_shape": [24, 24], "val_input_shape": [40, 48]}}}
+    assert checkpoint_input_shape(stored) == (40, 48)
+    assert checkpoint_input_shape({"config": {"dataset": {"input_shape": [24, 24]}}}) == (24, 24)
+
+
+def test_validation_at_original_size_equals_eval_py(tmp_path):
+    """Training-time validation with dataset.val_original_size scores exactly what eval.py
+    scores on the saved weights (original 32x32 labels, model input 24x24)."""
+    run = tmp_path / "run"
+    over = [*TINY, "dataset.input_shape=[24,24]", "dataset.val_original_size=true"]
+    train_rank(compose_train(*over), run)
+    best = ck.load(run / "checkpoints" / "best.pt")
+    assert math.isfinite(best["metrics"]["loss"])
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "eval.py", f"ckpt={run / 'checkpoints' / 'best.pt'}", "loader.num_workers=0",
+        f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads((out / "metrics.json").read_text())
+    assert scored["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
+    assert scored["iou"] == pytest.approx(best["metrics"]["iou"], abs=1e-9, nan_ok=True)
+    # letterboxed 24x24 labels score something else: the two paths really differ
+    boxed, _ = build_trainer(compose_train(*TINY, "dataset.input_shape=[24,24]"), _cpu())
+    boxed.load_state(best)
+    assert boxed.validate(0)["miou"] != pytest.approx(best["metrics"]["miou"], abs=1e-6)
+
+
+def _cpu():
+    from segkit import dist
+
+    return dist.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- EMA
+def test_ema_update_matches_hand_computed_average():
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    ema = ModelEMA(model, decay=0.9)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked.fill_(5)
+    ema.update(model)  # n=0: d = min(0.9, 1/10) = 0.1
+    expect = 0.1 * w0 + 0.9 * (w0 + 1.0)
+    assert torch.allclose(ema.module[0].weight, expect)
+    assert int(ema.module[1].num_batches_tracked) == 5  # integer buffers are copied
+    ema.update(model)  # n=1: d = min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.module[0].weight, d * expect + (1 - d) * (w0 + 1.0))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="ema_decay"):
+        ModelEMA(model, 1.0)
+
+
+def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
+    ema = [*TINY, "trainer.max_epochs=3", "trainer.ema_decay=0.9"]
+    straight = tmp_path / "straight"
+    train_rank(compose_train(*ema), straight)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_rank(compose_train(*ema, *failing(9)), crashed)
+    train_rank(compose_train(*ema, "trainer.resume=auto"), crashed)
+    a = ck.load(straight / "checkpoints" / "last.pt")
+    b = ck.load(crashed / "checkpoints" / "last.pt")
+    assert a["ema_updates"] == b["ema_updates"] == a["step"] == 18
+    for key in ("model", "train_model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), (key, name)
+    differ = [n for n, t in a["model"].items() if t.is_floating_point()]
+    assert any(not torch.equal(a["model"][n], a["train_model"][n]) for n in differ)
+    # what validation scored is the average: re-scoring "model" gives the stored mIoU
+    trainer, _ = build_trainer(compose_train(*TINY), _cpu())
+    trainer.bare_model.load_state_dict(a["model"])
+    assert trainer.validate(2)["miou"] == pytest.approx(a["metrics"]["miou"], abs=1e-9)
+    # best.safetensors (what users deploy) holds the averaged weights of best.pt
+    from segkit.sharing import read_weights_file
+
+    best = ck.load(straight / "checkpoints" / "best.pt")
+    weights = read_weights_file(straight / "checkpoints" / "best.safetensors")["model"]
+    assert all(torch.equal(weights[n], best["model"][n]) for n in weights)
+
+
+# --------------------------------------------------------------------------- time budget
+def test_budget_arithmetic():
+    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 50) == 10  # 1 done + 9 more fit
+    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 5) == 5  # capped by max_epochs
+    assert budget.plan_epochs(5.0, 10.0, 10.0, 1, 50) == 1  # already over: stop now
+    assert budget.plan_epochs(100.0, 95.0, 10.0, 9, 50) == 9  # the next one would overrun
+
+
+class _Clock:
+    """A fake perf_counter: each training step costs ``step_s`` seconds, nothing else does."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now, self.step_s = 0.0, step_s
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed_trainer(monkeypatch, clock: _Clock, *overrides: str):
+    import segkit.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
+    trainer, _ = build_trainer(compose_train(*TINY, *overrides), _cpu())
+    step = trainer.train_step
+
+    def timed_step(images, masks):
+        step(images, masks)
+        clock.now += clock.step_s
+
+    trainer.train_step = timed_step
+    return trainer
+
+
+def test_max_time_plans_the_epochs_and_ends_the_schedule_on_time(monkeypatch):
+    # 6 steps per epoch at 1 s: 6 s per epoch; 0.5 min = 30 s -> 1 + floor(24 / 6) = 5 epochs
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.5", "trainer.val_every=100"]
+    trainer = _timed_trainer(monkeypatch, _Clock(1.0), *over, "scheduler.eta_min=0")
+    state = trainer.fit()
+    assert state.planned_epochs == 5 and state.epoch == 5 and state.step == 30
+    assert trainer.scheduler.total_steps == 30
+    assert trainer.lr == pytest.approx(0.0, abs=1e-12)  # annealed exactly at the last step
+    assert [h["epoch"] for h in state.history if "miou" in h] == [5]  # the last is validated
+    assert state.elapsed_s == pytest.approx(30.0)
+
+
+def test_max_time_replans_when_epochs_get_slower(monkeypatch, caplog):
+    clock = _Clock(1.0)
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.5", "trainer.val_every=100"]
+    trainer = _timed_trainer(monkeypatch, clock, *over, "scheduler.eta_min=0")
+    epoch = trainer.train_one_epoch
+
+    def slower(e):  # after the first epoch, steps cost 2 s
+        clock.step_s = 1.0 if e == 0 else 2.0
+        return epoch(e)
+
+    trainer.train_one_epoch = slower
+    caplog.set_level("INFO")
+    state = trainer.fit()
+    # after 1 epoch (6 s): 5 planned; after 2 (18 s, 9 s each): 2 + floor(12 / 9) = 3;
+    # after 3 (30 s): no time left -> 3, validated, and the schedule ended with it
+    assert state.epoch == 3 and state.planned_epochs == 3 and state.step == 18
+    assert [h["epoch"] for h in state.history if "miou" in h] == [3]
+    assert trainer.scheduler.total_steps == 18 and trainer.lr == pytest.approx(0.0, abs=1e-12)
+    assert "planning 5 epochs" in caplog.text and "planning 3 epochs" in caplog.text
+
+
+# --------------------------------------------------------------------------- every recipe runs
+def _experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _write_pairs(images: Path, masks: Path, names: list[str], num_classes: int, scale: int = 1):
+    """48x64 random RGB PNGs and masks with a few class rectangles (ids * ``scale``)."""
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(names))
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(images / f"{name}.png")
+        mask = np.zeros((48, 64), np.uint8)
+        for c in range(1, num_classes):
+            y, x = rng.integers(0, 40), rng.integers(0, 56)
+            mask[y : y + 8, x : x + 8] = c
+        Image.fromarray(mask * scale).save(masks / f"{name}.png")
+
+
+def _dataset_like(experiment: str, root: Path) -> list[str]:
+    """Generated data in the layout of the experiment's dataset; -> its dataset overrides."""
+    cfg = compose_train(f"experiment={experiment}", "dataset.root=/d")
+    kind = cfg.dataset._target_.rsplit(".", 1)[-1]
+    names = [f"f{i:02d}" for i in range(6)]
+    if "camvid" in experiment:
+        for split in ("train", "val"):
+            _write_pairs(root / split, root / f"{split}annot", names, 11)
+        return []
+    if "isbi" in experiment:
+        _write_pairs(root / "Images", root / "Labels", names, 2, scale=255)
+        return []
+    assert kind == "VOCDataset", kind
+    voc = root / "VOC2007"
+    _write_pairs(voc / "JPEGImages", voc / "SegmentationClass", names, 21)
+    for p in (voc / "JPEGImages").glob("*.png"):
+        Image.open(p).save(p.with_suffix(".jpg"))
+    (voc / "ImageSets/Segmentation").mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:4]))
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[4:]))
+    return []
+
+
+@pytest.mark.parametrize("experiment", _experiments())
+def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
+    """Each shipped recipe as it is (model, loss, optimiser, schedule, budget, EMA, sizes), on a
+    few generated images in its dataset's layout: 2 steps, a validation, a best checkpoint."""
+    root = tmp_path / "data"
+    extra = _dataset_like(experiment, root)
+    cfg = compose_train(
+        f"experiment={experiment}", f"dataset.root={root}", "model.pretrained=false",
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=fp32",
+        "loader.batch_size=2", "loader.num_workers=0", "dataset.input_shape=[64,64]", *extra,
+    )  # fmt: skip
+    check_train_config(cfg)
+    run = tmp_path / "run"
+    train_rank(cfg, run)
+    best = ck.load(run / "checkpoints" / "best.pt")
+    assert best["step"] == 2 and math.isfinite(best["metrics"]["miou"])
