@@ -393,9 +393,12 @@ def test_class_weights_hand_computed():
     assert class_weights(counts, "median") == pytest.approx([1.0, 16 / 7, 6 / 7, 0.0])
     # total 7 over K=3 present classes: 7/(3*4), 7/(3*1), 7/(3*2)
     assert class_weights(counts, "inverse") == pytest.approx([7 / 12, 7 / 3, 7 / 6, 0.0])
+    # the square roots of the median-frequency weights
+    sqrt = [1.0, 4 / 7**0.5, (6 / 7) ** 0.5, 0.0]
+    assert class_weights(counts, "sqrt_median") == pytest.approx(sqrt)
     # a plain count list: every class counted present everywhere, freq = count / total
     assert class_weights([4, 1, 2], "median") == pytest.approx([0.5, 2.0, 1.0])
-    with pytest.raises(ValueError, match="'median' or 'inverse'"):
+    with pytest.raises(ValueError, match="'median', 'sqrt_median' or 'inverse'"):
         class_weights(counts, "sqrt")
     with pytest.raises(DataError, match="0 pixels"):
         class_weights([0, 0], "median")

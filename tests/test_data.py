@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
+from segkit.config_keys import DATASET_RUN_KEYS
 from segkit.data import (
     DataError,
     FolderDataset,
@@ -566,7 +567,7 @@ def test_shared_isbi():
 
 # ---------------------------------------------------------------- configs
 
-RUN_KEYS = {"_target_", "_partial_", "train_split", "val_split", "check"}
+RUN_KEYS = {"_target_", "_partial_", *DATASET_RUN_KEYS}
 
 
 def _own_kwargs(cls) -> set[str]:
@@ -582,13 +583,15 @@ def test_dataset_config_lists_every_kwarg(name):
     cfg = compose_train(f"dataset={name}").dataset
     assert cfg._partial_ is True
     assert (cfg.train_split, cfg.val_split, cfg.check) == ("train", "val", "quick")
+    assert cfg.val_input_shape is None and cfg.val_original_size is False
     cls = get_class(cfg._target_)
     expected = (_own_kwargs(cls) | _own_kwargs(SegmentationDataset)) - {"split", "train", "files"}
     assert set(cfg) - RUN_KEYS == expected
     assert len(cfg.class_names) == cfg.num_classes
     assert cfg.palette is None or len(cfg.palette) == cfg.num_classes
     assert cfg.augment == {"jitter": 0.3, "flip": 0.5, "hue": 0.1, "sat": 0.7, "val": 0.3} | {
-        "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0]
+        "class_crop": 0.0,
+        "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0],
     }
     assert cfg.seed == 42 and cfg.on_bad_sample == "raise" and cfg.max_bad_fraction == 0.1
 

@@ -108,6 +108,7 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     scores on the saved weights (original 32x32 labels, model input 24x24)."""
     run = tmp_path / "run"
     over = [*TINY, "dataset.input_shape=[24,24]", "dataset.val_original_size=true"]
+    over.append("trainer.precision=bf16")  # eval.py validates as the run did (bf16 autocast)
     train_rank(compose_train(*over), run)
     best = ck.load(run / "checkpoints" / "best.pt")
     assert math.isfinite(best["metrics"]["loss"])
@@ -124,6 +125,18 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     boxed, _ = build_trainer(compose_train(*TINY, "dataset.input_shape=[24,24]"), _cpu())
     boxed.load_state(best)
     assert boxed.validate(0)["miou"] != pytest.approx(best["metrics"]["miou"], abs=1e-6)
+
+
+def test_eval_precision_defaults_to_the_runs_own():
+    from segkit.run.evaluation import eval_precision
+
+    cpu = torch.device("cpu")
+    run = {"config": {"trainer": {"precision": "bf16"}}}
+    assert eval_precision(None, run, cpu) == "bf16"
+    assert eval_precision("fp32", run, cpu) == "fp32"  # chosen on the command line
+    assert eval_precision(None, {"config": {}}, cpu) == "fp32"  # e.g. a weights file
+    assert eval_precision(None, {"config": {"trainer": {"precision": "fp16"}}}, cpu) == "fp32"
+    assert eval_precision("auto", run, cpu) == "fp32"
 
 
 def _cpu():

@@ -79,6 +79,8 @@ def class_weights(counts: ClassCounts | Sequence[int], method: str = "median") -
     labelled pixels of the images where c occurs; w_c = median(freq) / freq_c.
     'inverse': w_c = total / (K * pixels_c) with K the number of classes present, so the
     pixel-weighted mean weight is 1 (scikit-learn's 'balanced').
+    'sqrt_median': the square root of the median-frequency weights, a softer balance (rare
+    classes gain recall with far fewer false positives, common ones lose less).
     A class with no pixels gets weight 0.0 (it cannot be learned from this data; never inf/NaN)
     and is left out of the median and of K. A plain sequence of pixel counts is accepted: each
     class then counts as present in every image (freq_c = pixels_c / total pixels).
@@ -91,13 +93,17 @@ def class_weights(counts: ClassCounts | Sequence[int], method: str = "median") -
     if not present.any():
         raise DataError("class_weights: every class has 0 pixels (are all masks ignore?)")
     weights = np.zeros_like(pixels)
-    if method == "median":
+    if method in ("median", "sqrt_median"):
         freq = pixels[present] / np.asarray(counts.image_pixels, dtype=np.float64)[present]
         weights[present] = np.median(freq) / freq
+        if method == "sqrt_median":
+            weights = np.sqrt(weights)
     elif method == "inverse":
         weights[present] = pixels.sum() / (present.sum() * pixels[present])
     else:
-        raise ValueError(f"class weight method must be 'median' or 'inverse', got {method!r}")
+        raise ValueError(
+            f"class weight method must be 'median', 'sqrt_median' or 'inverse', got {method!r}"
+        )
     return [float(w) for w in weights]
 
 

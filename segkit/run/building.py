@@ -208,14 +208,15 @@ def compose_model_config(
 
 
 def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
-    """The loss; ``loss.class_weights=auto|median|inverse`` is computed from the train masks."""
+    """The loss; ``loss.class_weights=auto|median|sqrt_median|inverse`` is computed from the
+    train masks."""
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
     weights = loss_cfg.get("class_weights")
     if isinstance(weights, str):
-        if weights not in ("auto", "median", "inverse"):
+        if weights not in ("auto", "median", "sqrt_median", "inverse"):
             raise ConfigError(
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
-                "floats, or auto (median frequency) / median / inverse"
+                "floats, or auto (median frequency) / median / sqrt_median / inverse"
             )
         from segkit.data.stats import auto_class_weights
 

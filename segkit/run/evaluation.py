@@ -35,6 +35,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     device = dist.select_device(cfg.accelerator, 0)
     model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
+    precision = eval_precision(cfg.precision, ckpt, device)
     ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
     if cfg.input_shape:
         ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(cfg.input_shape), None
@@ -50,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {}
     for i, spec in enumerate(cfg.modes):
         hook = writer if cfg.save_masks and i == 0 else None  # masks of the first mode
-        results[spec] = score_mode(cfg, spec, model.to(device), loader, ds, window, hook)
+        results[spec] = score_mode(cfg, spec, model.to(device), loader, ds, window, hook, precision)
     metrics = results[cfg.modes[0]]
     confusion = metrics.pop("confusion")
     report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": len(ds)}
@@ -67,8 +68,11 @@ def evaluate(cfg: DictConfig) -> dict:
     return report
 
 
-def score_mode(cfg: DictConfig, spec: str, model, loader, ds, window, on_batch) -> dict:
-    """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``)."""
+def score_mode(
+    cfg: DictConfig, spec: str, model, loader, ds, window, on_batch, precision: str = "fp32"
+) -> dict:
+    """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``), under
+    autocast to ``precision``."""
     from segkit.inference import predictor_for
 
     device = next(model.parameters()).device
@@ -85,11 +89,20 @@ def score_mode(cfg: DictConfig, spec: str, model, loader, ds, window, on_batch) 
         loader,
         ConfusionMatrix(ds.num_classes, ds.ignore_index, device=device),
         device=device,
-        amp_dtype=dist.amp_dtype(cfg.precision),
+        amp_dtype=dist.amp_dtype(precision),
         on_batch=on_batch,
     )
     metrics.pop("loss")
     return metrics
+
+
+def eval_precision(chosen: str | None, ckpt: dict, device) -> str:
+    """``precision`` of ``eval.py``; null: the one the checkpoint's run validated with (its
+    ``trainer.precision``), so eval.py reproduces the training-time numbers. fp16 autocast is
+    for CUDA only: fp32 elsewhere."""
+    trainer = (ckpt.get("config") or {}).get("trainer") or {}
+    precision = dist.resolve_precision(chosen or trainer.get("precision") or "fp32", device)
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
 
 
 def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
