@@ -55,12 +55,11 @@ class TrainState:
     epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
     epoch_stats: dict = field(default_factory=dict)  # StepStats.epoch of those steps
     # trainer.max_time_min: seconds of completed epochs (validation included), of training
-    # alone, of the last validation; the epochs that fit and the cost of one (its plan)
+    # alone, of the last validation; the epochs that fit (the plan)
     elapsed_s: float = 0.0
     train_s: float = 0.0
     val_s: float = 0.0
     planned_epochs: int | None = None
-    epoch_s: float = 0.0
 
 
 class Trainer:
@@ -193,7 +192,7 @@ class Trainer:
         planned = budget.plan_epochs(
             self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.epoch_cap
         )
-        planned, s.epoch_s = dist.broadcast_object((planned, epoch_s))
+        planned, epoch_s = dist.broadcast_object((planned, epoch_s))
         if planned == s.planned_epochs:
             return
         s.planned_epochs = self.max_epochs = planned
@@ -206,7 +205,7 @@ class Trainer:
             "trainer.max_time_min=%g: %.0f s spent, an epoch takes %.1f s; planning %d epochs; %s",
             self.budget_s / 60,
             s.elapsed_s + train_s,
-            s.epoch_s,
+            epoch_s,
             planned,
             how,
         )
@@ -390,7 +389,9 @@ class Trainer:
     def _check_finite_weights(self, epoch: int) -> None:
         """Weights that are not finite are never written (checked on every rank: BatchNorm
         statistics may differ between ranks)."""
-        finite = finite_weights(self.bare_model) and finite_weights(self.eval_model)
+        finite = finite_weights(self.bare_model)
+        if self.ema is not None:
+            finite = finite and finite_weights(self.ema.module)
         if dist.any_rank(not finite, self.info.device):
             raise DivergedError(
                 f"the model weights hold NaN/Inf after epoch {epoch + 1} (step "
