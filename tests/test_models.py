@@ -106,6 +106,23 @@ def test_freeze_encoder_keeps_bn_stats_and_grads(name):
     assert all(bn.training for bn in bns)
 
 
+def test_stdc_stride4_decoder_predicts_from_the_quarter_map():
+    torch.manual_seed(0)
+    model = build("stdc1", "model.decoder_stride=4")
+    sizes = {}
+    model.head.register_forward_hook(lambda m, i, o: sizes.update(head=o.shape[-2:]))
+    model.train()
+    out = model(torch.randn(2, 3, 67, 93))
+    assert sizes["head"] == (17, 24)  # 67x93 -> 34x47 -> 17x24: stride 4, not 9x12
+    assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
+    (out["out"].mean() + out["detail"].mean() + sum(a.mean() for a in out["aux"])).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(Exception) as excinfo:
+        build("stdc1", "model.decoder_stride=16")
+    err = root_error(excinfo)
+    assert isinstance(err, ConfigError) and "model.decoder_stride=16: choose 8 or 4" in str(err)
+
+
 def test_freeze_bn_survives_train_after_eval():
     model = UNet(NUM_CLASSES, base_channels=4)
     model.freeze_encoder(True)

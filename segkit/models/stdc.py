@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from segkit.errors import ConfigError
 from segkit.models.backbones import load_encoder_weights
 from segkit.models.bisenetv1 import BiSeNetOutput, ContextPath, FeatureFusionModule
 from segkit.models.blocks import (
@@ -24,7 +25,7 @@ from segkit.models.blocks import (
     resize_to,
 )
 
-__all__ = ["CatBottleneck", "STDCNet", "STDCSeg"]
+__all__ = ["CatBottleneck", "SkipDecoder", "STDCNet", "STDCSeg"]
 
 _VARIANTS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}  # STDCNet813 / STDCNet1446 stage depths
 
@@ -84,7 +85,7 @@ class STDCNet(nn.Module):
         # features index where each stride ends: 2, 4, 8, 16, 32
         ends = [1, 2, 2 + layers[0], 2 + layers[0] + layers[1], 2 + sum(layers)]
         self._ends = dict(zip(ends, ("feat2", "feat4", "feat8", "feat16", "feat32")))
-        self.channels = {"feat8": base * 4, "feat16": base * 8, "feat32": base * 16}
+        self.channels = {"feat4": base, "feat8": base * 4, "feat16": base * 8, "feat32": base * 16}
         init_conv_weights(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,6 +97,29 @@ class STDCNet(nn.Module):
         return feats
 
 
+class SkipDecoder(nn.Module):
+    """Stride-4 decoder (DeepLabV3+ style) for thin classes that a 1/8 map cannot resolve.
+
+    ``forward(high: (N, C_high, H/8, W/8), low: (N, C_low, H/4, W/4)) -> (N, classes, H/4, W/4)``:
+    the 1/8 features reduced by a 3x3 conv, upsampled, concatenated with a 1x1 projection of the
+    1/4 backbone map, then two 3x3 convs and a 1x1 classifier. At 64 channels it costs less than
+    the 256-channel 1/8 head it replaces.
+    """
+
+    def __init__(
+        self, high_channels: int, low_channels: int, num_classes: int, mid: int = 64
+    ) -> None:
+        super().__init__()
+        self.high = ConvBNReLU(high_channels, mid, 3)
+        self.low = ConvBNReLU(low_channels, mid // 2, 1)
+        self.fuse = nn.Sequential(ConvBNReLU(mid + mid // 2, mid, 3), ConvBNReLU(mid, mid, 3))
+        self.classifier = nn.Conv2d(mid, num_classes, 1)
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        high = resize_to(self.high(high), low.shape[-2:])
+        return self.classifier(self.fuse(torch.cat([high, self.low(low)], dim=1)))
+
+
 class STDCSeg(SegmentationModel):
     """STDC-Seg.
 
@@ -105,6 +129,8 @@ class STDCSeg(SegmentationModel):
         aux: two context-path auxiliary heads, as BiSeNetV1 (training only).
         detail: the detail head on the 1/8 backbone map (training only, key ``"detail"``,
             ``(N, 1, H/8, W/8)`` boundary logits for `DetailLoss`).
+        decoder_stride: 8 (the paper: logits from the 1/8 fused map) or 4 (`SkipDecoder` adds
+            the 1/4 backbone map; poles, signs and other thin classes).
         pretrained: no torchvision weights exist; needs ``weights_path``.
         weights_path: STDC ImageNet backbone state dict (``features.*``, e.g. the authors'
             ``STDCNet813M_73.91.tar``); read only when ``pretrained``.
@@ -118,19 +144,26 @@ class STDCSeg(SegmentationModel):
         variant: str = "stdc1",
         aux: bool = True,
         detail: bool = True,
+        decoder_stride: int = 8,
         pretrained: bool = False,
         weights_path: str | None = None,
     ) -> None:
         super().__init__()
         if variant not in _VARIANTS:
-            raise ValueError(f"model.variant={variant!r}: choose one of {sorted(_VARIANTS)}")
+            raise ConfigError(f"model.variant={variant!r}: choose one of {sorted(_VARIANTS)}")
+        if decoder_stride not in (4, 8):
+            raise ConfigError(f"model.decoder_stride={decoder_stride!r}: choose 8 or 4")
         backbone = STDCNet(_VARIANTS[variant])
         if pretrained:
             load_encoder_weights(backbone, weights_path, f"STDCSeg ({variant})")
         ch = backbone.channels
         self.context_path = ContextPath(backbone, ch["feat16"], ch["feat32"])
         self.ffm = FeatureFusionModule(ch["feat8"] + 128, 256)
-        self.head = BiSeNetOutput(256, 256, num_classes)
+        self.head: nn.Module = (
+            BiSeNetOutput(256, 256, num_classes)
+            if decoder_stride == 8
+            else SkipDecoder(256, backbone.channels["feat4"], num_classes)
+        )
         self.aux_heads = (
             nn.ModuleList([BiSeNetOutput(128, 64, num_classes) for _ in range(2)]) if aux else None
         )
@@ -146,7 +179,11 @@ class STDCSeg(SegmentationModel):
         check_input(x, 3, "STDCSeg")
         check_train_batch(self, x)
         feat8_cp, feat16_cp, feats = self.context_path(x)
-        logits = self.head(self.ffm(feats["feat8"], feat8_cp))
+        fused = self.ffm(feats["feat8"], feat8_cp)
+        if isinstance(self.head, SkipDecoder):
+            logits = self.head(fused, feats["feat4"])
+        else:
+            logits = self.head(fused)
         outputs: dict = {"out": resize_to(logits, x.shape[-2:])}
         if self.training and self.aux_heads is not None:
             outputs["aux"] = [h(f) for h, f in zip(self.aux_heads, (feat8_cp, feat16_cp))]
