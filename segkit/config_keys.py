@@ -35,6 +35,10 @@ REMOVED_KEYS = {
 }
 
 
+# loss.class_weights values computed from the train masks (auto = median frequency)
+CLASS_WEIGHT_METHODS = ("auto", "median", "sqrt_median", "inverse")
+
+
 # keys users reach for that segkit spells differently
 HINTS = {
     "ckpt_path": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",

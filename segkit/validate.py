@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit.config_keys import (
+    CLASS_WEIGHT_METHODS,
     DATASET_RUN_KEYS,
     RENAMED_KEYS,
     composition_error,
@@ -303,13 +304,9 @@ def check_channels(cfg: DictConfig) -> None:
 def check_class_weights(cfg: DictConfig) -> None:
     weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
     n = OmegaConf.select(cfg, "dataset.num_classes", default=None)
-    if (
-        weights is None
-        or isinstance(weights, str)
-        and weights in ("auto", "median", "sqrt_median", "inverse")
-    ):
+    if weights is None or isinstance(weights, str) and weights in CLASS_WEIGHT_METHODS:
         return
-    expected = f"null, auto / median / sqrt_median / inverse, or a list of {n} numbers >= 0"
+    expected = f"null, {' / '.join(CLASS_WEIGHT_METHODS)}, or a list of {n} numbers >= 0"
     if not isinstance(weights, ListConfig | list):
         raise ConfigError(f"loss.class_weights={weights!r}: expected {expected}")
     values = list(weights)

@@ -162,7 +162,7 @@ class STDCSeg(SegmentationModel):
         self.head: nn.Module = (
             BiSeNetOutput(256, 256, num_classes)
             if decoder_stride == 8
-            else SkipDecoder(256, backbone.channels["feat4"], num_classes)
+            else SkipDecoder(256, ch["feat4"], num_classes)
         )
         self.aux_heads = (
             nn.ModuleList([BiSeNetOutput(128, 64, num_classes) for _ in range(2)]) if aux else None

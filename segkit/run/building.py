@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch
-from segkit.config_keys import DATASET_RUN_KEYS
+from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer
@@ -213,7 +213,7 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
     weights = loss_cfg.get("class_weights")
     if isinstance(weights, str):
-        if weights not in ("auto", "median", "sqrt_median", "inverse"):
+        if weights not in CLASS_WEIGHT_METHODS:
             raise ConfigError(
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
                 "floats, or auto (median frequency) / median / sqrt_median / inverse"
