@@ -205,6 +205,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def use_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """``trainer.channels_last``: ``auto`` (the default) -> on CUDA only; ``true`` -> on any
+    device (on a CPU with oneDNN most conv nets also step faster: STDC1 1.12x, fp32 and bf16);
+    ``false`` -> never."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
     """Process-wide CUDA switches (nothing on CPU): cuDNN autotuning (one search per input
     shape: leave it off when shapes vary from batch to batch) and TF32 matmuls/convolutions

@@ -210,8 +210,7 @@ class TTA(nn.Module):
         self, predictor: nn.Module, flip: bool = True, scales: Sequence[float] = (1.0,)
     ) -> None:
         super().__init__()
-        if not scales or min(scales) <= 0:
-            raise ConfigError(f"tta.scales must be positive numbers, got {list(scales)}")
+        check_scales(scales)
         self.predictor = predictor
         self.flip = bool(flip)
         self.scales = tuple(float(s) for s in scales)
@@ -268,6 +267,32 @@ def make_predictor(
     return predictor.eval()
 
 
+def parse_mode(spec: str, key: str = "modes") -> tuple[str, bool, bool]:
+    """An evaluation mode by name -> ``(base, flip, ms)``: ``whole`` or ``slide``, optionally
+    followed by ``+flip`` and/or ``+ms`` (multi-scale), e.g. ``"slide+flip"`` -> ``("slide",
+    True, False)``. ``key`` names the config key in the error."""
+    base, *extras = str(spec).split("+")
+    if base not in MODES or set(extras) - {"flip", "ms"} or len(set(extras)) != len(extras):
+        raise ConfigError(
+            f"{key}: evaluation mode {spec!r}: expected whole or slide, optionally followed by "
+            "+flip and/or +ms (multi-scale), e.g. slide+flip"
+        )
+    return base, "flip" in extras, "ms" in extras
+
+
+def check_scales(scales: Any, key: str = "tta.scales") -> None:
+    """``scales`` must be a non-empty list of positive numbers (else a ConfigError naming
+    ``key``)."""
+    listed = isinstance(scales, Sequence) and not isinstance(scales, str) and len(scales) > 0
+    numbers = listed and all(isinstance(s, int | float) and not isinstance(s, bool) for s in scales)
+    if not numbers or min(scales) <= 0:
+        found = list(scales) if isinstance(scales, Sequence) else scales
+        raise ConfigError(
+            f"{key}: expected a list of positive numbers (image scales) such as "
+            f"[0.75, 1.0, 1.25], found {found!r}"
+        )
+
+
 def predictor_for(
     spec: str,
     model: nn.Module,
@@ -277,23 +302,17 @@ def predictor_for(
     scales: Sequence[float] = (0.75, 1.0, 1.25),
     batch: int = 8,
 ) -> nn.Module:
-    """An evaluation mode by name, for tables of modes (``eval.py modes=[...]``): ``whole`` or
-    ``slide``, optionally with ``+flip`` and/or ``+ms`` (multi-scale over ``scales``), e.g.
-    ``"slide+flip"``, ``"whole+flip+ms"``. The other arguments go to `make_predictor`."""
-    base, *extras = str(spec).split("+")
-    unknown = sorted(set(extras) - {"flip", "ms"})
-    if base not in MODES or unknown:
-        raise ConfigError(
-            f"evaluation mode {spec!r}: expected whole or slide, optionally followed by +flip "
-            "and/or +ms (multi-scale), e.g. slide+flip"
-        )
+    """An evaluation mode by name (`parse_mode`), for tables of modes (``eval.py
+    modes=[...]``); ``+ms`` averages over ``scales``. The other arguments go to
+    `make_predictor`."""
+    base, flip, ms = parse_mode(spec)
     return make_predictor(
         model,
         base,
         window=window,
         overlap=overlap,
-        flip="flip" in extras,
-        scales=tuple(scales) if "ms" in extras else (1.0,),
+        flip=flip,
+        scales=tuple(scales) if ms else (1.0,),
         batch=batch,
     )
 

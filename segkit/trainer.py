@@ -91,7 +91,7 @@ class Trainer:
         limit_train_batches: int | None,
         limit_val_batches: int | None,
         max_nonfinite_steps: int | None,
-        channels_last: bool,
+        channels_last: bool | str,
         cudnn_benchmark: bool,
         tf32: bool,
         checkpoint_every_steps: int | None,
@@ -120,7 +120,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             info.device.type, enabled=self.precision == "fp16" and cuda
         )
-        self.normalize = labels.normalizer(channels_last=channels_last and cuda)
+        memory_format = dist.use_channels_last(channels_last, info.device)
+        self.normalize = labels.normalizer(channels_last=memory_format)
         self.cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, device=info.device)
         self.stats = StepStats(info.device, info.world_size)
         self.step_lr = self.lr  # the lr of the last step (the scheduler has moved on since)

@@ -234,6 +234,7 @@ RULES = (
 CHOICES = {
     "trainer.precision": ("auto", "fp32", "fp16", "bf16"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
+    "trainer.channels_last": ("auto", True, False),
     "dataset.check": ("off", "quick", "full"),
 }
 
@@ -287,6 +288,24 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.devices={devices!r}: expected an int >= 1 or auto")
     check_class_weights(cfg)
     check_channels(cfg)
+    check_eval_modes(cfg)
+
+
+def check_eval_modes(cfg: DictConfig) -> None:
+    """``eval.modes`` and ``eval.tta.scales`` (the recipe's evaluation, used later by eval.py)
+    must be valid before training starts."""
+    from segkit.inference import check_scales, parse_mode
+
+    modes = OmegaConf.select(cfg, "eval.modes", default=None) or []
+    if isinstance(modes, str):
+        raise ConfigError(
+            f"eval.modes={modes}: expected a list of evaluation modes, e.g. eval.modes=[{modes}]"
+        )
+    for spec in modes:
+        parse_mode(spec, "eval.modes")
+    scales = OmegaConf.select(cfg, "eval.tta.scales", default=None)
+    if scales is not None:
+        check_scales(scales, "eval.tta.scales")
 
 
 def check_channels(cfg: DictConfig) -> None:
@@ -332,7 +351,7 @@ def check_train_config(cfg: DictConfig) -> None:
     """Everything above, for ``train.py``."""
     check_renamed(cfg)
     check_missing(cfg)
-    check_known_keys(cfg, "train", ("trainer", "loader"))
+    check_known_keys(cfg, "train", ("trainer", "loader", "eval"))
     check_components(cfg)
     check_values(cfg)
 

@@ -1,5 +1,6 @@
 """General features the CamVid recipes use: class-balanced crops, validation at another input
-size and at the original label resolution, EMA of the weights, the training-time budget."""
+size and at the original label resolution, EMA of the weights, the training-time budget, the
+recipe's evaluation modes, channels-last on the CPU."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     run = tmp_path / "run"
     over = [*TINY, "dataset.input_shape=[24,24]", "dataset.val_original_size=true"]
     over.append("trainer.precision=bf16")  # eval.py validates as the run did (bf16 autocast)
+    over.append("eval.modes=[whole,whole+flip]")  # the recipe's evaluation: eval.py's default
     train_rank(compose_train(*over), run)
     best = ck.load(run / "checkpoints" / "best.pt")
     assert math.isfinite(best["metrics"]["loss"])
@@ -119,6 +121,7 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     scored = json.loads((out / "metrics.json").read_text())
+    assert list(scored["modes"]) == ["whole", "whole+flip"]
     assert scored["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
     assert scored["iou"] == pytest.approx(best["metrics"]["iou"], abs=1e-9, nan_ok=True)
     # letterboxed 24x24 labels score something else: the two paths really differ
@@ -137,6 +140,49 @@ def test_eval_precision_defaults_to_the_runs_own():
     assert eval_precision(None, {"config": {}}, cpu) == "fp32"  # e.g. a weights file
     assert eval_precision(None, {"config": {"trainer": {"precision": "fp16"}}}, cpu) == "fp32"
     assert eval_precision("auto", run, cpu) == "fp32"
+
+
+def test_eval_modes_default_to_the_recipes_own():
+    from omegaconf import OmegaConf
+
+    from segkit.run.evaluation import eval_modes
+
+    def cli(modes=None, scales=None):
+        return OmegaConf.create({"ckpt": "r.pt", "modes": modes, "tta": {"scales": scales}})
+
+    recipe = {"config": {"eval": {"modes": ["whole+flip+ms"], "tta": {"scales": [0.5, 2]}}}}
+    assert eval_modes(cli(), recipe) == (["whole+flip+ms"], (0.5, 2.0))
+    assert eval_modes(cli(["slide"], [1.5]), recipe) == (["slide"], (1.5,))  # the command line
+    assert eval_modes(cli(), {"config": {}}) == (["whole"], (0.75, 1.0, 1.25))  # older runs
+    bad = {"config": {"eval": {"modes": ["whole+flop"]}}}
+    with pytest.raises(ConfigError, match=r"eval.modes in r\.pt: evaluation mode 'whole\+flop'"):
+        eval_modes(cli(), bad)
+    with pytest.raises(ConfigError, match=r"eval.tta.scales in r\.pt: .* found \[0\]"):
+        eval_modes(cli(), {"config": {"eval": {"tta": {"scales": [0]}}}})
+    with pytest.raises(ConfigError, match=r"eval.modes in r\.pt: expected a list .* found 5"):
+        eval_modes(cli(), {"config": {"eval": {"modes": 5}}})
+    for override, match in (
+        ("eval.modes=[whole+ms+ms]", r"eval\.modes: evaluation mode 'whole\+ms\+ms'"),
+        ("eval.modes=whole", r"eval\.modes=whole: expected a list .* eval\.modes=\[whole\]"),
+        ("eval.tta.scales=[]", r"eval\.tta\.scales: expected a list of positive numbers"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            check_train_config(compose_train(*TINY, override))
+
+
+def test_channels_last_on_the_cpu_only_when_asked():
+    from segkit import dist
+    from segkit.run.building import compile_and_wrap
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [dist.use_channels_last(s, cpu) for s in ("auto", True, False)] == [0, 1, 0]
+    assert [dist.use_channels_last(s, cuda) for s in ("auto", True, False)] == [1, 1, 0]
+    for setting, expected in (("auto", False), ("true", True)):
+        cfg = compose_train(*TINY, f"trainer.channels_last={setting}")
+        model = compile_and_wrap(nn.Conv2d(3, 4, 3), cfg, _cpu(), False)
+        assert model.weight.is_contiguous(memory_format=torch.channels_last) == expected
+    with pytest.raises(ConfigError, match="trainer.channels_last='yes'"):
+        check_train_config(compose_train(*TINY, "trainer.channels_last=yes"))
 
 
 def _cpu():

@@ -161,7 +161,7 @@ def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo, unu
     """``torch.compile`` when ``trainer.compile``, then DDP when the job has several ranks.
     ``unused``: some parameters get no gradient (a head the loss ignores, a frozen encoder):
     DDP must not wait for them."""
-    if cfg.trainer.channels_last and info.device.type == "cuda":
+    if dist.use_channels_last(cfg.trainer.channels_last, info.device):
         model = model.to(memory_format=torch.channels_last)  # before compile and DDP
     if cfg.trainer.compile:
         model = torch.compile(model)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
+from segkit.errors import ConfigError
 from segkit.metrics import ConfusionMatrix, format_table
 from segkit.metrics import evaluate as evaluate_model
 from segkit.run.building import dataset_factory
@@ -48,11 +51,14 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
     window = cfg.slide.window or checkpoint_input_shape(ckpt)
+    modes, scales = eval_modes(cfg, ckpt)
     results = {}
-    for i, spec in enumerate(cfg.modes):
+    for i, spec in enumerate(modes):
         hook = writer if cfg.save_masks and i == 0 else None  # masks of the first mode
-        results[spec] = score_mode(cfg, spec, model.to(device), loader, ds, window, hook, precision)
-    metrics = results[cfg.modes[0]]
+        results[spec] = score_mode(
+            cfg, spec, model.to(device), loader, ds, window, hook, precision, scales
+        )
+    metrics = results[modes[0]]
     confusion = metrics.pop("confusion")
     report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": len(ds)}
     report.update(class_names=list(ds.class_names), **metrics)
@@ -61,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict:
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     table = format_table(metrics, ds.class_names) + "\n\n" + format_modes(results)
     print(table)
-    log_to_files(f"per-class metrics ({cfg.split}, mode {cfg.modes[0]}):\n{table}")
+    log_to_files(f"per-class metrics ({cfg.split}, mode {modes[0]}):\n{table}")
     scores = {**metrics, "confusion": confusion}
     files = write_eval_report(out_dir, scores, ds.class_names, ds.palette)
     log.info("written: %s", ", ".join(str(p) for p in [out_dir / "metrics.json", *files]))
@@ -69,10 +75,18 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def score_mode(
-    cfg: DictConfig, spec: str, model, loader, ds, window, on_batch, precision: str = "fp32"
+    cfg: DictConfig,
+    spec: str,
+    model,
+    loader,
+    ds,
+    window,
+    on_batch,
+    precision: str = "fp32",
+    scales: tuple[float, ...] = (0.75, 1.0, 1.25),
 ) -> dict:
-    """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``), under
-    autocast to ``precision``."""
+    """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``; ``+ms``
+    averages over ``scales``), under autocast to ``precision``."""
     from segkit.inference import predictor_for
 
     device = next(model.parameters()).device
@@ -81,7 +95,7 @@ def score_mode(
         model,
         window=window,
         overlap=cfg.slide.overlap,
-        scales=cfg.tta.scales,
+        scales=scales,
         batch=cfg.loader.batch_size,
     )
     metrics = evaluate_model(
@@ -94,6 +108,42 @@ def score_mode(
     )
     metrics.pop("loss")
     return metrics
+
+
+def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...]]:
+    """The evaluation modes and ``+ms`` scales: ``modes`` / ``tta.scales`` of the command line,
+    else the ones the checkpoint's recipe chose (its ``eval.modes`` / ``eval.tta.scales``),
+    else ``[whole]`` / ``(0.75, 1.0, 1.25)``. Each is checked: the stored ones are data from a
+    file, and a bad one must not cost a long evaluation first."""
+    from segkit.inference import check_scales, parse_mode
+
+    if cfg.modes:
+        modes, key = cfg.modes, "modes"
+    else:
+        modes, key = (
+            stored(ckpt, "config", "eval", "modes") or ["whole"],
+            f"eval.modes in {cfg.ckpt}",
+        )
+    if isinstance(modes, str) or not isinstance(modes, Sequence):
+        raise ConfigError(f"{key}: expected a list of evaluation modes, found {modes!r}")
+    for spec in modes:
+        parse_mode(spec, key)
+    if cfg.tta.scales:
+        scales, key = cfg.tta.scales, "tta.scales"
+    else:
+        scales = stored(ckpt, "config", "eval", "tta", "scales") or [0.75, 1.0, 1.25]
+        key = f"eval.tta.scales in {cfg.ckpt}"
+    check_scales(scales, key)
+    return [str(m) for m in modes], tuple(float(s) for s in scales)
+
+
+def stored(ckpt: Mapping, *keys: str) -> Any:
+    """``ckpt[k0][k1]...``, or None where a level is missing or not a mapping (a checkpoint is
+    data from a file: its config may lack, or mangle, any key)."""
+    node: Any = ckpt
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
 
 
 def eval_precision(chosen: str | None, ckpt: dict, device) -> str:
