@@ -14,7 +14,8 @@ segkit / notes (higher is better for rates):
 2. confusion-matrix update calls/s at 512x512, 21 classes, one core, vs the notes' fast_hist;
 3. training images/s per ``--models`` config: the Trainer on in-memory batches (the model's
    ceiling) and with the real loader (``segkit.run.build_loaders``); the ratio is the loop's
-   efficiency;
+   efficiency; with ``--channels-last compare`` also the in-memory rate with channels-last
+   memory format vs contiguous tensors (``trainer.channels_last`` true vs false), interleaved;
 4. validation images/s (``segkit.metrics.evaluate``) and its share of time outside the model
    forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
 5. peak host memory (main process + DataLoader workers, from /proc) and on CUDA the peak
@@ -328,6 +329,7 @@ def compose(root: Path, args: argparse.Namespace, *overrides: str):
                 "trainer.progress_bar=false",
                 f"trainer.accelerator={args.device}",
                 f"trainer.precision={args.precision}",
+                f"trainer.channels_last={memory_format(args.channels_last)}",
                 *overrides,
             ],
         )
@@ -487,6 +489,12 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
         images, epochs = len(batches) * args.batch_size, count(1)
         runs = {"in_memory": partial(epoch_rate, trainer, memory, images, epochs, sync)}
         runs["loader"] = partial(epoch_rate, trainer, real, images, epochs, sync)
+        if args.channels_last == "compare":  # the same model with contiguous tensors
+            contiguous = build_trainer(cfg_with(cfg, "trainer.channels_last", False), device)
+            contiguous.train_one_epoch(0)
+            runs["in_memory_contiguous"] = partial(
+                epoch_rate, contiguous, InMemoryLoader(batches, real), images, epochs, sync
+            )
         rates = interleaved(runs, args.slow_repeats)
         out[name] = {
             **rates,
@@ -495,11 +503,28 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
             "batch_size": args.batch_size,
             "peak_host_mb": mem.peak_mb,
             "precision": trainer.precision,
+            "channels_last": memory_format(args.channels_last),
         }
+        if "in_memory_contiguous" in rates:
+            out[name]["channels_last_speedup"] = rates["in_memory"] / rates["in_memory_contiguous"]
         if device.type == "cuda":
             out[name]["peak_cuda_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         del trainer, real, memory, batches
     return out
+
+
+def memory_format(choice: str) -> str:
+    """``--channels-last`` -> ``trainer.channels_last``: compare times true against false."""
+    return "true" if choice == "compare" else choice
+
+
+def cfg_with(cfg, key: str, value):
+    """A copy of ``cfg`` with ``key`` set to ``value``."""
+    from omegaconf import OmegaConf
+
+    copy = cfg.copy()
+    OmegaConf.update(copy, key, value)
+    return copy
 
 
 def epoch_rate(trainer, loader, images: int, epochs: Iterator[int], sync) -> float:
@@ -662,6 +687,13 @@ def table(results: dict) -> str:
             f"eff {r['efficiency']:.3f}",
             TARGETS["efficiency"],
         )
+        if "channels_last_speedup" in r:
+            row(
+                f"  {name} in-memory: contiguous | channels-last (img/s)",
+                f"{r['in_memory_contiguous']:.2f}",
+                f"{r['in_memory']:.2f}",
+                f"{r['channels_last_speedup']:.2f}x",
+            )
     peak = max(
         [v.get("peak_host_mb", 0) for v in results.get("train", {}).values()]
         + [v.get("peak_host_mb", 0) for k, v in data.items() if k.startswith("loader_")],
@@ -701,6 +733,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=128, help="training input size (square)")
     p.add_argument("--train-steps", type=int, default=4, help="steps per timed epoch")
     p.add_argument("--precision", default="auto", help="trainer.precision for training/validation")
+    p.add_argument(
+        "--channels-last",
+        default="auto",
+        choices=["auto", "true", "false", "compare"],
+        help="trainer.channels_last for training; compare: true vs false side by side",
+    )
     p.add_argument("--val-model", default="unet")
     p.add_argument("--val-size", type=int, default=512)
     p.add_argument("--val-batch", type=int, default=4)

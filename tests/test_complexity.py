@@ -101,3 +101,19 @@ def test_benchmark_script_writes_json(tmp_path, monkeypatch):
 def test_complexity_script_unknown_model(bad, monkeypatch):
     with pytest.raises(ConfigError, match="choose one of"):
         run_script("complexity.py", *bad, monkeypatch=monkeypatch)
+
+
+def test_training_benchmark_compares_memory_formats(tmp_path, monkeypatch, capsys):
+    """scripts/benchmark.py --channels-last compare: the same model timed with channels-last
+    and contiguous tensors, side by side, and the ratio printed and written."""
+    out = tmp_path / "bench.json"
+    args = ["--skip", "data", "confusion", "val", "--models", "stdc1", "--train-size", "32",
+            "--train-steps", "1", "--batch-size", "2", "--workers", "0", "--slow-repeats", "1",
+            "--precision", "fp32", "--channels-last", "compare", "--out", str(out)]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        run_script("benchmark.py", *args, monkeypatch=monkeypatch)
+    assert done.value.code == 0
+    r = json.loads(out.read_text())["train"]["stdc1"]
+    assert r["channels_last"] == "true" and r["in_memory"] > 0 and r["in_memory_contiguous"] > 0
+    assert r["channels_last_speedup"] == pytest.approx(r["in_memory"] / r["in_memory_contiguous"])
+    assert "stdc1 in-memory: contiguous | channels-last" in capsys.readouterr().out
