@@ -267,6 +267,9 @@ def make_predictor(
     return predictor.eval()
 
 
+DEFAULT_SCALES = (0.75, 1.0, 1.25)  # +ms when neither the command line nor the recipe says
+
+
 def parse_mode(spec: str, key: str = "modes") -> tuple[str, bool, bool]:
     """An evaluation mode by name -> ``(base, flip, ms)``: ``whole`` or ``slide``, optionally
     followed by ``+flip`` and/or ``+ms`` (multi-scale), e.g. ``"slide+flip"`` -> ``("slide",
@@ -299,7 +302,7 @@ def predictor_for(
     *,
     window: Sequence[int] | None = None,
     overlap: float = 0.5,
-    scales: Sequence[float] = (0.75, 1.0, 1.25),
+    scales: Sequence[float] = DEFAULT_SCALES,
     batch: int = 8,
 ) -> nn.Module:
     """An evaluation mode by name (`parse_mode`), for tables of modes (``eval.py

@@ -82,8 +82,8 @@ def score_mode(
     ds,
     window,
     on_batch,
-    precision: str = "fp32",
-    scales: tuple[float, ...] = (0.75, 1.0, 1.25),
+    precision: str,
+    scales: tuple[float, ...],
 ) -> dict:
     """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``; ``+ms``
     averages over ``scales``), under autocast to ``precision``."""
@@ -113,9 +113,9 @@ def score_mode(
 def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...]]:
     """The evaluation modes and ``+ms`` scales: ``modes`` / ``tta.scales`` of the command line,
     else the ones the checkpoint's recipe chose (its ``eval.modes`` / ``eval.tta.scales``),
-    else ``[whole]`` / ``(0.75, 1.0, 1.25)``. Each is checked: the stored ones are data from a
-    file, and a bad one must not cost a long evaluation first."""
-    from segkit.inference import check_scales, parse_mode
+    else ``[whole]`` / ``inference.DEFAULT_SCALES``. Each is checked: the stored ones are data
+    from a file, and a bad one must not cost a long evaluation first."""
+    from segkit.inference import DEFAULT_SCALES, check_scales, parse_mode
 
     if cfg.modes:
         modes, key = cfg.modes, "modes"
@@ -131,7 +131,7 @@ def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...
     if cfg.tta.scales:
         scales, key = cfg.tta.scales, "tta.scales"
     else:
-        scales = stored(ckpt, "config", "eval", "tta", "scales") or [0.75, 1.0, 1.25]
+        scales = stored(ckpt, "config", "eval", "tta", "scales") or DEFAULT_SCALES
         key = f"eval.tta.scales in {cfg.ckpt}"
     check_scales(scales, key)
     return [str(m) for m in modes], tuple(float(s) for s in scales)
