@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,23 @@ def _worker(
             raise  # a bug: torch.multiprocessing sends the traceback to the parent
         errors.put((type(cause).__name__, f"rank {local_rank}: {cause}", cause.exit_code))
         raise SystemExit(cause.exit_code) from None
+    _exit_finished_worker()
+
+
+def _exit_finished_worker() -> None:
+    """End a rank whose work is done and written (files closed, process group destroyed)
+    without interpreter finalization: there gloo's threads can still be releasing tensors, or
+    a library's daemon thread holds stderr, and CPython aborts (SIGABRT): a finished run,
+    then reported as a killed rank. Once in a few hundred runs under load (a CI sweep)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():  # DataLoader workers a cycle kept alive
+        child.terminate()
+        child.join()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def setup_worker_logging(run_dir: Path, rank: int) -> None:

@@ -130,7 +130,9 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
     assert proc.returncode != 0, "a sweep with a failed job must exit non-zero"
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"], [
+        r["error"] for r in rows
+    ]
     assert "injected failure at training step 2" in rows[1]["error"]
     assert "+loss.fail_at_step=2" in rows[1]["overrides"]
     for r in (rows[0], rows[2]):
