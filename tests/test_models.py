@@ -273,3 +273,37 @@ def test_detail_guided_loss_adds_detail_only_when_present():
     extra = 0.5 * DetailLoss()(detail, label)
     assert with_detail.item() == pytest.approx(main.item() + extra.item(), rel=1e-5)
     assert guided({"out": logits}, label).item() == pytest.approx(main.item())
+
+
+def test_ohem_detail_loss_is_ohem_plus_the_detail_term():
+    """STDC's own loss: OHEM over the segmentation heads (confidently right pixels dropped),
+    plus the weighted detail term when the outputs carry it."""
+    from segkit.losses import OhemDetailLoss
+
+    label = halves_label()
+    logits = torch.zeros(1, NUM_CLASSES, 8, 8)
+    logits[0, 0][label[0] == 0] = 10.0  # class-0 pixels: confidently right, easy
+    detail = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    loss = OhemDetailLoss(detail_weight=0.5, thresh=0.7, min_kept=0, ignore_index=255)
+    hard = label[0] != 0  # the only pixels OHEM keeps: uniform logits, CE = log C each
+    assert hard.any() and (~hard).any()
+    seg = loss({"out": logits}, label)
+    assert seg.item() == pytest.approx(math.log(NUM_CLASSES), rel=1e-5)
+    extra = 0.5 * DetailLoss()(detail, label)
+    total = loss({"out": logits, "detail": detail}, label)
+    assert total.item() == pytest.approx(seg.item() + extra.item(), rel=1e-5)
+
+
+def test_loss_ohem_detail_trains_the_stdc_detail_head():
+    from hydra.utils import instantiate
+
+    from segkit.losses import OhemDetailLoss
+    from segkit.run.building import unused_heads
+    from tests.conftest import compose_train
+
+    cfg = compose_train("model=stdc1", "model.pretrained=false", "loss=ohem_detail")
+    loss = instantiate(cfg.loss)
+    assert isinstance(loss, OhemDetailLoss) and (loss.thresh, loss.min_kept) == (0.7, 100000)
+    model = instantiate_model(cfg.model)
+    assert not unused_heads(model, loss)
+    assert unused_heads(model, instantiate(compose_train("model=stdc1", "loss=ohem").loss))

@@ -3,7 +3,7 @@
 from segkit.losses.base import SegLoss, check_target, resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
 from segkit.losses.combo import CEDiceLoss
-from segkit.losses.detail import CEDetailLoss
+from segkit.losses.detail import CEDetailLoss, OhemDetailLoss
 from segkit.losses.dice import DiceLoss
 from segkit.losses.focal import FocalLoss
 from segkit.losses.lovasz import CELovaszLoss, LovaszSoftmaxLoss
@@ -18,6 +18,7 @@ __all__ = [
     "FocalLoss",
     "LovaszSoftmaxLoss",
     "OhemCrossEntropyLoss",
+    "OhemDetailLoss",
     "SegLoss",
     "check_target",
     "resize_to_target",

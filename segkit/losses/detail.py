@@ -1,4 +1,5 @@
-"""STDC-Seg's detail-guidance loss, and cross-entropy plus it, for ``model=stdc1|stdc2``."""
+"""STDC-Seg's detail-guidance loss, and cross-entropy (plain or OHEM) plus it, for
+``model=stdc1|stdc2``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from segkit.losses.base import resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
+from segkit.losses.ohem import OhemCrossEntropyLoss
 
 
 class DetailLoss(nn.Module):
@@ -86,7 +88,41 @@ class CEDetailLoss(CrossEntropyLoss):
         self.detail = DetailLoss(ignore_index=ignore_index)
 
     def forward(self, outputs: Mapping | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = super().forward(outputs, target)
-        if isinstance(outputs, Mapping) and "detail" in outputs:
-            total = total + self.detail_weight * self.detail(outputs, target)
-        return total
+        return with_detail(self, super().forward(outputs, target), outputs, target)
+
+
+class OhemDetailLoss(OhemCrossEntropyLoss):
+    """``OHEM-CE(out) + aux terms + detail_weight * DetailLoss(detail)``: STDC-Seg's own
+    training loss (see :class:`OhemCrossEntropyLoss` for ``thresh`` / ``min_kept``).
+
+    As in :class:`CEDetailLoss`, the detail term is added only when the outputs carry
+    ``"detail"``."""
+
+    def __init__(
+        self,
+        detail_weight: float = 1.0,
+        thresh: float = 0.7,
+        min_kept: int = 100000,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        aux_weights: float | Sequence[float] = 0.4,
+    ) -> None:
+        super().__init__(thresh, min_kept, ignore_index, class_weights, aux_weights)
+        self.detail_weight = detail_weight
+        self.detail = DetailLoss(ignore_index=ignore_index)
+
+    def forward(self, outputs: Mapping | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return with_detail(self, super().forward(outputs, target), outputs, target)
+
+
+def with_detail(
+    loss: CEDetailLoss | OhemDetailLoss,
+    total: torch.Tensor,
+    outputs: Mapping | torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """``total`` (the segmentation terms, a scalar) plus the weighted detail term, when the
+    outputs carry ``"detail"`` (STDCSeg in training)."""
+    if isinstance(outputs, Mapping) and "detail" in outputs:
+        total = total + loss.detail_weight * loss.detail(outputs, target)
+    return total
