@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from segkit.losses import (
+    CEDetailLoss,
     CEDiceLoss,
     CELovaszLoss,
     CrossEntropyLoss,
@@ -18,6 +19,7 @@ from segkit.losses import (
     FocalLoss,
     LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
+    OhemDetailLoss,
     resize_to_target,
 )
 
@@ -31,6 +33,8 @@ ALL_LOSSES = [
     OhemCrossEntropyLoss,
     LovaszSoftmaxLoss,
     CELovaszLoss,
+    CEDetailLoss,
+    OhemDetailLoss,
 ]
 
 
@@ -422,7 +426,7 @@ def test_gradient_flows_to_main_and_aux(cls):
     aux = torch.randn(2, 3, 3, 3, generator=g, requires_grad=True)
     target = torch.randint(0, 3, (2, 6, 6), generator=g)
     target[0, 0] = 255
-    kwargs = {"min_kept": 10} if cls is OhemCrossEntropyLoss else {}
+    kwargs = {"min_kept": 10} if issubclass(cls, OhemCrossEntropyLoss) else {}
     value = cls(**kwargs)({"out": main, "aux": [aux]}, target)
     value.backward()
     assert value.dim() == 0 and torch.isfinite(value)
@@ -453,7 +457,7 @@ def test_every_loss_config_instantiates_and_runs(path):
 
 
 def test_config_glob_sees_all_losses():
-    expected = {"ce", "focal", "dice", "ce_dice", "ohem", "lovasz", "ce_lovasz"}
+    expected = {"ce", "focal", "dice", "ce_dice", "ohem", "lovasz", "ce_lovasz", "ohem_detail"}
     assert {p.stem for p in CONF_LOSS.glob("*.yaml")} >= expected
 
 
