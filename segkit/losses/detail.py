@@ -68,12 +68,27 @@ class DetailLoss(nn.Module):
         return self.bce_weight * bce + self.dice_weight * dice.mean()
 
 
-class CEDetailLoss(CrossEntropyLoss):
-    """``CE(out) + aux terms + detail_weight * DetailLoss(detail)``.
+class DetailGuided:
+    """Mixin for a segmentation loss: adds ``detail_weight * DetailLoss(outputs["detail"])``
+    when the outputs carry ``"detail"`` (STDCSeg in training), so validation, and any other
+    model, get the plain loss. Put it first: ``class X(DetailGuided, SomeSegLoss)``."""
 
-    The detail term is added only when the outputs carry ``"detail"`` (STDCSeg in training),
-    so validation, and any other model, get plain cross-entropy.
-    """
+    detail_weight: float
+    detail: DetailLoss
+
+    def _init_detail(self, detail_weight: float, ignore_index: int) -> None:
+        self.detail_weight = detail_weight
+        self.detail = DetailLoss(ignore_index=ignore_index)
+
+    def forward(self, outputs: Mapping | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = super().forward(outputs, target)
+        if isinstance(outputs, Mapping) and "detail" in outputs:
+            total = total + self.detail_weight * self.detail(outputs, target)
+        return total
+
+
+class CEDetailLoss(DetailGuided, CrossEntropyLoss):
+    """``CE(out) + aux terms + detail_weight * DetailLoss(detail)``."""
 
     def __init__(
         self,
@@ -84,19 +99,12 @@ class CEDetailLoss(CrossEntropyLoss):
         aux_weights: float | Sequence[float] = 0.4,
     ) -> None:
         super().__init__(ignore_index, class_weights, label_smoothing, aux_weights)
-        self.detail_weight = detail_weight
-        self.detail = DetailLoss(ignore_index=ignore_index)
-
-    def forward(self, outputs: Mapping | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return with_detail(self, super().forward(outputs, target), outputs, target)
+        self._init_detail(detail_weight, ignore_index)
 
 
-class OhemDetailLoss(OhemCrossEntropyLoss):
+class OhemDetailLoss(DetailGuided, OhemCrossEntropyLoss):
     """``OHEM-CE(out) + aux terms + detail_weight * DetailLoss(detail)``: STDC-Seg's own
-    training loss (see :class:`OhemCrossEntropyLoss` for ``thresh`` / ``min_kept``).
-
-    As in :class:`CEDetailLoss`, the detail term is added only when the outputs carry
-    ``"detail"``."""
+    training loss (see :class:`OhemCrossEntropyLoss` for ``thresh`` / ``min_kept``)."""
 
     def __init__(
         self,
@@ -108,21 +116,4 @@ class OhemDetailLoss(OhemCrossEntropyLoss):
         aux_weights: float | Sequence[float] = 0.4,
     ) -> None:
         super().__init__(thresh, min_kept, ignore_index, class_weights, aux_weights)
-        self.detail_weight = detail_weight
-        self.detail = DetailLoss(ignore_index=ignore_index)
-
-    def forward(self, outputs: Mapping | torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return with_detail(self, super().forward(outputs, target), outputs, target)
-
-
-def with_detail(
-    loss: CEDetailLoss | OhemDetailLoss,
-    total: torch.Tensor,
-    outputs: Mapping | torch.Tensor,
-    target: torch.Tensor,
-) -> torch.Tensor:
-    """``total`` (the segmentation terms, a scalar) plus the weighted detail term, when the
-    outputs carry ``"detail"`` (STDCSeg in training)."""
-    if isinstance(outputs, Mapping) and "detail" in outputs:
-        total = total + loss.detail_weight * loss.detail(outputs, target)
-    return total
+        self._init_detail(detail_weight, ignore_index)

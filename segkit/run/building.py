@@ -171,12 +171,10 @@ def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo, unu
 
 def unused_heads(model: nn.Module, loss_fn: nn.Module) -> bool:
     """True (with a warning naming the fix) when the model trains a head the loss ignores:
-    STDC's detail head without ``loss=ce_detail``."""
-    from segkit.losses.detail import CEDetailLoss, OhemDetailLoss
+    STDC's detail head without ``loss=ce_detail`` / ``ohem_detail``."""
+    from segkit.losses.detail import DetailGuided
 
-    if getattr(model, "detail_head", None) is None or isinstance(
-        loss_fn, (CEDetailLoss, OhemDetailLoss)
-    ):
+    if getattr(model, "detail_head", None) is None or isinstance(loss_fn, DetailGuided):
         return False
     log.warning(
         "the model's detail head is not trained by this loss: use loss=ce_detail or ohem_detail"
