@@ -1,7 +1,7 @@
-"""Starting and stopping processes: spawning the workers of ``trainer.devices=N`` and reporting
-their errors, worker logging, the job's one run directory (torchrun, elastic restarts),
-SIGINT / SIGTERM handling, and submitit's preemption / time-limit signal (the one place that
-knows a job runs under submitit). Ranks, collectives and devices are ``segkit.dist``."""
+"""Starting and ending processes: spawning the workers of ``trainer.devices=N`` (passing the stop
+signals on to them) and reporting their errors, worker logging, the job's one run directory
+(torchrun, elastic restarts). Signals themselves are ``segkit.signals``; ranks, collectives and
+devices are ``segkit.dist``."""
 
 from __future__ import annotations
 
@@ -16,137 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from segkit.dist import DistInfo, all_reduce_sum, broadcast_object
+from segkit.dist import DistInfo, broadcast_object
+from segkit.errors import Interrupted
+from segkit.signals import end_worker_processes, note_preemption, preemption_signal, stop_signals
 
 log = logging.getLogger("segkit")
-
-
-def preemption_signal() -> signal.Signals | None:
-    """The signal submitit delivers before a job's time limit and when the cluster preempts it
-    (SLURM ``--signal=USR2@signal_delay_s``; its local controller ``signal_delay_s`` before
-    ``timeout_min``): SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` names another. None when this
-    process does not run a submitit job (its controller and sbatch script export
-    ``SUBMITIT_EXECUTOR``; segkit's DDP workers inherit it)."""
-    if not _submitit_executor():
-        return None
-    from submitit import JobEnvironment
-
-    return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
-
-
-def slurm_requeues() -> int:
-    """How often SLURM requeued this submitit job (``SLURM_RESTART_COUNT``): submitit's requeue,
-    or the cluster's own (a preemption with ``PreemptMode=REQUEUE``, a node failure); else 0."""
-    if _submitit_executor() != "slurm":
-        return 0
-    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-
-
-def _submitit_executor() -> str | None:
-    """``local`` or ``slurm`` inside a submitit job (its controller and its sbatch script export
-    ``SUBMITIT_EXECUTOR``), else None: the one test for "this runs under submitit"."""
-    return os.environ.get("SUBMITIT_EXECUTOR") or None
-
-
-_preempted = False  # this process got preemption_signal() while segkit handled it
-
-
-def preempted() -> bool:
-    """Whether this process got submitit's preemption / time-limit signal (then the job, once
-    its interrupt checkpoint is saved, goes back to submitit: :func:`requeue`)."""
-    return _preempted
-
-
-def _note_preemption(signum: int, frame: Any = None) -> None:
-    global _preempted
-    _preempted = True
-
-
-def requeue() -> None:
-    """Hand a preempted or timed-out job back to submitit: call the handler submitit installed
-    for :func:`preemption_signal` (``SignalHandler.checkpoint_and_try_requeue``, which segkit's
-    own handlers held back). It pickles the job again (hydra-submitit's ``checkpoint()``: the
-    same overrides, so the same run directory), counts a time-out against ``max_num_timeout``,
-    requeues (SLURM: ``scontrol requeue``; local: exit status 144, which its controller reruns)
-    and ends the process (SystemExit). Raises submitit's ``UncompletedJobError`` when it will
-    not requeue (timed out too often)."""
-    sig = preemption_signal()
-    handler = signal.getsignal(sig) if sig is not None else None
-    if not callable(handler):
-        raise RuntimeError(f"no submitit handler for {sig!r}: this is not a submitit job")
-    handler(sig, None)
-
-
-class StopRequest:
-    """While active (``with StopRequest() as stop:``, main thread), SIGINT / SIGTERM set a flag
-    instead of killing the process, so the training loop can finish its step, save and stop
-    (``requested``). A second SIGINT stops at once (KeyboardInterrupt). Under submitit its
-    preemption / time-limit signal (:func:`preemption_signal`) stops the loop the same way, and
-    wins over the others (the job is then requeued, :func:`requeue`); SIGTERM alone stays a
-    plain stop, as submitit has it (``scancel`` sends SIGTERM too)."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        for sig in _stop_signals():
-            self._previous[sig] = signal.signal(sig, self._handle)
-        if _preempted:  # a DDP worker got it before training began
-            self.signal_name = preemption_signal().name
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.signal_name == "SIGINT" and name == "SIGINT":
-            raise KeyboardInterrupt
-        if signum == preemption_signal() and self.signal_name != name:
-            _note_preemption(signum)
-            self.signal_name = name
-            log.warning(
-                "%s received (time limit or preemption): saving after the current step, "
-                "then handing the job back to submitit to requeue it",
-                name,
-            )
-        elif self.signal_name is None:
-            self.signal_name = name
-            log.warning("%s received: saving and stopping after the current step", name)
-
-    def requested(self, info: DistInfo) -> str | None:
-        """The signal name once any rank got one (agreed across ranks), else None."""
-        if not info.distributed:
-            return self.signal_name
-        names = [s.name for s in _stop_signals()]  # the same list on every rank
-        flags = torch.tensor([self.signal_name == n for n in names])
-        flags = all_reduce_sum(flags.to(info.device, torch.float32)).cpu()
-        got = [n for n, f in zip(names, flags.tolist()) if f > 0]
-        return got[-1] if got else None  # the preemption signal, else SIGTERM, else SIGINT
-
-
-def _stop_signals() -> tuple[signal.Signals, ...]:
-    """SIGINT, SIGTERM, and submitit's preemption signal under submitit (the last wins)."""
-    sig = preemption_signal()
-    return (signal.SIGINT, signal.SIGTERM) + ((sig,) if sig is not None else ())
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``. Samples draw from their own (seed, epoch, index) generator;
-    this only keeps a library that uses numpy's global RNG from repeating the same stream in
-    every worker process. Ctrl-C reaches the workers too: they ignore it, the main process
-    saves and stops them; so does submitit's preemption signal (SLURM signals every process
-    of the job)."""
-    np.random.seed(torch.initial_seed() % 2**32)
-    for sig in (signal.SIGINT, preemption_signal()):
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
 
 
 class ResumableSampler(DistributedSampler):
@@ -185,11 +62,20 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
         start_method="spawn",
         join=False,
     )
-    forward = _forward_signals(context.processes)
+    received: list[str] = []  # the stop signals this process got
+    forward = _forward_signals(context.processes, received)
     try:
         while not context.join(timeout=1.0):
             pass
     except mp.ProcessExitedException as e:
+        if e.signal_name in received:  # sent to the whole job, outside a rank's training loop
+            raise Interrupted(
+                f"interrupted by {e.signal_name} while rank {e.error_index} was starting or "
+                "finishing (outside training, where it cannot save); the last checkpoint is "
+                "intact: run the command again with trainer.resume=auto (without it if the run "
+                "had no checkpoint yet)",
+                e.signal_name,
+            ) from None
         raise _rank_error(e.error_index, e.exit_code, e.signal_name, errors) from None
     except mp.ProcessRaisedException as e:
         # a bug: keep the rank's traceback, and lead with its last line
@@ -199,18 +85,19 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
         forward()
 
 
-def _forward_signals(processes: list) -> Callable[[], None]:
+def _forward_signals(processes: list, received: list[str]) -> Callable[[], None]:
     """Pass SIGINT / SIGTERM (and submitit's preemption signal, noted for :func:`requeue`) on to
-    the workers (which save and stop) instead of dying here; returns the function that restores
-    the previous handlers."""
-    sigs = _stop_signals()
+    the workers (which save and stop) instead of dying here, and append their names to
+    ``received``; returns the function that restores the previous handlers."""
+    sigs = stop_signals()
     previous = {sig: signal.getsignal(sig) for sig in sigs}
 
     def handle(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
         if signum == signal.SIGINT:  # Ctrl-C: the terminal sent it to the workers already
             return
         if signum == preemption_signal():
-            _note_preemption(signum)
+            note_preemption(signum)
             name = signal.Signals(signum).name
             log.warning("%s received (time limit or preemption): stopping the workers", name)
         for p in processes:
@@ -262,7 +149,7 @@ def _worker(
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if (sig := preemption_signal()) is not None:  # not fatal before training: StopRequest acts
-        signal.signal(sig, _note_preemption)
+        signal.signal(sig, note_preemption)
     setup_worker_logging(Path(run_dir), local_rank)
     try:
         fn(plain_cfg, Path(run_dir))
@@ -272,6 +159,8 @@ def _worker(
             raise  # a bug: torch.multiprocessing sends the traceback to the parent
         errors.put((type(cause).__name__, f"rank {local_rank}: {cause}", cause.exit_code))
         raise SystemExit(cause.exit_code) from None
+    finally:  # a spawned process ends without atexit: multiprocessing's join would wait for them
+        end_worker_processes()
     _exit_finished_worker()
 
 
@@ -280,12 +169,7 @@ def _exit_finished_worker() -> None:
     without interpreter finalization: there gloo's threads can still be releasing tensors, or
     a library's daemon thread holds stderr, and CPython aborts (SIGABRT): a finished run,
     then reported as a killed rank. Once in a few hundred runs under load (a CI sweep)."""
-    import multiprocessing
-
-    for child in multiprocessing.active_children():  # DataLoader workers a cycle kept alive
-        child.terminate()
-        child.join()
-    logging.shutdown()
+    logging.shutdown()  # DataLoader workers are ended already (_worker)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

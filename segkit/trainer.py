@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segkit import budget, dist, launch
+from segkit import budget, dist, signals
 from segkit import checkpoint as ckpt_io
 from segkit.data.base import LabelSpace
 from segkit.ema import ModelEMA
@@ -112,7 +112,7 @@ class Trainer:
         self.budget_s = None if max_time_min is None else float(max_time_min) * 60.0
         self.epoch_cap = max_epochs  # max_epochs may shrink to the epochs that fit the budget
         self.ema = ModelEMA(self.bare_model, ema_decay) if ema_decay else None
-        self.stop: launch.StopRequest | None = None  # set while signals should stop the loop
+        self.stop: signals.StopRequest | None = None  # set while signals should stop the loop
         cuda = info.device.type == "cuda"
         dist.configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
         self.precision = dist.resolve_precision(precision, info.device)

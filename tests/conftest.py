@@ -53,13 +53,27 @@ def compose_train(*overrides: str) -> DictConfig:
     return cfg
 
 
-def run_cli(script: str, *args: str, cwd: Path, timeout: int = 300, env: dict | None = None):
-    """Run ``python <script> args`` the way a user does; returns the CompletedProcess."""
+def run_cli(
+    script: str,
+    *args: str,
+    cwd: Path,
+    timeout: int = 300,
+    env: dict | None = None,
+    new_session: bool = False,
+):
+    """Run ``python <script> args`` the way a user does; returns the CompletedProcess.
+    ``new_session``: in its own session and process group (one that a test may signal whole)."""
     # the repository root on PYTHONPATH: runs may name test-only components (tests.faults)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     full_env.update(env or {})
     cmd = [sys.executable, *([str(REPO / script)] if script.endswith(".py") else ["-m", script])]
     return subprocess.run(
-        [*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [*cmd, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=new_session,
     )

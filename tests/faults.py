@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import torch
 
@@ -94,17 +97,28 @@ class ConfigEditingLoss(CrossEntropyLoss):
 class SignalingCrossEntropy(CrossEntropyLoss):
     """Cross-entropy that sends a real ``SIGTERM`` on training call ``signal_at_step``: to its
     own process (``to_parent=False``) or to its parent (the launcher of ``trainer.devices=N``,
-    which passes it on to every rank), like a cluster scheduler would."""
+    which passes it on to every rank), like a cluster scheduler would; ``to_group``: to every
+    process of its process group, DataLoader workers included, from another process
+    (``kill -- -PGID``, SLURM's ``scancel``, ``pkill -f train.py``; torch's workers take a
+    SIGTERM from their own main process as a request to exit quietly)."""
 
-    def __init__(self, *args, signal_at_step: int, to_parent: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.signal_at_step, self.to_parent, self.calls = signal_at_step, to_parent, 0
+    def __init__(
+        self, *args, signal_at_step: int, to_parent: bool = False, to_group: bool = False, **kw
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.signal_at_step, self.to_parent, self.to_group = signal_at_step, to_parent, to_group
+        self.calls = 0
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         if not torch.is_inference_mode_enabled():
             self.calls += 1
             if self.calls == self.signal_at_step and os.environ.get("RANK", "0") == "0":
-                os.kill(os.getppid() if self.to_parent else os.getpid(), signal.SIGTERM)
+                if self.to_group:  # from another process, as a shell's does
+                    kill = f"import os, signal; os.killpg({os.getpgid(0)}, signal.SIGTERM)"
+                    subprocess.run([sys.executable, "-c", kill])
+                    time.sleep(0.5)  # the DataLoader workers would be dead by the next batch
+                else:
+                    os.kill(os.getppid() if self.to_parent else os.getpid(), signal.SIGTERM)
         return super().forward(outputs, target)
 
 

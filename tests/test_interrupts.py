@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ from tests.conftest import TINY, run_cli
 BASE = [*TINY, "trainer.max_epochs=2", "trainer.log_every=1", "dataset.check=off"]
 
 
-def _signal_at(step: int, to_parent: bool = False) -> list[str]:
+def _signal_at(step: int, to_parent: bool = False, to_group: bool = False) -> list[str]:
     return [
         "loss._target_=tests.faults.SignalingCrossEntropy",
         f"+loss.signal_at_step={step}",
         f"+loss.to_parent={str(to_parent).lower()}",
+        f"+loss.to_group={str(to_group).lower()}",
     ]
 
 
@@ -27,9 +29,13 @@ def _weights(run: Path) -> dict:
     return ck.load(run / "checkpoints" / "last.pt")
 
 
-def _interrupted_then_resumed(tmp_path: Path, extra: list[str], signal: list[str]) -> Path:
+def _interrupted_then_resumed(
+    tmp_path: Path, extra: list[str], signal: list[str], new_session: bool = False
+) -> Path:
     run = ["hydra.run.dir=interrupted"]
-    first = run_cli("train.py", *BASE, *extra, *signal, *run, cwd=tmp_path, timeout=300)
+    first = run_cli(
+        "train.py", *BASE, *extra, *signal, *run, cwd=tmp_path, timeout=180, new_session=new_session
+    )
     assert first.returncode == 143, first.stderr[-3000:]
     assert first.stderr.count("segkit: error:") == 1 and "Traceback" not in first.stderr
     assert "trainer.resume=auto" in first.stderr
@@ -80,3 +86,31 @@ def test_periodic_checkpoints_record_the_position(tmp_path):
     assert proc.returncode != 0
     mid = ck.load(tmp_path / "r" / "checkpoints" / "periodic.pt")
     assert mid["step"] == 4 and mid["epoch"] == 0 and mid["epoch_step"] == 4
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """PIDs of the processes whose working directory is ``folder`` (left over from a run)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) == folder:
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigterm_to_every_process_with_loader_workers_then_resume(tmp_path, devices):
+    """``kill -- -PGID`` (``scancel``, ``pkill -f train.py``) signals the DataLoader workers
+    too: they must not die of it (the run would fail, reported as an out-of-memory kill) nor
+    keep the run from exiting; the run saves, exits 143, and resumes exactly."""
+    extra = ["loader.num_workers=2", f"trainer.devices={devices}"]
+    straight = run_cli("train.py", *BASE, *extra, "hydra.run.dir=straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    step = 8 if devices == 1 else 5
+    resumed = _interrupted_then_resumed(
+        tmp_path, extra, _signal_at(step, to_group=True), new_session=True
+    )
+    _same_weights(_weights(tmp_path / "straight"), _weights(resumed))
+    assert _processes_in(tmp_path.resolve()) == []

@@ -16,10 +16,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
-from segkit import dist, launch
+from segkit import dist, launch, signals
 from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
@@ -111,10 +110,10 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
         train_ds, info.world_size, info.rank, seed=cfg.seed, drop_last=True
     )
     pin = info.device.type == "cuda"
-    common = dict(num_workers=lc.num_workers, pin_memory=pin, worker_init_fn=launch.seed_worker)
+    common = dict(num_workers=lc.num_workers, pin_memory=pin)
     if lc.num_workers > 0:  # workers live across epochs and validations
         common.update(persistent_workers=True, prefetch_factor=lc.prefetch_factor)
-    train_loader = DataLoader(
+    train_loader = signals.StopSafeLoader(
         train_ds, batch_size=lc.batch_size, sampler=sampler, drop_last=True, **common
     )
     val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
@@ -122,7 +121,9 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
         from segkit.data.original import OriginalSizeMasks, collate_original
 
         val_ds, common["collate_fn"] = OriginalSizeMasks(val_ds), collate_original
-    val_loader = DataLoader(val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common)
+    val_loader = signals.StopSafeLoader(
+        val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common
+    )
     return train_loader, val_loader
 
 

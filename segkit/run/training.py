@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segkit import checkpoint as ckpt_io
-from segkit import dist, launch
+from segkit import dist, launch, signals
 from segkit.complexity import log_complexity
 from segkit.errors import Interrupted
 from segkit.run.building import build_trainer, resume, seed_everything
@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> float:
             return read_result(run_dir)["best_miou"]
         return train_rank(cfg, run_dir)
     except Interrupted:
-        if launch.preempted():  # submitit's time-limit / preemption signal: requeue the job
+        if signals.preempted():  # submitit's time-limit / preemption signal: requeue the job
             requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
         raise
 
@@ -107,7 +107,7 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
         trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
-    with launch.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
+    with signals.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
         state = trainer.fit()
     if out_dir is not None:
@@ -128,7 +128,7 @@ def requeue_preempted(run_dir: Path) -> None:
     write_status(run_dir, "interrupted", reason=reason, requeued=True)
     log.warning("requeuing the job through submitit; the next attempt resumes in %s", run_dir)
     try:
-        launch.requeue()
+        signals.requeue()
     except Exception as e:  # submitit's UncompletedJobError
         log.error("submitit did not requeue the job: %s", e)
         write_status(run_dir, "interrupted", reason=reason, requeue_refused=str(e)[:300])
@@ -143,7 +143,7 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
     if launch.elastic_restarts():
         count = launch.elastic_restarts()
         cause = previous.get("reason") or f"a rank died (status was {previous.get('status')!r})"
-    elif previous.get("requeued") or launch.slurm_requeues():
+    elif previous.get("requeued") or signals.slurm_requeues():
         count = previous.get("restarts", 0) + 1
         by = "submitit" if previous.get("requeued") else "SLURM"
         cause = f"requeued by {by} after {ended}"
