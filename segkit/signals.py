@@ -151,8 +151,6 @@ class StopSafeLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, worker_init_fn=seed_worker, **kwargs)
-        if self.num_workers > 0:
-            watch_worker_processes()
 
     def __iter__(self) -> Any:
         with _held(stop_signals()):  # starts the workers, or resets persistent ones
@@ -197,14 +195,6 @@ def end_worker_processes() -> None:
         child.join()
 
 
-_watching = False  # end_worker_processes is registered to run at exit
-
-
-def watch_worker_processes() -> None:
-    """Have :func:`end_worker_processes` run at exit, before multiprocessing's exit handler
-    (atexit runs the last registered first; importing ``multiprocessing.util`` registers that
-    one). Idempotent: call it wherever DataLoader workers are created."""
-    global _watching
-    if not _watching:
-        atexit.register(end_worker_processes)
-        _watching = True
+# at exit, before multiprocessing's exit handler (registered when multiprocessing.util was
+# imported, above; atexit runs the last registered first)
+atexit.register(end_worker_processes)
