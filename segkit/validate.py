@@ -31,6 +31,7 @@ from segkit.config_keys import (
     default_config,
     default_keys,
     did_you_mean,
+    is_class_weight_method,
     renamed_key_error,
     unknown_key_error,
 )
@@ -323,9 +324,9 @@ def check_channels(cfg: DictConfig) -> None:
 def check_class_weights(cfg: DictConfig) -> None:
     weights = OmegaConf.select(cfg, "loss.class_weights", default=None)
     n = OmegaConf.select(cfg, "dataset.num_classes", default=None)
-    if weights is None or isinstance(weights, str) and weights in CLASS_WEIGHT_METHODS:
+    if weights is None or is_class_weight_method(weights):
         return
-    expected = f"null, {' / '.join(CLASS_WEIGHT_METHODS)}, or a list of {n} numbers >= 0"
+    expected = f"null, {' / '.join(CLASS_WEIGHT_METHODS)} (P > 0), or a list of {n} numbers >= 0"
     if not isinstance(weights, ListConfig | list):
         raise ConfigError(f"loss.class_weights={weights!r}: expected {expected}")
     values = list(weights)

@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from segkit.losses import CrossEntropyLoss
+from segkit.losses import CELovaszLoss, CrossEntropyLoss
 
 
-class FailingCrossEntropy(CrossEntropyLoss):
-    """Cross-entropy that raises on training call ``fail_at_step`` (1-based; validation calls,
+class FailAt:
+    """Mixin for a loss: raises on training call ``fail_at_step`` (1-based; validation calls,
     made under inference mode, are not counted). ``None`` never fails. ``first_attempt_only``:
     fail only before torchrun's first restart (TORCHELASTIC_RESTART_COUNT=0)."""
 
@@ -37,6 +37,14 @@ class FailingCrossEntropy(CrossEntropyLoss):
             if self.fail_at_step is not None and self.calls >= self.fail_at_step:
                 raise RuntimeError(f"injected failure at training step {self.calls}")
         return super().forward(outputs, target)
+
+
+class FailingCrossEntropy(FailAt, CrossEntropyLoss):
+    """Cross-entropy that fails at a training step (see :class:`FailAt`)."""
+
+
+class FailingCELovasz(FailAt, CELovaszLoss):
+    """CE + Lovasz-softmax that fails at a training step (see :class:`FailAt`)."""
 
 
 def failing(step: int | None) -> list[str]:

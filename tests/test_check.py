@@ -396,10 +396,22 @@ def test_class_weights_hand_computed():
     # the square roots of the median-frequency weights
     sqrt = [1.0, 4 / 7**0.5, (6 / 7) ** 0.5, 0.0]
     assert class_weights(counts, "sqrt_median") == pytest.approx(sqrt)
+    assert class_weights(counts, "median**0.5") == class_weights(counts, "sqrt_median")
+    # median**P: the median-frequency weights to the power P
+    assert class_weights(counts, "median**0.25") == pytest.approx(
+        [1.0, (16 / 7) ** 0.25, (6 / 7) ** 0.25, 0.0]
+    )
+    assert class_weights(counts, "median**2") == pytest.approx(
+        [1.0, (16 / 7) ** 2, (6 / 7) ** 2, 0.0]
+    )
+    assert class_weights(counts, "median**1") == class_weights(counts, "median")
     # a plain count list: every class counted present everywhere, freq = count / total
     assert class_weights([4, 1, 2], "median") == pytest.approx([0.5, 2.0, 1.0])
-    with pytest.raises(ValueError, match="'median', 'sqrt_median' or 'inverse'"):
-        class_weights(counts, "sqrt")
+    for bad in ("sqrt", "median**0", "median**-1", "median**", "median^0.5"):
+        with pytest.raises(
+            ValueError, match=r"'median', 'sqrt_median', 'median\*\*P' \(P > 0\) or"
+        ):
+            class_weights(counts, bad)
     with pytest.raises(DataError, match="0 pixels"):
         class_weights([0, 0], "median")
 

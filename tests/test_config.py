@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from segkit.dist import DistInfo
+from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.run import build_loss, build_model, dataset_factory
 from segkit.validate import check_train_config
@@ -156,3 +157,11 @@ def test_old_key_in_an_experiment_file_names_its_new_key(tmp_path: Path):
         cfg.data = {"batch_size": 4}
     with pytest.raises(ConfigError, match="loader.batch_size"):
         check_renamed(cfg)
+
+
+def test_class_weight_methods_in_the_config_check():
+    for ok in ("auto", "sqrt_median", "median**0.25", "median**2", "inverse"):
+        check_train_config(compose_train(*TINY, f"loss.class_weights={ok}"))
+    for bad in ("median**0", "median**-1", "sqrt", "median^0.5"):
+        with pytest.raises(ConfigError, match=r"expected null, .*median\*\*P \(P > 0\)"):
+            check_train_config(compose_train(*TINY, f"loss.class_weights='{bad}'"))

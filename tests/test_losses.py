@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from segkit.losses import (
     CEDetailLoss,
     CEDiceLoss,
+    CELovaszDetailLoss,
     CELovaszLoss,
     CrossEntropyLoss,
     DiceLoss,
@@ -35,6 +36,7 @@ ALL_LOSSES = [
     CELovaszLoss,
     CEDetailLoss,
     OhemDetailLoss,
+    CELovaszDetailLoss,
 ]
 
 
@@ -360,6 +362,66 @@ def test_ce_lovasz_is_weighted_sum():
     lovasz = LovaszSoftmaxLoss(per_image=True)(logits, target).item()
     combo = CELovaszLoss(ce_weight=0.5, lovasz_weight=2.0, per_image=True)(logits, target)
     assert combo.item() == pytest.approx(0.5 * ce + 2.0 * lovasz)
+
+
+def test_lovasz_max_pixels_ranks_the_drawn_pixels_only():
+    """With ``max_pixels`` the loss is the Lovasz term of the pixels torch.randperm draws (one
+    batch ranking: indices over all N*H*W pixels; per image: the same positions in each image),
+    those pixels alone get a gradient, and a limit >= the pixel count changes nothing."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (3, 5, 6), generator=g)
+    target[0, 0] = 255
+    for per_image, pixels in ((False, 90), (True, 30)):
+        batches = 3 if per_image else 1
+        torch.manual_seed(11)
+        value = LovaszSoftmaxLoss(per_image=per_image, max_pixels=7)(logits, target)
+        torch.manual_seed(11)
+        keep = torch.randperm(pixels)[:7]
+        scores = logits.permute(0, 2, 3, 1).reshape(batches, pixels, 4)[:, keep]
+        labels = target.reshape(batches, pixels)[:, keep]
+        as_images = scores.reshape(batches, 7, 1, 4).permute(0, 3, 1, 2)  # (B, C, 7, 1)
+        expected = LovaszSoftmaxLoss(per_image=per_image)(as_images, labels.reshape(batches, 7, 1))
+        assert value.item() == pytest.approx(expected.item(), abs=1e-12)
+        (grad,) = torch.autograd.grad(value, logits)
+        touched = grad.abs().sum(1).reshape(batches, pixels) > 0
+        assert set(touched.nonzero()[:, 1].tolist()) <= set(keep.tolist())
+        full = LovaszSoftmaxLoss(per_image=per_image)(logits, target).item()
+        limit = LovaszSoftmaxLoss(per_image=per_image, max_pixels=pixels)
+        assert limit(logits, target).item() == pytest.approx(full, abs=1e-12)
+    for bad in (0, -5, True):
+        with pytest.raises(ValueError, match="loss.max_pixels"):
+            LovaszSoftmaxLoss(max_pixels=bad)
+
+
+def test_lovasz_max_pixels_estimates_the_full_loss():
+    # 20 000 drawn pixels of 8 x 120 x 160 (of which 1 % are a thin class): within 3 % of the
+    # loss of all 153 600 pixels
+    g = torch.Generator().manual_seed(5)
+    target = torch.randint(0, 3, (8, 120, 160), generator=g)
+    target[:, :, 80:82] = 3
+    logits = torch.randn(8, 4, 120, 160, generator=g) + 2 * F.one_hot(target, 4).permute(0, 3, 1, 2)
+    full = LovaszSoftmaxLoss()(logits, target).item()
+    torch.manual_seed(0)
+    sampled = [LovaszSoftmaxLoss(max_pixels=20000)(logits, target).item() for _ in range(3)]
+    assert all(v == pytest.approx(full, rel=0.03) for v in sampled)
+    assert len(set(sampled)) == 3  # a new draw per call
+
+
+def test_ce_lovasz_detail_is_ce_lovasz_plus_the_detail_term():
+    from segkit.losses.detail import DetailLoss
+
+    g = torch.Generator().manual_seed(2)
+    out = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+    aux = [torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)]
+    detail = torch.randn(2, 1, 4, 4, generator=g)
+    target = torch.randint(0, 3, (2, 8, 8), generator=g)
+    args = dict(ce_weight=0.5, lovasz_weight=2.0, class_weights=[1.0, 2.0, 0.5], aux_weights=0.3)
+    plain = CELovaszLoss(**args)({"out": out, "aux": aux}, target).item()
+    guided = CELovaszDetailLoss(detail_weight=0.7, **args)
+    value = guided({"out": out, "aux": aux, "detail": detail}, target).item()
+    assert value == pytest.approx(plain + 0.7 * DetailLoss()(detail, target).item(), rel=1e-6)
+    assert guided({"out": out, "aux": aux}, target).item() == pytest.approx(plain)  # eval mode
 
 
 # ---------------------------------------------------------------- output dict, resize, labels

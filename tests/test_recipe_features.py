@@ -239,6 +239,29 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
     assert all(torch.equal(weights[n], best["model"][n]) for n in weights)
 
 
+def test_sampled_lovasz_resumes_exactly(tmp_path):
+    """loss.max_pixels draws pixels from torch's generator at every step: a run resumed
+    mid-epoch after a crash ends with the weights of the uninterrupted run."""
+    lovasz = [
+        *TINY,
+        "trainer.max_epochs=3",
+        "loss=ce_lovasz",
+        "loss.max_pixels=50",
+        "loss._target_=tests.faults.FailingCELovasz",
+    ]
+    straight = tmp_path / "straight"
+    train_rank(compose_train(*lovasz, "+loss.fail_at_step=null"), straight)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_rank(compose_train(*lovasz, "+loss.fail_at_step=9"), crashed)
+    train_rank(compose_train(*lovasz, "+loss.fail_at_step=null", "trainer.resume=auto"), crashed)
+    a = ck.load(straight / "checkpoints" / "last.pt")
+    b = ck.load(crashed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 18
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
 # --------------------------------------------------------------------------- time budget
 def test_budget_arithmetic():
     assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 50) == 10  # 1 done + 9 more fit

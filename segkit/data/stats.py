@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from segkit.config_keys import median_weight_power
 from segkit.data.io import read_mask
 from segkit.errors import DataError
 
@@ -80,7 +81,8 @@ def class_weights(counts: ClassCounts | Sequence[int], method: str = "median") -
     'inverse': w_c = total / (K * pixels_c) with K the number of classes present, so the
     pixel-weighted mean weight is 1 (scikit-learn's 'balanced').
     'sqrt_median': the square root of the median-frequency weights, a softer balance (rare
-    classes gain recall with far fewer false positives, common ones lose less).
+    classes gain recall with far fewer false positives, common ones lose less); 'median**P':
+    the median-frequency weights to the power P > 0 ('median' is P = 1, 'sqrt_median' 0.5).
     A class with no pixels gets weight 0.0 (it cannot be learned from this data; never inf/NaN)
     and is left out of the median and of K. A plain sequence of pixel counts is accepted: each
     class then counts as present in every image (freq_c = pixels_c / total pixels).
@@ -93,16 +95,17 @@ def class_weights(counts: ClassCounts | Sequence[int], method: str = "median") -
     if not present.any():
         raise DataError("class_weights: every class has 0 pixels (are all masks ignore?)")
     weights = np.zeros_like(pixels)
-    if method in ("median", "sqrt_median"):
+    power = median_weight_power(method)
+    if power is not None:
         freq = pixels[present] / np.asarray(counts.image_pixels, dtype=np.float64)[present]
-        weights[present] = np.median(freq) / freq
-        if method == "sqrt_median":
-            weights = np.sqrt(weights)
+        median = np.median(freq) / freq
+        weights[present] = np.sqrt(median) if power == 0.5 else median**power
     elif method == "inverse":
         weights[present] = pixels.sum() / (present.sum() * pixels[present])
     else:
         raise ValueError(
-            f"class weight method must be 'median', 'sqrt_median' or 'inverse', got {method!r}"
+            "class weight method must be 'median', 'sqrt_median', 'median**P' (P > 0) or "
+            f"'inverse', got {method!r}"
         )
     return [float(w) for w in weights]
 

@@ -1,4 +1,4 @@
-"""STDC-Seg's detail-guidance loss, and cross-entropy (plain or OHEM) plus it, for
+"""STDC-Seg's detail-guidance loss, and cross-entropy (plain, OHEM or + Lovasz) plus it, for
 ``model=stdc1|stdc2``."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from torch import nn
 
 from segkit.losses.base import resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
+from segkit.losses.lovasz import CELovaszLoss
 from segkit.losses.ohem import OhemCrossEntropyLoss
 
 
@@ -116,4 +117,35 @@ class OhemDetailLoss(DetailGuided, OhemCrossEntropyLoss):
         aux_weights: float | Sequence[float] = 0.4,
     ) -> None:
         super().__init__(thresh, min_kept, ignore_index, class_weights, aux_weights)
+        self._init_detail(detail_weight, ignore_index)
+
+
+class CELovaszDetailLoss(DetailGuided, CELovaszLoss):
+    """``ce_weight * CE + lovasz_weight * Lovasz-softmax`` per head (see :class:`CELovaszLoss`)
+    ``+ detail_weight * DetailLoss(detail)``."""
+
+    def __init__(
+        self,
+        detail_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        lovasz_weight: float = 1.0,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        classes: str = "present",
+        per_image: bool = False,
+        aux_weights: float | Sequence[float] = 0.4,
+        max_pixels: int | None = None,
+    ) -> None:
+        super().__init__(
+            ce_weight,
+            lovasz_weight,
+            ignore_index,
+            class_weights,
+            label_smoothing,
+            classes,
+            per_image,
+            aux_weights,
+            max_pixels,
+        )
         self._init_detail(detail_weight, ignore_index)

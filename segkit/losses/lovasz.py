@@ -3,7 +3,9 @@
 The Lovasz extension of the Jaccard loss is a tight convex surrogate of ``1 - IoU`` per class:
 sort the pixel errors ``|fg_c - p_c|`` in decreasing order and weight each by the increase of
 the Jaccard loss when that pixel joins the set of mispredicted pixels. All classes (and, with
-``per_image``, all images) are computed at once with one sort, without host syncs.
+``per_image``, all images) are computed at once with one sort, without host syncs. The sort is
+the cost (about 0.1 s per million pixel-classes on a CPU core): ``max_pixels`` ranks a uniform
+random subset of the pixels instead.
 """
 
 from __future__ import annotations
@@ -42,11 +44,36 @@ def lovasz_per_class(probs: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
     [0, 1]) and are masked out of the dot product: the result equals the reference
     implementation run on the valid pixels only.
     """
-    errors = (fg - probs).abs().masked_fill(~valid, -1.0)
-    errors_sorted, perm = errors.sort(dim=1, descending=True)
+    # Sorted along a contiguous last dim (B, C, P): 1.5x faster than along dim 1 of (B, P, C).
+    errors = (fg - probs).abs().masked_fill(~valid, -1.0).transpose(1, 2).contiguous()
+    errors_sorted, perm = errors.sort(dim=2, descending=True)
     with torch.no_grad():  # the weights depend on the labels only: no graph, less memory
-        weights = lovasz_grad(fg.gather(1, perm)) * valid.expand_as(fg).gather(1, perm)
-    return (errors_sorted * weights).sum(dim=1)
+        fg_sorted = fg.transpose(1, 2).gather(2, perm)
+        valid_sorted = valid.transpose(1, 2).expand_as(fg_sorted).gather(2, perm)
+        weights = lovasz_grad(fg_sorted.transpose(1, 2)).transpose(1, 2) * valid_sorted
+    return (errors_sorted * weights).sum(dim=2)
+
+
+def rankings(
+    logits: Tensor, target: Tensor, batches: int, max_pixels: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """logits ``(N, C, H, W)``, target ``(N, H, W)`` -> scores ``(B, P, C)``, labels
+    ``(B, P, 1)`` for ``B = batches`` rankings (1: the whole batch; N: one per image).
+
+    With ``max_pixels`` below the P pixels of a ranking, a uniform random subset of that many
+    (torch.randperm; per image: the same positions in each) is gathered without copying the
+    whole map.
+    """
+    n, c = logits.shape[:2]
+    pixels = logits.shape[2] * logits.shape[3] * (n // batches)
+    if max_pixels is None or pixels <= max_pixels:
+        return logits.permute(0, 2, 3, 1).reshape(batches, -1, c), target.reshape(batches, -1, 1)
+    keep = torch.randperm(pixels, device=logits.device)[:max_pixels]
+    rows = torch.arange(batches, device=logits.device).unsqueeze(1)
+    if batches == 1:  # one ranking over the batch: pixel index = image * H * W + position
+        rows, keep = keep // (pixels // n), keep % (pixels // n)
+    scores = logits.reshape(n, c, -1)[rows, :, keep].reshape(batches, -1, c)
+    return scores, target.reshape(n, -1)[rows, keep].reshape(batches, -1, 1)
 
 
 class LovaszSoftmaxLoss(SegLoss):
@@ -63,12 +90,19 @@ class LovaszSoftmaxLoss(SegLoss):
     together); ``per_image=True`` computes the loss per image and averages over the N images.
     No counted class (e.g. every pixel ignored) gives 0 with a zero gradient.
 
+    ``max_pixels``: when a ranking holds more pixels, only a uniform random subset of that many
+    (drawn without replacement from torch's global generator, the same positions for every
+    image of a ``per_image`` batch) is ranked: an unbiased sample of the errors whose Lovasz
+    term estimates the full one at a fraction of the cost (the sort); the other pixels get no
+    gradient from this term. None ranks every pixel.
+
     Args:
         classes: ``"present"`` or ``"all"``.
         per_image: one ranking per image instead of one per batch.
         ignore_index: label value excluded from the loss.
         class_weights: one float per class or None (buffer, moves with ``.to()``).
         aux_weights: weight of each aux head (float) or one per aux head (list).
+        max_pixels: pixels ranked per ranking (a random subset), or None for all.
     """
 
     def __init__(
@@ -78,19 +112,25 @@ class LovaszSoftmaxLoss(SegLoss):
         ignore_index: int = 255,
         class_weights: Sequence[float] | None = None,
         aux_weights: float | Sequence[float] = 0.4,
+        max_pixels: int | None = None,
     ) -> None:
         super().__init__(ignore_index=ignore_index, aux_weights=aux_weights)
         if classes not in _CLASSES:
             raise ValueError(f"loss.classes must be one of {list(_CLASSES)}, got {classes!r}")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or int(max_pixels) < 1):
+            raise ValueError(
+                f"loss.max_pixels must be a positive integer or null, got {max_pixels!r}"
+            )
         self.classes = classes
         self.per_image = bool(per_image)
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.register_buffer("class_weights", class_weights_buffer(class_weights), persistent=False)
 
     def pixel_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         n, c = logits.shape[:2]
         batches = n if self.per_image else 1
-        probs = logits.softmax(dim=1).permute(0, 2, 3, 1).reshape(batches, -1, c)
-        labels = target.reshape(batches, -1, 1)
+        scores, labels = rankings(logits, target, batches, self.max_pixels)
+        probs = scores.softmax(dim=2)
         valid = labels != self.ignore_index
         classes = torch.arange(c, device=logits.device)
         fg = ((labels == classes) & valid).to(probs.dtype)  # (B, P, C), on the logits' device
@@ -104,7 +144,10 @@ class LovaszSoftmaxLoss(SegLoss):
         return per_batch.mean()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, classes={self.classes!r}, per_image={self.per_image}"
+        return (
+            f"{super().extra_repr()}, classes={self.classes!r}, per_image={self.per_image}, "
+            f"max_pixels={self.max_pixels}"
+        )
 
 
 class CELovaszLoss(SegLoss):
@@ -121,13 +164,14 @@ class CELovaszLoss(SegLoss):
         classes: str = "present",
         per_image: bool = False,
         aux_weights: float | Sequence[float] = 0.4,
+        max_pixels: int | None = None,
     ) -> None:
         super().__init__(ignore_index=ignore_index, aux_weights=aux_weights)
         self.ce_weight = float(ce_weight)
         self.lovasz_weight = float(lovasz_weight)
         self.ce = CrossEntropyLoss(ignore_index, class_weights, label_smoothing, aux_weights)
         self.lovasz = LovaszSoftmaxLoss(
-            classes, per_image, ignore_index, class_weights, aux_weights
+            classes, per_image, ignore_index, class_weights, aux_weights, max_pixels
         )
 
     @property

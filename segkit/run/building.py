@@ -19,7 +19,7 @@ from torch import nn
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch, signals
-from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS
+from segkit.config_keys import DATASET_RUN_KEYS, is_class_weight_method
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer
@@ -211,15 +211,15 @@ def compose_model_config(
 
 
 def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
-    """The loss; ``loss.class_weights=auto|median|sqrt_median|inverse`` is computed from the
-    train masks."""
+    """The loss; ``loss.class_weights=auto|median|sqrt_median|median**P|inverse`` is computed
+    from the train masks."""
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
     weights = loss_cfg.get("class_weights")
     if isinstance(weights, str):
-        if weights not in CLASS_WEIGHT_METHODS:
+        if not is_class_weight_method(weights):
             raise ConfigError(
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
-                "floats, or auto (median frequency) / median / sqrt_median / inverse"
+                "floats, or auto (median frequency) / median / sqrt_median / median**P / inverse"
             )
         from segkit.data.stats import auto_class_weights
 
