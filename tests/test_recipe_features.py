@@ -23,7 +23,6 @@ from segkit.inference import checkpoint_input_shape
 from segkit.run import build_trainer, dataset_factory, train_rank
 from segkit.validate import check_train_config
 from tests.conftest import CONF, TINY, compose_train, run_cli
-from tests.faults import failing
 
 
 # --------------------------------------------------------------------------- class-balanced crops
@@ -124,6 +123,15 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     assert list(scored["modes"]) == ["whole", "whole+flip"]
     assert scored["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
     assert scored["iou"] == pytest.approx(best["metrics"]["iou"], abs=1e-9, nan_ok=True)
+    # dataset=NAME (a config whose input_shape is 32x32, not the run's 24x24): the same numbers
+    named = tmp_path / "named"
+    proc = run_cli(
+        "eval.py", f"ckpt={run / 'checkpoints' / 'best.pt'}", "loader.num_workers=0",
+        "dataset=demo", *[o for o in TINY if o.startswith("dataset.")],
+        f"hydra.run.dir={named}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((named / "metrics.json").read_text())["miou"] == scored["miou"]
     # letterboxed 24x24 labels score something else: the two paths really differ
     boxed, _ = build_trainer(compose_train(*TINY, "dataset.input_shape=[24,24]"), _cpu())
     boxed.load_state(best)
@@ -212,13 +220,22 @@ def test_ema_update_matches_hand_computed_average():
 
 
 def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
-    ema = [*TINY, "trainer.max_epochs=3", "trainer.ema_decay=0.9"]
+    """Also with a loss that draws from torch's generator at every step (Lovasz on a random
+    sample of pixels, loss.max_pixels): the resumed run ends with the same weights."""
+    ema = [
+        *TINY,
+        "trainer.max_epochs=3",
+        "trainer.ema_decay=0.9",
+        "loss=ce_lovasz",
+        "loss.max_pixels=50",
+        "loss._target_=tests.faults.FailingCELovasz",
+    ]
     straight = tmp_path / "straight"
-    train_rank(compose_train(*ema), straight)
+    train_rank(compose_train(*ema, "+loss.fail_at_step=null"), straight)
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="injected failure"):
-        train_rank(compose_train(*ema, *failing(9)), crashed)
-    train_rank(compose_train(*ema, "trainer.resume=auto"), crashed)
+        train_rank(compose_train(*ema, "+loss.fail_at_step=9"), crashed)
+    train_rank(compose_train(*ema, "+loss.fail_at_step=null", "trainer.resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
     assert a["ema_updates"] == b["ema_updates"] == a["step"] == 18
@@ -237,29 +254,6 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
     best = ck.load(straight / "checkpoints" / "best.pt")
     weights = read_weights_file(straight / "checkpoints" / "best.safetensors")["model"]
     assert all(torch.equal(weights[n], best["model"][n]) for n in weights)
-
-
-def test_sampled_lovasz_resumes_exactly(tmp_path):
-    """loss.max_pixels draws pixels from torch's generator at every step: a run resumed
-    mid-epoch after a crash ends with the weights of the uninterrupted run."""
-    lovasz = [
-        *TINY,
-        "trainer.max_epochs=3",
-        "loss=ce_lovasz",
-        "loss.max_pixels=50",
-        "loss._target_=tests.faults.FailingCELovasz",
-    ]
-    straight = tmp_path / "straight"
-    train_rank(compose_train(*lovasz, "+loss.fail_at_step=null"), straight)
-    crashed = tmp_path / "crashed"
-    with pytest.raises(RuntimeError, match="injected failure"):
-        train_rank(compose_train(*lovasz, "+loss.fail_at_step=9"), crashed)
-    train_rank(compose_train(*lovasz, "+loss.fail_at_step=null", "trainer.resume=auto"), crashed)
-    a = ck.load(straight / "checkpoints" / "last.pt")
-    b = ck.load(crashed / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 18
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
 
 
 # --------------------------------------------------------------------------- time budget

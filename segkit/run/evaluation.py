@@ -40,8 +40,10 @@ def evaluate(cfg: DictConfig) -> dict:
     model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
     precision = eval_precision(cfg.precision, ckpt, device)
     ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
-    if cfg.input_shape:
-        ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(cfg.input_shape), None
+    # the model's own input size (what validation used), also when dataset=NAME names a config
+    # whose input_shape is another: eval.py then reproduces the training-time numbers
+    shape = cfg.input_shape or checkpoint_input_shape(ckpt)
+    ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
     loader = DataLoader(
         OriginalSizeMasks(ds),
