@@ -69,9 +69,10 @@ def rankings(
     if max_pixels is None or pixels <= max_pixels:
         return logits.permute(0, 2, 3, 1).reshape(batches, -1, c), target.reshape(batches, -1, 1)
     keep = torch.randperm(pixels, device=logits.device)[:max_pixels]
-    rows = torch.arange(batches, device=logits.device).unsqueeze(1)
     if batches == 1:  # one ranking over the batch: pixel index = image * H * W + position
         rows, keep = keep // (pixels // n), keep % (pixels // n)
+    else:  # one per image: the same positions in each
+        rows = torch.arange(batches, device=logits.device).unsqueeze(1)
     scores = logits.reshape(n, c, -1)[rows, :, keep].reshape(batches, -1, c)
     return scores, target.reshape(n, -1)[rows, keep].reshape(batches, -1, 1)
 

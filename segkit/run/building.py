@@ -19,7 +19,7 @@ from torch import nn
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist, launch, signals
-from segkit.config_keys import DATASET_RUN_KEYS, is_class_weight_method
+from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS, is_class_weight_method
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.trainer import Trainer
@@ -219,7 +219,7 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
         if not is_class_weight_method(weights):
             raise ConfigError(
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
-                "floats, or auto (median frequency) / median / sqrt_median / median**P / inverse"
+                f"floats, or {' / '.join(CLASS_WEIGHT_METHODS)} (P > 0)"
             )
         from segkit.data.stats import auto_class_weights
 
