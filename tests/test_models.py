@@ -106,21 +106,26 @@ def test_freeze_encoder_keeps_bn_stats_and_grads(name):
     assert all(bn.training for bn in bns)
 
 
-def test_stdc_stride4_decoder_predicts_from_the_quarter_map():
+@pytest.mark.parametrize("stride, head_hw", [(4, (17, 24)), (2, (34, 47))])
+def test_stdc_skip_decoder_predicts_from_the_quarter_or_half_map(stride, head_hw):
     torch.manual_seed(0)
-    model = build("stdc1", "model.decoder_stride=4")
+    model = build("stdc1", f"model.decoder_stride={stride}")
     sizes = {}
     model.head.register_forward_hook(lambda m, i, o: sizes.update(head=o.shape[-2:]))
     model.train()
     out = model(torch.randn(2, 3, 67, 93))
-    assert sizes["head"] == (17, 24)  # 67x93 -> 34x47 -> 17x24: stride 4, not 9x12
+    assert sizes["head"] == head_hw  # 67x93 -> 34x47 (1/2) -> 17x24 (1/4), not 9x12 (1/8)
     assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
     (out["out"].mean() + out["detail"].mean() + sum(a.mean() for a in out["aux"])).backward()
     assert all(p.grad is not None for p in model.parameters())
+    # the stride-4 weights keep their names: stride-4 checkpoints load into the same modules
+    names = {k for k in model.state_dict() if k.startswith("head.")}
+    assert any(k.startswith("head.fine.") for k in names) == (stride == 2)
+    assert {"head.high.conv.weight", "head.low.conv.weight", "head.classifier.weight"} <= names
     with pytest.raises(Exception) as excinfo:
         build("stdc1", "model.decoder_stride=16")
     err = root_error(excinfo)
-    assert isinstance(err, ConfigError) and "model.decoder_stride=16: choose 8 or 4" in str(err)
+    assert isinstance(err, ConfigError) and "model.decoder_stride=16: choose 8, 4 or 2" in str(err)
 
 
 def test_freeze_bn_survives_train_after_eval():

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,9 +195,11 @@ def test_a_row_with_new_columns_rewrites_the_header(tmp_path):
 
 
 # --------------------------------------------------------------------------- status.json
-def test_status_round_trips_and_keeps_who_started_the_run(tmp_path):
+def test_status_round_trips_and_keeps_who_started_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py", "model=unet"])
     running = write_status(tmp_path, "running", epoch=0)
-    assert running["pid"] == os.getpid() and running["host"] and "pytest" in running["command"]
+    assert running["pid"] == os.getpid() and running["host"]
+    assert running["command"] == f"{sys.executable} train.py model=unet"
     best = tmp_path / "checkpoints" / "best.pt"
     write_status(tmp_path, "finished", epoch=3, best_miou=0.71, best_checkpoint=best)
     status = read_status(tmp_path)

@@ -85,7 +85,13 @@ class STDCNet(nn.Module):
         # features index where each stride ends: 2, 4, 8, 16, 32
         ends = [1, 2, 2 + layers[0], 2 + layers[0] + layers[1], 2 + sum(layers)]
         self._ends = dict(zip(ends, ("feat2", "feat4", "feat8", "feat16", "feat32")))
-        self.channels = {"feat4": base, "feat8": base * 4, "feat16": base * 8, "feat32": base * 16}
+        self.channels = {
+            "feat2": base // 2,
+            "feat4": base,
+            "feat8": base * 4,
+            "feat16": base * 8,
+            "feat32": base * 16,
+        }
         init_conv_weights(self)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -98,26 +104,52 @@ class STDCNet(nn.Module):
 
 
 class SkipDecoder(nn.Module):
-    """Stride-4 decoder (DeepLabV3+ style) for thin classes that a 1/8 map cannot resolve.
+    """Stride-4 (or stride-2) decoder, DeepLabV3+ style, for thin classes that a 1/8 map cannot
+    resolve.
 
-    ``forward(high: (N, C_high, H/8, W/8), low: (N, C_low, H/4, W/4)) -> (N, classes, H/4, W/4)``:
-    the 1/8 features reduced by a 3x3 conv, upsampled, concatenated with a 1x1 projection of the
-    1/4 backbone map, then two 3x3 convs and a 1x1 classifier. At 64 channels it costs less than
-    the 256-channel 1/8 head it replaces.
+    ``forward(high: (N, C_high, H/8, W/8), low: (N, C_low, H/4, W/4), fine: (N, C_fine, H/2,
+    W/2) | None) -> (N, classes, H/4 or H/2, W/4 or W/2)``: the 1/8 features reduced by a 3x3
+    conv, upsampled, concatenated with a 1x1 projection of the 1/4 backbone map, then two 3x3
+    convs. With ``fine_channels`` the result is reduced to ``mid/2`` channels, upsampled again
+    and fused with a 1x1 projection of the 1/2 map by one 3x3 conv (stride 2: poles a few pixels
+    wide); a 1x1 classifier ends both. At 64 channels it costs less than the 256-channel 1/8
+    head it replaces; the stride-2 step adds about 10% to STDC1's multiply-adds.
     """
 
     def __init__(
-        self, high_channels: int, low_channels: int, num_classes: int, mid: int = 64
+        self,
+        high_channels: int,
+        low_channels: int,
+        num_classes: int,
+        mid: int = 64,
+        fine_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.high = ConvBNReLU(high_channels, mid, 3)
         self.low = ConvBNReLU(low_channels, mid // 2, 1)
         self.fuse = nn.Sequential(ConvBNReLU(mid + mid // 2, mid, 3), ConvBNReLU(mid, mid, 3))
-        self.classifier = nn.Conv2d(mid, num_classes, 1)
+        self.fine: nn.ModuleDict | None = None
+        if fine_channels is not None:
+            self.fine = nn.ModuleDict(
+                {
+                    "reduce": ConvBNReLU(mid, mid // 2, 1),
+                    "low": ConvBNReLU(fine_channels, mid // 4, 1),
+                    "fuse": ConvBNReLU(mid // 2 + mid // 4, mid // 2, 3),
+                }
+            )
+        self.classifier = nn.Conv2d(mid if self.fine is None else mid // 2, num_classes, 1)
 
-    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, high: torch.Tensor, low: torch.Tensor, fine: torch.Tensor | None = None
+    ) -> torch.Tensor:
         high = resize_to(self.high(high), low.shape[-2:])
-        return self.classifier(self.fuse(torch.cat([high, self.low(low)], dim=1)))
+        x = self.fuse(torch.cat([high, self.low(low)], dim=1))
+        if self.fine is not None:
+            if fine is None:
+                raise ValueError("SkipDecoder with fine_channels needs the 1/2 map")
+            x = resize_to(self.fine["reduce"](x), fine.shape[-2:])
+            x = self.fine["fuse"](torch.cat([x, self.fine["low"](fine)], dim=1))
+        return self.classifier(x)
 
 
 class STDCSeg(SegmentationModel):
@@ -129,8 +161,9 @@ class STDCSeg(SegmentationModel):
         aux: two context-path auxiliary heads, as BiSeNetV1 (training only).
         detail: the detail head on the 1/8 backbone map (training only, key ``"detail"``,
             ``(N, 1, H/8, W/8)`` boundary logits for `DetailLoss`).
-        decoder_stride: 8 (the paper: logits from the 1/8 fused map) or 4 (`SkipDecoder` adds
-            the 1/4 backbone map; poles, signs and other thin classes).
+        decoder_stride: 8 (the paper: logits from the 1/8 fused map), 4 (`SkipDecoder` adds
+            the 1/4 backbone map; poles, signs and other thin classes) or 2 (it adds the 1/2
+            map as well).
         pretrained: no torchvision weights exist; needs ``weights_path``.
         weights_path: STDC ImageNet backbone state dict (``features.*``, e.g. the authors'
             ``STDCNet813M_73.91.tar``); read only when ``pretrained``.
@@ -151,8 +184,8 @@ class STDCSeg(SegmentationModel):
         super().__init__()
         if variant not in _VARIANTS:
             raise ConfigError(f"model.variant={variant!r}: choose one of {sorted(_VARIANTS)}")
-        if decoder_stride not in (4, 8):
-            raise ConfigError(f"model.decoder_stride={decoder_stride!r}: choose 8 or 4")
+        if decoder_stride not in (2, 4, 8):
+            raise ConfigError(f"model.decoder_stride={decoder_stride!r}: choose 8, 4 or 2")
         backbone = STDCNet(_VARIANTS[variant])
         if pretrained:
             load_encoder_weights(backbone, weights_path, f"STDCSeg ({variant})")
@@ -162,7 +195,12 @@ class STDCSeg(SegmentationModel):
         self.head: nn.Module = (
             BiSeNetOutput(256, 256, num_classes)
             if decoder_stride == 8
-            else SkipDecoder(256, ch["feat4"], num_classes)
+            else SkipDecoder(
+                256,
+                ch["feat4"],
+                num_classes,
+                fine_channels=ch["feat2"] if decoder_stride == 2 else None,
+            )
         )
         self.aux_heads = (
             nn.ModuleList([BiSeNetOutput(128, 64, num_classes) for _ in range(2)]) if aux else None
@@ -181,7 +219,7 @@ class STDCSeg(SegmentationModel):
         feat8_cp, feat16_cp, feats = self.context_path(x)
         fused = self.ffm(feats["feat8"], feat8_cp)
         if isinstance(self.head, SkipDecoder):
-            logits = self.head(fused, feats["feat4"])
+            logits = self.head(fused, feats["feat4"], feats["feat2"])
         else:
             logits = self.head(fused)
         outputs: dict = {"out": resize_to(logits, x.shape[-2:])}
