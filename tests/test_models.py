@@ -13,6 +13,7 @@ from torch import nn
 from segkit.errors import ConfigError
 from segkit.losses.detail import DetailLoss
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet
+from segkit.models.blocks import StripPooling
 from segkit.run import compose_model_config, instantiate_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -126,6 +127,43 @@ def test_stdc_skip_decoder_predicts_from_the_quarter_or_half_map(stride, head_hw
         build("stdc1", "model.decoder_stride=16")
     err = root_error(excinfo)
     assert isinstance(err, ConfigError) and "model.decoder_stride=16: choose 8, 4 or 2" in str(err)
+
+
+def test_strip_pooling_sees_exactly_the_neighbouring_rows_and_columns():
+    """Output (i, j) depends on rows i-1..i+1 and columns j-1..j+1 in full (the 3x1 / 1x3 convs
+    on the row and column means) and on nothing else."""
+    torch.manual_seed(0)
+    block = StripPooling(4).eval()
+    x = torch.randn(1, 4, 9, 11, requires_grad=True)
+    out = block(x)
+    assert out.shape == x.shape
+    out[0, :, 4, 6].sum().backward()
+    reached = x.grad[0].abs().sum(0) > 0
+    expected = torch.zeros(9, 11, dtype=torch.bool)
+    expected[3:6, :] = True
+    expected[:, 5:8] = True
+    assert torch.equal(reached, expected)
+    # the gate lies in (0, 1): the block only attenuates
+    assert (out.abs() <= x.abs() + 1e-6).all()
+
+
+def test_stdc_strip_pool_gates_the_decoder_and_needs_a_skip_decoder():
+    torch.manual_seed(0)
+    model = build("stdc1", "model.decoder_stride=4", "model.strip_pool=true").train()
+    out = model(torch.randn(2, 3, 67, 93))
+    assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
+    out["out"].mean().backward()
+    strip = [n for n, p in model.named_parameters() if n.startswith("head.strip.")]
+    assert strip and all(dict(model.named_parameters())[n].grad is not None for n in strip)
+    # without it the stride-4 names are unchanged, so older checkpoints still load
+    plain = build("stdc1", "model.decoder_stride=4")
+    assert set(plain.state_dict()) == {
+        k for k in model.state_dict() if not k.startswith("head.strip.")
+    }
+    with pytest.raises(Exception) as excinfo:
+        build("stdc1", "model.strip_pool=true")
+    err = root_error(excinfo)
+    assert isinstance(err, ConfigError) and "model.decoder_stride=4" in str(err)
 
 
 def test_freeze_bn_survives_train_after_eval():

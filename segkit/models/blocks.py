@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "ConvBNReLU",
     "SegmentationModel",
+    "StripPooling",
     "check_input",
     "check_train_batch",
     "init_conv_weights",
@@ -35,7 +36,7 @@ class ConvBNReLU(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
+        kernel_size: int | tuple[int, int] = 3,
         stride: int = 1,
         *,
         groups: int = 1,
@@ -43,7 +44,8 @@ class ConvBNReLU(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
-        padding = dilation * (kernel_size - 1) // 2
+        sizes = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        padding = tuple(dilation * (k - 1) // 2 for k in sizes)
         self.conv = nn.Conv2d(
             in_channels,
             out_channels,
@@ -59,6 +61,29 @@ class ConvBNReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)))
+
+
+class StripPooling(nn.Module):
+    """Strip-pooling attention (Hou et al., "Strip Pooling", CVPR 2020, its SPBlock).
+
+    ``forward(x: (N, C, H, W)) -> (N, C, H, W)``: ``x`` averaged over each row to ``(N, C, H, 1)``
+    and over each column to ``(N, C, 1, W)``, a 3x1 and a 1x3 conv (+ bn) on the two strips,
+    both expanded back to ``H x W`` and summed, then ReLU, a 1x1 conv and a sigmoid gate on
+    ``x``. Every pixel sees its whole row and column: long thin structures (poles, posts)
+    gather context along their length that a square window misses.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.rows = ConvBNReLU(channels, channels, (3, 1), act=False)
+        self.cols = ConvBNReLU(channels, channels, (1, 3), act=False)
+        self.gate = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        rows = self.rows(F.adaptive_avg_pool2d(x, (h, 1))).expand(-1, -1, h, w)
+        cols = self.cols(F.adaptive_avg_pool2d(x, (1, w))).expand(-1, -1, h, w)
+        return x * torch.sigmoid(self.gate(F.relu(rows + cols)))
 
 
 def init_conv_weights(module: nn.Module) -> None:

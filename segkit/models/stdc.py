@@ -19,6 +19,7 @@ from segkit.models.bisenetv1 import BiSeNetOutput, ContextPath, FeatureFusionMod
 from segkit.models.blocks import (
     ConvBNReLU,
     SegmentationModel,
+    StripPooling,
     check_input,
     check_train_batch,
     init_conv_weights,
@@ -113,7 +114,9 @@ class SkipDecoder(nn.Module):
     convs. With ``fine_channels`` the result is reduced to ``mid/2`` channels, upsampled again
     and fused with a 1x1 projection of the 1/2 map by one 3x3 conv (stride 2); a 1x1 classifier
     ends both. At 64 channels it costs less than the 256-channel 1/8 head it replaces; the
-    stride-2 step adds 12% to STDC1's multiply-adds at 240x320.
+    stride-2 step adds 12% to STDC1's multiply-adds at 240x320. ``strip_pool`` gates the 1/4
+    features with `StripPooling` (whole rows and columns of context) before the classifier
+    (or the stride-2 step).
     """
 
     def __init__(
@@ -123,9 +126,11 @@ class SkipDecoder(nn.Module):
         num_classes: int,
         mid: int = 64,
         fine_channels: int | None = None,
+        strip_pool: bool = False,
     ) -> None:
         super().__init__()
         self.high = ConvBNReLU(high_channels, mid, 3)
+        self.strip = StripPooling(mid) if strip_pool else None
         self.low = ConvBNReLU(low_channels, mid // 2, 1)
         self.fuse = nn.Sequential(ConvBNReLU(mid + mid // 2, mid, 3), ConvBNReLU(mid, mid, 3))
         self.fine: nn.ModuleDict | None = None
@@ -144,6 +149,8 @@ class SkipDecoder(nn.Module):
     ) -> torch.Tensor:
         high = resize_to(self.high(high), low.shape[-2:])
         x = self.fuse(torch.cat([high, self.low(low)], dim=1))
+        if self.strip is not None:
+            x = self.strip(x)
         if self.fine is not None:
             if fine is None:
                 raise ValueError("SkipDecoder with fine_channels needs the 1/2 map")
@@ -164,6 +171,7 @@ class STDCSeg(SegmentationModel):
         decoder_stride: 8 (the paper: logits from the 1/8 fused map), 4 (`SkipDecoder` adds
             the 1/4 backbone map; poles, signs and other thin classes) or 2 (it adds the 1/2
             map as well).
+        strip_pool: `StripPooling` on the decoder's 1/4 features (``decoder_stride`` 4 or 2).
         pretrained: no torchvision weights exist; needs ``weights_path``.
         weights_path: STDC ImageNet backbone state dict (``features.*``, e.g. the authors'
             ``STDCNet813M_73.91.tar``); read only when ``pretrained``.
@@ -178,6 +186,7 @@ class STDCSeg(SegmentationModel):
         aux: bool = True,
         detail: bool = True,
         decoder_stride: int = 8,
+        strip_pool: bool = False,
         pretrained: bool = False,
         weights_path: str | None = None,
     ) -> None:
@@ -186,6 +195,11 @@ class STDCSeg(SegmentationModel):
             raise ConfigError(f"model.variant={variant!r}: choose one of {sorted(_VARIANTS)}")
         if decoder_stride not in (2, 4, 8):
             raise ConfigError(f"model.decoder_stride={decoder_stride!r}: choose 8, 4 or 2")
+        if strip_pool and decoder_stride == 8:
+            raise ConfigError(
+                "model.strip_pool=true works in the skip decoder, but model.decoder_stride=8 has"
+                " none: set model.decoder_stride=4 (or 2), or model.strip_pool=false"
+            )
         backbone = STDCNet(_VARIANTS[variant])
         if pretrained:
             load_encoder_weights(backbone, weights_path, f"STDCSeg ({variant})")
@@ -200,6 +214,7 @@ class STDCSeg(SegmentationModel):
                 ch["feat4"],
                 num_classes,
                 fine_channels=ch["feat2"] if decoder_stride == 2 else None,
+                strip_pool=strip_pool,
             )
         )
         self.aux_heads = (
