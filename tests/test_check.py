@@ -11,14 +11,8 @@ import pytest
 from PIL import Image
 
 from segkit.data import check
-from segkit.data.check import (
-    CheckReport,
-    check_dataset,
-    check_for_training,
-    check_split_file,
-    format_warnings,
-    write_bad_samples,
-)
+from segkit.data.check import check_dataset, check_for_training, check_split_file
+from segkit.data.report import CheckReport, Problem, format_warnings, write_bad_samples
 from segkit.data.stats import ClassCounts, auto_class_weights, class_pixel_counts, class_weights
 from segkit.data.voc import VOCDataset
 from segkit.errors import ConfigError, DataError
@@ -73,7 +67,7 @@ def path_of(root: Path, kind: str, name: str) -> Path:
     return root / "VOC2007" / sub / f"{name}{suffix}"
 
 
-def only(report: CheckReport, kind: str) -> check.Problem:
+def only(report: CheckReport, kind: str) -> Problem:
     """The single problem of `kind`, after asserting that it is the only error of the report."""
     matching = [p for p in report.problems if p.kind == kind]
     assert len(matching) == 1, report.format()

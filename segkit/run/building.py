@@ -82,7 +82,8 @@ def build_datasets(cfg: DictConfig, *, augment_train: bool = True):
 def check_datasets(cfg: DictConfig, train_ds, val_ds, out_dir: Path | None) -> None:
     """The dataset check before the first step (``dataset.check``); in skip mode the bad
     samples it reports are removed here and listed in ``bad_samples.txt``."""
-    from segkit.data.check import check_for_training, write_bad_samples
+    from segkit.data.check import check_for_training
+    from segkit.data.report import write_bad_samples
 
     if val_ds is None:
         raise ConfigError("dataset.val_split is null: training needs a val split")
