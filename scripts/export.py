@@ -23,6 +23,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from segkit.calibrate import stored_biases, with_bias
 from segkit.checkpoint import load_model
 from segkit.data.io import read_image
 from segkit.errors import ConfigError, UserError, run_task
@@ -84,6 +85,8 @@ def export(cfg: DictConfig) -> int:
     out = output_path(cfg, ckpt)
     model, meta = load_model(ckpt)
     labels, input_shape = checkpoint_labels(meta), checkpoint_input_shape(meta)
+    # a calibrated checkpoint: the whole-image logit biases become part of the graph
+    model = with_bias(model, stored_biases(meta, labels.num_classes, str(ckpt)), "whole")
     export_hw = tuple(cfg.export_shape or input_shape)
     pc = cfg.parity
     images = user_images(str(pc.images), pc.num_images) if pc.images else None

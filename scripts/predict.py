@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from segkit import dist
+from segkit.calibrate import stored_biases, with_bias
 from segkit.checkpoint import load_model
 from segkit.data.base import LabelSpace
 from segkit.data.io import read_image
@@ -54,8 +55,10 @@ Segmenter = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 # --------------------------------------------------------------------------- model
-def load(ckpt: str) -> tuple[nn.Module, LabelSpace, tuple[int, int]]:
-    """(model, label space, input_shape) from a checkpoint / weights file or an ``.onnx``."""
+def load(ckpt: str, spec: str = "whole") -> tuple[nn.Module, LabelSpace, tuple[int, int]]:
+    """(model, label space, input_shape) from a checkpoint / weights file or an ``.onnx``. A
+    calibrated checkpoint's model adds the logit biases of the mode ``spec`` it is run in (a
+    constant per class: the same before or after the flip / scale / window averaging)."""
     if Path(ckpt).suffix.lower() == ".onnx":
         from segkit.export import OnnxModel
 
@@ -67,7 +70,15 @@ def load(ckpt: str) -> tuple[nn.Module, LabelSpace, tuple[int, int]]:
             )
         return model, model.labels, tuple(model.input_shape)
     model, meta = load_model(ckpt)
-    return model, checkpoint_labels(meta), checkpoint_input_shape(meta)
+    labels = checkpoint_labels(meta)
+    model = with_bias(model, stored_biases(meta, labels.num_classes, ckpt), spec)
+    return model, labels, checkpoint_input_shape(meta)
+
+
+def mode_spec(cfg: DictConfig) -> str:
+    """The evaluation-mode name of ``mode`` / ``tta`` (``whole``, ``slide+flip+ms``, ...)."""
+    flip = "+flip" if cfg.tta.flip else ""
+    return f"{cfg.mode}{flip}{'+ms' if list(cfg.tta.scales) != [1.0] else ''}"
 
 
 def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, device) -> Segmenter:
@@ -292,7 +303,7 @@ def predict(cfg: DictConfig) -> int:
     files, roots = list_inputs(str(cfg.input))
     out = Path(cfg.out)
     check_out(out, roots)
-    model, labels, input_shape = load(str(cfg.ckpt))
+    model, labels, input_shape = load(str(cfg.ckpt), mode_spec(cfg))
     onnx = Path(cfg.ckpt).suffix.lower() == ".onnx"  # ONNX Runtime runs on the CPU here
     device = torch.device("cpu") if onnx else dist.select_device(cfg.accelerator, 0)
     segment = make_segmenter(cfg, model, labels, input_shape, device)

@@ -274,7 +274,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the model stored in a checkpoint (``.pt``) or a weights file (``.safetensors``):
     architecture from its config (after `check_model_target`), weights from its state dict.
     Returns ``(model in eval mode, info)``: the checkpoint dict, or for a weights file a dict
-    with ``model``, ``config``, ``labels``, ``class_names`` and ``palette``."""
+    with ``model``, ``config``, ``labels``, ``class_names``, ``palette`` (and ``logit_bias``)."""
     from segkit.run import instantiate_model
     from segkit.sharing import read_weights_file
 

@@ -255,7 +255,7 @@ def evaluate(
     """
     model.eval()
     cm.reset()
-    normalize = normalize or _dataset_normalizer(loader)
+    normalize = normalize or dataset_normalizer(loader)
     total = len(loader) if limit_batches is None else min(len(loader), limit_batches)
     bar = tqdm(loader, total=total, desc="val", leave=False, disable=not progress)
     loss_sum, scored = torch.zeros((), device=device, dtype=torch.float64), 0
@@ -288,7 +288,7 @@ def evaluate(
     return metrics
 
 
-def _dataset_normalizer(loader: Iterable) -> Callable[[Tensor], Tensor]:
+def dataset_normalizer(loader: Iterable) -> Callable[[Tensor], Tensor]:
     """The dataset's own normaliser (its mean/std), or the images as given without labels."""
     labels = getattr(getattr(loader, "dataset", None), "labels", None)
     return labels.normalizer() if labels is not None else _as_given

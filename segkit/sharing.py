@@ -16,14 +16,14 @@ from segkit.errors import CheckpointError
 from segkit.weights import read_safetensors
 
 WEIGHTS_FORMAT = "segkit-weights/1"  # the "format" entry of a weights file's metadata
-_META_KEYS = ("config", "labels", "class_names", "palette")
+_META_KEYS = ("config", "labels", "class_names", "palette", "logit_bias")
 
 
 def export_weights(ckpt: Mapping[str, Any] | str | Path, out_path: str | Path) -> Path:
     """Write a weights file for sharing: the model's tensors of ``ckpt`` (a checkpoint dict as
     ``Trainer.state_dict`` makes it, or a checkpoint file) in the safetensors format, with the
-    run config, label space, class names and palette as JSON metadata; no optimizer, RNG or
-    history. Written atomically; returns ``out_path``."""
+    run config, label space, class names, palette (and calibration biases) as JSON metadata; no
+    optimizer, RNG or history. Written atomically; returns ``out_path``."""
     from safetensors.torch import save
 
     if not isinstance(ckpt, Mapping):
@@ -49,7 +49,7 @@ def _unshared(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A weights file from `export_weights` as a checkpoint-like dict: ``model`` (tensors),
-    ``config``, ``labels``, ``class_names``, ``palette``."""
+    ``config``, ``labels``, ``class_names``, ``palette`` (and ``logit_bias`` when calibrated)."""
     tensors, meta = read_safetensors(path, map_location)
     if meta.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(

@@ -236,6 +236,7 @@ CHOICES = {
     "trainer.precision": ("auto", "fp32", "fp16", "bf16"),
     "trainer.accelerator": ("auto", "cpu", "cuda"),
     "trainer.channels_last": ("auto", True, False),
+    "trainer.calibrate": (True, False),
     "dataset.check": ("off", "quick", "full"),
 }
 
@@ -362,3 +363,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_renamed(cfg)
     check_known_keys(cfg, "eval", ("loader",))
     check_components(cfg)
+    flag = cfg.get("logit_bias", True)
+    if not isinstance(flag, bool):
+        raise ConfigError(
+            f"logit_bias={flag!r}: expected true or false, found {type(flag).__name__} "
+            f"{flag!r}; fix: logit_bias=false (the raw model) or logit_bias=true"
+        )

@@ -84,6 +84,25 @@ def test_every_model_exports_right_at_every_size(name, tmp_path):
     assert all(r.relative < 2e-5 for r in report.rows), report.format()
 
 
+def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):
+    """A calibrated checkpoint loads as ``LogitBias(model)``: the biases are part of the graph,
+    so ONNX Runtime (predict with ``ckpt=model.onnx``) gives the calibrated logits."""
+    from segkit.calibrate import LogitBias
+
+    bias = [2.0, -1.5, 0.25]
+    raw = with_statistics(
+        instantiate_model(compose_model_config("unet", 3, ["model.base_channels=4"]))
+    )
+    model = LogitBias(raw, bias).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert report.passed, report.format()
+    x = torch.randn(1, 3, *EXPORT_HW)
+    with torch.no_grad():
+        shift = OnnxModel(path)(x)["out"] - raw(x)["out"]
+    assert shift.mean((0, 2, 3)).tolist() == pytest.approx(bias, abs=1e-4)
+
+
 def test_parity_fails_on_a_python_shape_branch(tmp_path):
     model = OldPadUNet().eval()
     path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW)  # torch.export, dynamic shapes

@@ -374,10 +374,13 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
         f"experiment={experiment}", f"dataset.root={root}", "model.pretrained=false",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=fp32",
-        "loader.batch_size=2", "loader.num_workers=0", "dataset.input_shape=[64,64]", *extra,
+        "loader.batch_size=2", "loader.num_workers=0", "dataset.input_shape=[64,64]",
+        "dataset.val_input_shape=[64,64]", *extra,  # validation and calibration at 64x64 too
     )  # fmt: skip
     check_train_config(cfg)
     run = tmp_path / "run"
     train_rank(cfg, run)
     best = ck.load(run / "checkpoints" / "best.pt")
     assert best["step"] == 2 and math.isfinite(best["metrics"]["miou"])
+    if cfg.trainer.calibrate:  # the recipe's own modes got their biases
+        assert set(best["logit_bias"]) == {"whole", *cfg.eval.modes}

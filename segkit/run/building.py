@@ -30,7 +30,15 @@ log = logging.getLogger("segkit")
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-LAUNCH_KEYS = ("accelerator", "devices", "dist_timeout_s", "sync_bn", "compile", "resume")
+LAUNCH_KEYS = (
+    "accelerator",
+    "devices",
+    "dist_timeout_s",
+    "sync_bn",
+    "compile",
+    "resume",
+    "calibrate",
+)
 
 
 def seed_everything(seed: int) -> None:

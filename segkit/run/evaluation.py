@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
+from segkit.calibrate import stored_biases, with_bias
 from segkit.errors import ConfigError
 from segkit.metrics import ConfusionMatrix, format_table
 from segkit.metrics import evaluate as evaluate_model
@@ -54,15 +55,19 @@ def evaluate(cfg: DictConfig) -> dict:
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
     window = cfg.slide.window or checkpoint_input_shape(ckpt)
     modes, scales = eval_modes(cfg, ckpt)
+    biases = stored_biases(ckpt, ds.num_classes, str(cfg.ckpt)) if cfg.logit_bias else {}
+    if biases:
+        log.info("calibrated checkpoint: logit biases of the modes %s", ", ".join(biases))
     results = {}
     for i, spec in enumerate(modes):
         hook = writer if cfg.save_masks and i == 0 else None  # masks of the first mode
         results[spec] = score_mode(
-            cfg, spec, model.to(device), loader, ds, window, hook, precision, scales
+            cfg, spec, model.to(device), loader, ds, window, hook, precision, scales, biases
         )
     metrics = results[modes[0]]
     confusion = metrics.pop("confusion")
     report = {"checkpoint": str(cfg.ckpt), "split": cfg.split, "num_images": len(ds)}
+    report["logit_bias"] = modes[0] in biases
     report.update(class_names=list(ds.class_names), **metrics)
     means = ("miou", "mpa", "pixel_acc", "mdice")
     report["modes"] = {spec: {k: m[k] for k in means} for spec, m in results.items()}
@@ -86,9 +91,11 @@ def score_mode(
     on_batch,
     precision: str,
     scales: tuple[float, ...],
+    biases: Mapping[str, Sequence[float]] | None = None,
 ) -> dict:
     """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``; ``+ms``
-    averages over ``scales``), under autocast to ``precision``."""
+    averages over ``scales``; plus the mode's logit ``biases``, `segkit.calibrate`), under
+    autocast to ``precision``."""
     from segkit.inference import predictor_for
 
     device = next(model.parameters()).device
@@ -101,7 +108,7 @@ def score_mode(
         batch=cfg.loader.batch_size,
     )
     metrics = evaluate_model(
-        predictor,
+        with_bias(predictor, biases or {}, spec),
         loader,
         ConfusionMatrix(ds.num_classes, ds.ignore_index, device=device),
         device=device,

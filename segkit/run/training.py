@@ -17,6 +17,7 @@ from segkit import dist, launch, signals
 from segkit.complexity import log_complexity
 from segkit.errors import Interrupted
 from segkit.run.building import build_trainer, resume, seed_everything
+from segkit.run.calibration import calibrate_checkpoint
 from segkit.sharing import export_weights
 from segkit.sweep import finished_result
 from segkit.tracking import (
@@ -154,13 +155,22 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
 
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
-    """Rank 0 at the end: hparams, plots and result.json (tracker), ``best.safetensors`` (the
-    best weights to share), status.json."""
+    """Rank 0 at the end: with ``trainer.calibrate``, the logit biases of ``best.pt``
+    (`segkit.run.calibration`); hparams, plots and result.json (tracker), ``best.safetensors``
+    (the best weights to share), status.json."""
+    best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
+    if run_config["trainer"].get("calibrate") and best.is_file():
+        record = calibrate_checkpoint(
+            best,
+            trainer.info.device,
+            batch_size=run_config["loader"].get("val_batch_size") or 4,
+            num_workers=run_config["loader"]["num_workers"],
+        )
+        result["calibrated_val_miou"] = record["val_miou"]
     overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
     trainer.tracker.finish(
         hparams_of(run_config, overrides), result, varied=override_keys(overrides)
     )
-    best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
     if best.is_file():
         export_weights(best, best.with_suffix(".safetensors"))
     state = trainer.state

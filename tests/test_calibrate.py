@@ -1,0 +1,219 @@
+"""Calibration of the class priors (segkit.calibrate, trainer.calibrate, scripts/calibrate.py):
+the fitted biases against hand-computed thresholds, the pixels collected, the wrapper, and a
+calibrated run whose numbers eval.py reproduces with and without the biases."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from segkit import checkpoint as ck
+from segkit.calibrate import LogitBias, check_biases, collect, fit_bias, with_bias
+from segkit.errors import CheckpointError, ConfigError
+from segkit.run import dataset_factory, train_rank
+from segkit.validate import check_train_config
+from tests.conftest import REPO, TINY, compose_train, run_cli
+
+
+# --------------------------------------------------------------------------- fitting
+def test_fit_bias_matches_the_labelled_share_at_the_hand_computed_threshold():
+    """Class 1's logit runs from -1 to 1 over 1000 pixels (class 0's is 0); 25% of the labels
+    are 1. Predicting 1 on exactly the top 25% needs b0 - b1 = the 75% quantile = 0.5."""
+    scores = torch.linspace(-1, 1, 1000)
+    logits = torch.stack([torch.zeros(1000), scores], 1)
+    labels = torch.zeros(1000, dtype=torch.long)
+    labels[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:250]] = 1
+    bias = fit_bias(logits, labels, 2)
+    assert float(bias[0] - bias[1]) == pytest.approx(0.5, abs=0.01)
+    assert float(bias.sum()) == pytest.approx(0.0, abs=1e-6)  # only differences count
+    predicted = torch.bincount((logits + bias).argmax(1), minlength=2)
+    assert abs(int(predicted[1]) - 250) <= 3  # within TOLERANCE (1%)
+    # without the bias, class 1 took half the pixels: twice its share
+    assert int(logits.argmax(1).sum()) == 500
+
+
+def test_fit_bias_shrinks_an_over_predicted_class_and_leaves_absent_classes_at_zero():
+    """Three classes with label shares 60/30/10%; the logits favour class 2 by +1.5 (what a
+    large class weight does); class 3 never occurs in the labels."""
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.multinomial(torch.tensor([0.6, 0.3, 0.1]), 20000, True, generator=gen)
+    logits = torch.randn(20000, 4, generator=gen) + 2.0 * nn.functional.one_hot(labels, 4)
+    logits[:, 2] += 1.5
+    logits[:, 3] -= 3.0
+    before = torch.bincount(logits.argmax(1), minlength=4).float() / 20000
+    assert before[2] > 0.25  # over-predicted 2.5x
+    bias = fit_bias(logits, labels, 4)
+    after = torch.bincount((logits + bias).argmax(1), minlength=4).float() / 20000
+    assert after[:3].tolist() == pytest.approx([0.6, 0.3, 0.1], rel=0.02)
+    assert bias[3] == 0 and bias[2] < bias[0] - 1.0
+    assert float(bias[:3].mean()) == pytest.approx(0.0, abs=1e-6)
+
+
+class _ValueModel(nn.Module):
+    """Logits whose argmax is channel 0 of the image divided by 10 (images carry the labels)."""
+
+    def forward(self, x):
+        classes = torch.arange(3, dtype=torch.float32)[None, :, None, None]
+        return {"out": -((x[:, :1].float() / 10 - classes) ** 2), "aux": x[:, :1].float()}
+
+
+def test_collect_keeps_labelled_pixels_at_the_original_size_with_their_logits():
+    masks = [torch.randint(0, 3, (6, 5), dtype=torch.uint8) for _ in range(3)]
+    masks[1][:, :3] = 255  # ignored pixels are never drawn
+    images = torch.stack([(m.clamp_max(2) * 10).expand(3, 6, 5) for m in masks]).to(torch.uint8)
+    logits, labels = collect(
+        _ValueModel(), [(images, masks)], 3, 255, device=torch.device("cpu"), pixels_per_image=12
+    )
+    assert logits.shape == (12 + 12 + 12, 3) and labels.shape == (36,)
+    assert torch.equal(logits.argmax(1), labels)  # each logit row is its own pixel's
+    assert int((labels == 255).sum()) == 0
+    few, _ = collect(
+        _ValueModel(), [(images, masks)], 3, 255, device=torch.device("cpu"), pixels_per_image=100
+    )
+    assert len(few) == 30 + 12 + 30  # every labelled pixel when an image has fewer
+
+
+def test_logit_bias_adds_to_the_logits_only():
+    model = LogitBias(_ValueModel(), [1.0, -2.0, 0.5])
+    x = torch.full((2, 3, 4, 4), 10, dtype=torch.uint8)
+    raw, out = _ValueModel()(x), model(x)
+    assert torch.equal(out["out"], raw["out"] + torch.tensor([1.0, -2.0, 0.5])[None, :, None, None])
+    assert torch.equal(out["aux"], raw["aux"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [1.0, 2.0, 3.0],  # one list: not a mapping of modes
+        {"whole": [1.0, 2.0]},
+        {"whole": [1.0, float("nan"), 0.0]},
+        {"whole": [True, 0.0, 0.0]},
+        {},
+    ],
+)
+def test_a_malformed_stored_bias_is_a_checkpoint_error(bad):
+    with pytest.raises(CheckpointError, match=r"best\.pt: logit_bias must map evaluation modes"):
+        check_biases(bad, 3, "best.pt")
+
+
+def test_a_stored_bias_for_an_unknown_mode_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="evaluation mode 'sideways'"):
+        check_biases({"sideways": [0.0, 0.0, 0.0]}, 3, "best.pt")
+
+
+def test_each_mode_gets_only_its_own_biases(caplog):
+    biases = {"whole": [1.0, 0.0, 0.0], "whole+flip+ms": [0.0, 0.0, 2.0]}
+    model = _ValueModel()
+    tta = with_bias(model, biases, "whole+flip+ms")
+    assert isinstance(tta, LogitBias) and tta.bias.tolist() == [0.0, 0.0, 2.0]
+    assert with_bias(model, biases, "whole").bias.tolist() == [1.0, 0.0, 0.0]
+    assert with_bias(model, biases, "slide") is model  # not calibrated in that mode: raw
+    assert "no logit biases for mode slide (calibrated: whole, whole+flip+ms)" in caplog.text
+    assert with_bias(model, {}, "whole") is model
+
+
+# --------------------------------------------------------------------------- end to end
+CALIBRATED = [
+    *TINY,
+    "dataset.val_original_size=true",
+    "trainer.calibrate=true",
+    "eval.modes=[whole+flip,whole]",  # the recipe's modes: whole+flip gets its own biases
+]
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("calibrated") / "run"
+    train_rank(compose_train(*CALIBRATED), run)
+    return run
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run):
+    best_path = calibrated_run / "checkpoints" / "best.pt"
+    best = ck.load(best_path)
+    biases, record = best["logit_bias"], best["calibration"]
+    assert list(biases) == ["whole", "whole+flip"]
+    assert all(len(b) == 5 and all(map(math.isfinite, b)) and any(b) for b in biases.values())
+    assert biases["whole"] != biases["whole+flip"]
+    cfg = compose_train(*CALIBRATED)
+    train = dataset_factory(cfg.dataset)(split="train", train=False)
+    labelled = sum(int((train.load_raw(i)[1] < 5).sum()) for i in range(len(train)))
+    assert record["pixels"] == labelled < 24 * 32 * 32  # every labelled train pixel
+    # the raw score is what training-time validation measured on the same weights
+    assert record["val_miou_raw"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
+    result = json.loads((calibrated_run / "result.json").read_text())
+    assert result["calibrated_val_miou"] == pytest.approx(record["val_miou"], abs=1e-12)
+    assert "logit_bias" not in ck.load(calibrated_run / "checkpoints" / "last.pt")  # resumes raw
+    from segkit.sharing import read_weights_file
+
+    weights = calibrated_run / "checkpoints" / "best.safetensors"
+    assert read_weights_file(weights)["logit_bias"] == biases
+    # predict runs the mode it is asked for with that mode's biases (from either file)
+    predict = _load_script("predict")
+    for path in (best_path, weights):
+        model, _, _ = predict.load(str(path), "whole+flip")
+        assert isinstance(model, LogitBias)
+        assert model.bias.tolist() == pytest.approx(biases["whole+flip"])
+    assert not isinstance(predict.load(str(best_path), "slide")[0], LogitBias)
+
+
+def test_eval_reproduces_the_calibrated_and_the_raw_scores(calibrated_run, tmp_path):
+    best = calibrated_run / "checkpoints" / "best.pt"
+    record = ck.load(best)["calibration"]
+    scores = {}
+    for flag in ("true", "false"):
+        out = tmp_path / flag
+        proc = run_cli(
+            "eval.py", f"ckpt={best}", f"logit_bias={flag}", "loader.num_workers=0",
+            f"hydra.run.dir={out}", cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        scores[flag] = json.loads((out / "metrics.json").read_text())
+    assert scores["true"]["logit_bias"] is True and scores["false"]["logit_bias"] is False
+    calibrated, raw = scores["true"]["modes"], scores["false"]["modes"]
+    assert calibrated["whole"]["miou"] == pytest.approx(record["val_miou"], abs=1e-9)
+    assert raw["whole"]["miou"] == pytest.approx(record["val_miou_raw"], abs=1e-9)
+    assert calibrated["whole+flip"] != raw["whole+flip"]
+    bad = run_cli("eval.py", f"ckpt={best}", "logit_bias=maybe", cwd=tmp_path)
+    assert bad.returncode == 2 and "logit_bias='maybe': expected true or false" in bad.stderr
+
+
+def test_calibrate_script_writes_a_new_checkpoint_and_leaves_the_input(tmp_path):
+    run = tmp_path / "run"
+    train_rank(compose_train(*TINY, "dataset.val_original_size=true"), run)
+    best = run / "checkpoints" / "best.pt"
+    before = best.read_bytes()
+    out = tmp_path / "calibrated.pt"
+    proc = run_cli("scripts/calibrate.py", str(best), str(out), "--num-workers=0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert best.read_bytes() == before
+    stored = ck.load(out)
+    assert list(stored["logit_bias"]) == ["whole"] and "val mIoU" in proc.stdout
+    assert stored["calibration"]["val_miou_raw"] == pytest.approx(
+        ck.load(best)["metrics"]["miou"], abs=1e-9
+    )
+    same = run_cli("scripts/calibrate.py", str(best), str(best), cwd=tmp_path)
+    assert same.returncode == 2 and "OUT must differ from CKPT" in same.stderr
+    # a checkpoint whose stored biases were tampered with is refused with one message
+    stored["logit_bias"] = {"whole": [0.0]}
+    ck.save_atomic(stored, out)
+    bad = run_cli("eval.py", f"ckpt={out}", "loader.num_workers=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "logit_bias must map evaluation modes" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_trainer_calibrate_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="trainer.calibrate"):
+        check_train_config(compose_train(*TINY, "trainer.calibrate=sometimes"))
