@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 class OriginalSizeMasks(Dataset):
@@ -34,3 +34,14 @@ def collate_original(batch: list[tuple[torch.Tensor, torch.Tensor]]):
     """-> (images (N,C,h,w) uint8, [mask (H0,W0) uint8, ...])."""
     images, masks = zip(*batch)
     return torch.stack(images), list(masks)
+
+
+def original_size_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """A DataLoader over ``OriginalSizeMasks(dataset)`` in order (what eval.py and the
+    calibration score): batches of ``(images (N,C,h,w) uint8, [mask (H0,W0) uint8, ...])``."""
+    return DataLoader(
+        OriginalSizeMasks(dataset),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_original,
+    )

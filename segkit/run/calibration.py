@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
@@ -19,8 +18,7 @@ from segkit.calibrate import MAX_PIXELS, LogitBias, collect, fit_bias
 from segkit.metrics import ConfusionMatrix
 from segkit.metrics import evaluate as evaluate_model
 from segkit.run.building import dataset_factory
-from segkit.run.evaluation import eval_modes, eval_precision
-from segkit.targets import check_dataset_target
+from segkit.run.evaluation import eval_dataset_config, eval_modes, eval_precision
 
 log = logging.getLogger("segkit")
 
@@ -41,55 +39,37 @@ def calibrate_checkpoint(
     and ``calibration`` (the record below) to ``out`` (default: ``path``), atomically.
     ``root`` replaces the dataset root. -> the record: ``logit_bias``, ``pixels`` (per mode),
     ``val_miou_raw``, ``val_miou`` (whole image; NaN without a val split)."""
-    from segkit.data.original import OriginalSizeMasks, collate_original
-    from segkit.inference import checkpoint_input_shape, predictor_for
+    from segkit.data.original import original_size_loader
+    from segkit.inference import checkpoint_input_shape
 
     model, ckpt = ckpt_io.load_model(path, map_location="cpu")
     model = model.to(device)
-    ds_cfg = dict(ckpt["config"]["dataset"])
-    check_dataset_target(ds_cfg, str(path))
-    if root:
-        ds_cfg["root"] = root
+    # what eval.py does without options: the stored dataset (root replaced), recipe's modes
+    request = {"ckpt": str(path), "modes": None, "tta": {"scales": None}, "dataset": None}
+    request = OmegaConf.create({**request, "dataset_root": root})
+    ds_cfg = eval_dataset_config(request, ckpt["config"]["dataset"], str(path))
     shape = checkpoint_input_shape(ckpt)
     ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     make = dataset_factory(ds_cfg)
     amp = dist.amp_dtype(eval_precision(None, ckpt, device))
-    recipe = OmegaConf.create({"ckpt": str(path), "modes": None, "tta": {"scales": None}})
-    modes, scales = eval_modes(recipe, ckpt)
-
-    def loader(split: str) -> DataLoader:
-        ds = make(split=split, train=False)
-        return DataLoader(
-            OriginalSizeMasks(ds),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_original,
-        )
-
-    train = loader(ds_cfg.get("train_split") or "train")
-    num_classes, ignore = train.dataset.dataset.num_classes, train.dataset.dataset.ignore_index
-    per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(train.dataset))))
-    biases: dict[str, list[float]] = {}
-    for spec in dict.fromkeys(["whole", *modes]):  # whole first (validation, export), once
-        t0 = time.perf_counter()
-        predictor = predictor_for(spec, model, window=shape, scales=scales, batch=batch_size)
-        logits, labels = collect(
-            predictor, train, num_classes, ignore,
-            device=device, amp_dtype=amp, pixels_per_image=per_image,
-        )  # fmt: skip
-        biases[spec] = [round(float(b), 6) for b in fit_bias(logits, labels, num_classes)]
-        log.info(
-            "logit biases for mode %s (%d train pixels, %.0f s): %s",
-            spec, len(labels), time.perf_counter() - t0, biases[spec],
-        )  # fmt: skip
-    record = {"logit_bias": biases, "pixels": len(labels), "val_miou_raw": math.nan}
-    record["val_miou"] = math.nan
+    modes, scales = eval_modes(request, ckpt)
+    train = make(split=ds_cfg.get("train_split") or "train", train=False)
+    biases, pixels = fit_mode_biases(
+        model, original_size_loader(train, batch_size, num_workers), train,
+        ["whole", *modes], shape=shape, scales=scales, device=device, amp=amp,
+    )  # fmt: skip
+    record = {
+        "logit_bias": biases,
+        "pixels": pixels,
+        "val_miou_raw": math.nan,
+        "val_miou": math.nan,
+    }
     val_split = ds_cfg.get("val_split", "val")
     if val_split:
-        val = loader(val_split)
+        val = original_size_loader(make(split=val_split, train=False), batch_size, num_workers)
         whole = LogitBias(model, biases["whole"])
         for key, predictor in (("val_miou_raw", model), ("val_miou", whole)):
-            cm = ConfusionMatrix(num_classes, ignore, device=device)
+            cm = ConfusionMatrix(train.num_classes, train.ignore_index, device=device)
             scores = evaluate_model(predictor.to(device), val, cm, device=device, amp_dtype=amp)
             record[key] = scores["miou"]
     ckpt["logit_bias"] = biases
@@ -100,3 +80,29 @@ def calibrate_checkpoint(
         out or path, record["val_miou_raw"], record["val_miou"],
     )  # fmt: skip
     return record
+
+
+def fit_mode_biases(
+    model, loader, dataset, modes: list[str], *, shape, scales, device, amp
+) -> tuple[dict[str, list[float]], int]:
+    """One set of logit biases per evaluation mode (each mode once, in order), fitted on
+    ``loader`` (original-size batches of ``dataset``) -> ({mode: C floats}, pixels per mode)."""
+    from segkit.inference import predictor_for
+
+    per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(dataset))))
+    biases: dict[str, list[float]] = {}
+    pixels = 0
+    for spec in dict.fromkeys(modes):
+        t0 = time.perf_counter()
+        predictor = predictor_for(spec, model, window=shape, scales=scales, batch=loader.batch_size)
+        logits, labels = collect(
+            predictor, loader, dataset.num_classes, dataset.ignore_index,
+            device=device, amp_dtype=amp, pixels_per_image=per_image,
+        )  # fmt: skip
+        biases[spec] = [round(float(b), 6) for b in fit_bias(logits, labels, dataset.num_classes)]
+        pixels = len(labels)
+        log.info(
+            "logit biases for mode %s (%d train pixels, %.0f s): %s",
+            spec, pixels, time.perf_counter() - t0, biases[spec],
+        )  # fmt: skip
+    return biases, pixels

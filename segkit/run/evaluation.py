@@ -11,7 +11,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
@@ -31,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt`` on ``cfg.split`` at the original resolution, once per evaluation mode;
     prints per-class and per-mode tables, writes ``metrics.json`` (the first mode, plus every
     mode's means), pictures, and ``predictions/*.png`` with ``save_masks``."""
-    from segkit.data.original import OriginalSizeMasks, collate_original
+    from segkit.data.original import original_size_loader
     from segkit.inference import checkpoint_input_shape, format_modes
     from segkit.visualize import PredictionWriter, write_eval_report
 
@@ -46,12 +45,7 @@ def evaluate(cfg: DictConfig) -> dict:
     shape = cfg.input_shape or checkpoint_input_shape(ckpt)
     ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
-    loader = DataLoader(
-        OriginalSizeMasks(ds),
-        batch_size=cfg.loader.batch_size,
-        num_workers=cfg.loader.num_workers,
-        collate_fn=collate_original,
-    )
+    loader = original_size_loader(ds, cfg.loader.batch_size, cfg.loader.num_workers)
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
     window = cfg.slide.window or checkpoint_input_shape(ckpt)
     modes, scales = eval_modes(cfg, ckpt)
