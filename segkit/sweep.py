@@ -2,8 +2,9 @@
 
 After each job (and so also when a later job fails or the sweep is interrupted) the
 sweep folder holds ``summary.csv`` and ``summary.md``: one row per job with its overrides,
-best val mIoU, epoch of best, duration and status (and the error of a failed job). A relaunched
-sweep (same ``hydra.sweep.dir``) keeps one row per job: the job's latest.
+best val mIoU (and, with ``trainer.calibrate``, the calibrated one), epoch of best, duration
+and status (and the error of a failed job). A relaunched sweep (same ``hydra.sweep.dir``)
+keeps one row per job: the job's latest.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 COLUMNS = ("job", "overrides", "status", "best_miou", "best_epoch", "duration_s", "error")
+CALIBRATED = "calibrated_miou"  # trainer.calibrate: shown after best_miou when a job has it
 ROWS_FILE = "summary_rows.jsonl"
 
 
@@ -43,6 +45,8 @@ def job_row(config: DictConfig, job_return: JobReturn, duration_s: float) -> dic
     if result.is_file():
         data = json.loads(result.read_text())
         row.update(best_miou=round(data["best_miou"], 4), best_epoch=data["best_epoch"])
+        if data.get("calibrated_val_miou") is not None:
+            row[CALIBRATED] = round(data["calibrated_val_miou"], 4)
     if row["status"] == "failed":
         row["error"] = error_line(getattr(job_return, "_return_value", None))
     return row
@@ -66,24 +70,33 @@ def varying_overrides(rows: list[dict[str, Any]]) -> list[str]:
     return [" ".join(t for t in ts if t not in common) for ts in tokens]
 
 
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """``COLUMNS``, with ``calibrated_miou`` after ``best_miou`` when any job calibrated."""
+    if not any(r.get(CALIBRATED) is not None for r in rows):
+        return list(COLUMNS)
+    at = COLUMNS.index("best_miou") + 1
+    return [*COLUMNS[:at], CALIBRATED, *COLUMNS[at:]]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Rows as an aligned plain-text table (also valid markdown); the overrides column
     shows only what differs between jobs (summary.csv keeps them whole)."""
+    names = columns(rows)
     shown = [{**r, "overrides": o} for r, o in zip(rows, varying_overrides(rows))]
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in COLUMNS] for r in shown]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in names] for r in shown]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(names)]
 
     def line(values):
         return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(COLUMNS), sep, *(line(r) for r in cells)])
+    return "\n".join([line(names), sep, *(line(r) for r in cells)])
 
 
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     rows = sorted(rows, key=lambda r: r["job"])
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns(rows))
         w.writeheader()
         w.writerows(rows)
     table = format_table(rows)

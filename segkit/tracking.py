@@ -25,6 +25,7 @@ from typing import Any
 from segkit.data.base import LabelSpace
 from segkit.metrics import format_table
 from segkit.visualize import (  # SampleCollector: re-exported for the Trainer
+    CALIBRATED_TAG,
     SampleCollector,
     confusion_figure,
     curves_figure,
@@ -127,6 +128,8 @@ class Tracker:
         ``result.json`` and the report (:meth:`write_report`); log where every file is.
         ``varied``: the hparams a sweep varies (:func:`override_keys`), listed first in the
         HParams tab. Returns the report's files."""
+        if result.get("calibrated_val_miou") is not None:  # at the last step, next to val/mIoU
+            self.log_scalars(result["steps"], {CALIBRATED_TAG: result["calibrated_val_miou"]})
         hp = dict(hparams)
         if result.get("complexity"):
             hp["params_M"] = result["complexity"]["params_total"] / 1e6

@@ -62,6 +62,30 @@ class TrainState:
     planned_epochs: int | None = None
 
 
+@dataclass(frozen=True)
+class LoopOptions:
+    """The loop keys of ``conf/trainer/default.yaml`` (its comments say what each does)."""
+
+    max_epochs: int
+    val_every: int
+    precision: str
+    grad_clip: float | None
+    freeze_epochs: int
+    log_every: int
+    num_vis: int
+    early_stop_patience: int | None
+    progress_bar: bool
+    limit_train_batches: int | None
+    limit_val_batches: int | None
+    max_nonfinite_steps: int | None
+    channels_last: bool | str
+    cudnn_benchmark: bool
+    tf32: bool
+    checkpoint_every_steps: int | None
+    max_time_min: float | None
+    ema_decay: float | None
+
+
 class Trainer:
     """Owns one training run. ``model`` may be DDP-wrapped; the loaders carry their samplers."""
 
@@ -79,48 +103,25 @@ class Trainer:
         ckpt_dir: Path | None,
         run_config: dict,
         tracker: Tracker | None,
-        max_epochs: int,
-        val_every: int,
-        precision: str,
-        grad_clip: float | None,
-        freeze_epochs: int,
-        log_every: int,
-        num_vis: int,
-        early_stop_patience: int | None,
-        progress_bar: bool,
-        limit_train_batches: int | None,
-        limit_val_batches: int | None,
-        max_nonfinite_steps: int | None,
-        channels_last: bool | str,
-        cudnn_benchmark: bool,
-        tf32: bool,
-        checkpoint_every_steps: int | None,
-        max_time_min: float | None,
-        ema_decay: float | None,
+        options: LoopOptions,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
         self.labels, self.info, self.ckpt_dir = labels, info, ckpt_dir
-        self.run_config, self.tracker = run_config, tracker
-        self.max_epochs, self.val_every, self.log_every = max_epochs, val_every, log_every
-        self.grad_clip, self.freeze_epochs = grad_clip, freeze_epochs
-        self.num_vis, self.early_stop_patience = num_vis, early_stop_patience
-        self.progress_bar, self.max_nonfinite_steps = progress_bar, max_nonfinite_steps
-        self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.budget_s = None if max_time_min is None else float(max_time_min) * 60.0
-        self.epoch_cap = max_epochs  # max_epochs may shrink to the epochs that fit the budget
-        self.ema = ModelEMA(self.bare_model, ema_decay) if ema_decay else None
+        self.run_config, self.tracker, self.opt = run_config, tracker, options
+        self.max_epochs = options.max_epochs  # shrinks to the epochs that fit max_time_min
+        self.budget_s = None if options.max_time_min is None else options.max_time_min * 60.0
+        self.ema = ModelEMA(self.bare_model, options.ema_decay) if options.ema_decay else None
         self.stop: signals.StopRequest | None = None  # set while signals should stop the loop
-        cuda = info.device.type == "cuda"
-        dist.configure_backends(info.device, cudnn_benchmark=cudnn_benchmark, tf32=tf32)
-        self.precision = dist.resolve_precision(precision, info.device)
-        self.amp_dtype = dist.amp_dtype(self.precision)
-        self.scaler = torch.amp.GradScaler(
-            info.device.type, enabled=self.precision == "fp16" and cuda
+        dist.configure_backends(
+            info.device, cudnn_benchmark=options.cudnn_benchmark, tf32=options.tf32
         )
-        memory_format = dist.use_channels_last(channels_last, info.device)
+        self.precision = dist.resolve_precision(options.precision, info.device)
+        self.amp_dtype = dist.amp_dtype(self.precision)
+        fp16_cuda = self.precision == "fp16" and info.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=fp16_cuda)
+        memory_format = dist.use_channels_last(options.channels_last, info.device)
         self.normalize = labels.normalizer(channels_last=memory_format)
         self.cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, device=info.device)
         self.stats = StepStats(info.device, info.world_size)
@@ -132,7 +133,7 @@ class Trainer:
     # ----------------------------------------------------------------- helpers
     @property
     def steps_per_epoch(self) -> int:
-        limit = self.limit_train_batches
+        limit = self.opt.limit_train_batches
         n = len(self.train_loader)
         return n if limit is None else min(n, limit)
 
@@ -150,7 +151,7 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def _set_freeze(self, epoch: int) -> None:
-        frozen = epoch < self.freeze_epochs
+        frozen = epoch < self.opt.freeze_epochs
         if hasattr(self.bare_model, "freeze_encoder"):
             self.bare_model.freeze_encoder(frozen)
 
@@ -168,7 +169,7 @@ class Trainer:
             if self.budget_s is not None:
                 self._plan_epochs(time.perf_counter() - t0)
             metrics = None
-            if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.max_epochs:
+            if (epoch + 1) % self.opt.val_every == 0 or epoch + 1 == self.max_epochs:
                 t_val = time.perf_counter()
                 metrics = self.validate(epoch)
                 self.state.val_s = time.perf_counter() - t_val
@@ -189,9 +190,9 @@ class Trainer:
         (rank 0's timing), and the learning-rate schedule set to end with them."""
         s = self.state
         s.train_s += train_s
-        epoch_s = s.train_s / s.epoch + s.val_s / self.val_every
+        epoch_s = s.train_s / s.epoch + s.val_s / self.opt.val_every
         planned = budget.plan_epochs(
-            self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.epoch_cap
+            self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.opt.max_epochs
         )
         planned, epoch_s = dist.broadcast_object((planned, epoch_s))
         if planned == s.planned_epochs:
@@ -250,7 +251,7 @@ class Trainer:
         }
 
     def _should_stop(self) -> bool:
-        patience = self.early_stop_patience
+        patience = self.opt.early_stop_patience
         stop = patience is not None and self.state.bad_epochs >= patience
         return dist.any_rank(stop, self.info.device)
 
@@ -265,7 +266,7 @@ class Trainer:
         bar = tqdm(
             total=total,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
-            disable=not self.progress_bar,
+            disable=not self.opt.progress_bar,
             leave=False,
         )
         start = self._start_epoch_at()
@@ -277,7 +278,7 @@ class Trainer:
             self.stats.waited(time.perf_counter() - t_wait, images.shape[0])
             self.train_step(images, masks)
             bar.update(1)
-            at_log = self.state.step % self.log_every == 0 or i + 1 == total
+            at_log = self.state.step % self.opt.log_every == 0 or i + 1 == total
             if at_log:
                 self._log_window(bar, position=i)
             self._mid_epoch_checkpoints(epoch, i + 1, at_log)
@@ -303,7 +304,7 @@ class Trainer:
         """Every ``checkpoint_every_steps`` steps a ``periodic`` checkpoint; on SIGINT/SIGTERM
         (agreed across ranks, at logging points under DDP) an ``interrupt`` checkpoint, then
         :class:`Interrupted`. Both record the position inside the epoch."""
-        every = self.checkpoint_every_steps
+        every = self.opt.checkpoint_every_steps
         if every and self.state.step % every == 0 and done < self.steps_per_epoch:
             self._save_position(epoch, done, ckpt_io.PERIODIC)
         if self.stop is None or (self.info.distributed and not at_log):
@@ -343,8 +344,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16
         grads = [p.grad for p in self._params if p.grad is not None]
         grad_norm = nn.utils.get_total_norm(grads)
-        if self.grad_clip:
-            nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, grad_norm)
+        if self.opt.grad_clip:
+            nn.utils.clip_grads_with_norm_(self._params, self.opt.grad_clip, grad_norm)
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
         if self.info.distributed:  # gradients agree after DDP's all-reduce; losses may not
             bad = dist.all_reduce_sum(bad.int()) > 0
@@ -378,7 +379,7 @@ class Trainer:
     def _check_divergence(self, run: float, position: int) -> None:
         """Stop after ``max_nonfinite_steps`` consecutive non-finite steps (``run``; the same
         on every rank), naming the step, lr, loss scale and the first bad batch's files."""
-        limit = self.max_nonfinite_steps
+        limit = self.opt.max_nonfinite_steps
         if not limit or run < limit:
             return
         run, step = int(run), self.state.step
@@ -404,7 +405,7 @@ class Trainer:
     # ----------------------------------------------------------------- eval
     def validate(self, epoch: int) -> dict:
         """Score the val loader (summed across ranks), log it, and hand it to the tracker."""
-        samples = SampleCollector(self.num_vis)
+        samples = SampleCollector(self.opt.num_vis)
         if self.ema is not None:  # BatchNorm statistics may differ between ranks
             dist.broadcast_tensors(list(self.ema.module.buffers()))
         metrics = evaluate(
@@ -414,10 +415,10 @@ class Trainer:
             device=self.info.device,
             amp_dtype=self.amp_dtype,
             loss_fn=self.loss_fn,
-            limit_batches=self.limit_val_batches,
+            limit_batches=self.opt.limit_val_batches,
             on_batch=samples if self.tracker is not None else None,
             normalize=self.normalize,
-            progress=self.progress_bar,
+            progress=self.opt.progress_bar,
         )
         log.info(
             "epoch %d val loss %.4f mIoU %.4f pixel acc %.4f",

@@ -34,12 +34,26 @@ PANEL_PX = 288  # the shorter side of one sample picture in the grid: small inpu
 MAX_ANNOTATED = 30  # classes up to which the confusion matrix shows its values in the cells
 
 # the metrics the HParams tab shows per run: the last value of each of these scalar tags
-HPARAM_METRICS = ("val/best_mIoU", "val/mIoU", "val/pixel_acc", "val/loss", "train/loss_epoch")
+CALIBRATED_TAG = (
+    "val/calibrated_mIoU"  # best.pt with its class priors calibrated (once, at the end)
+)
+HPARAM_METRICS = (
+    "val/best_mIoU",
+    CALIBRATED_TAG,
+    "val/mIoU",
+    "val/pixel_acc",
+    "val/loss",
+    "train/loss_epoch",
+)
 # custom-scalars charts (category, title, tag regexes); other tags get one chart each
 LAYOUT = (
     ("loss", "train vs val loss", (r"^train/loss$", r"^train/loss_epoch$", r"^val/loss$")),
     ("loss", "learning rate", (r"^train/lr$",)),
-    ("val", "mIoU and pixel accuracy", (r"^val/mIoU$", r"^val/best_mIoU$", r"^val/pixel_acc$")),
+    (
+        "val",
+        "mIoU and pixel accuracy",
+        (r"^val/mIoU$", r"^val/best_mIoU$", r"^val/calibrated_mIoU$", r"^val/pixel_acc$"),
+    ),
     ("val", "per-class IoU", (r"^val_iou/",)),
 )
 

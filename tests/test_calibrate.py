@@ -133,6 +133,32 @@ def calibrated_run(tmp_path_factory):
     return run
 
 
+def _scalars(run, tag: str) -> list:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc.Scalars(tag) if tag in acc.Tags()["scalars"] else []
+
+
+def test_the_sweep_table_shows_the_calibrated_score_only_when_a_job_has_one(tmp_path):
+    from segkit.sweep import write_summary
+
+    row = dict(job=0, overrides="seed=1", status="completed", best_miou=0.5, best_epoch=3)
+    row.update(duration_s=9.0, error="")
+    plain = write_summary(tmp_path, [row])
+    assert "calibrated" not in plain and "calibrated" not in (tmp_path / "summary.csv").read_text()
+    table = write_summary(tmp_path, [{**row, "job": 1, "calibrated_miou": 0.5321}, row])
+    header, _, raw, calibrated = [  # sorted by job
+        [c.strip() for c in ln.split("|")[1:-1]] for ln in table.split("\n")
+    ]
+    assert header[3:5] == ["best_miou", "calibrated_miou"]
+    assert (calibrated[0], calibrated[4], raw[0], raw[4]) == ("1", "0.5321", "0", "-")
+    lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert lines[0].split(",")[3:5] == ["best_miou", "calibrated_miou"]
+    assert lines[1].split(",")[4] == "" and lines[2].split(",")[4] == "0.5321"
+
+
 def _load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -155,6 +181,10 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     assert record["val_miou_raw"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
     result = json.loads((calibrated_run / "result.json").read_text())
     assert result["calibrated_val_miou"] == pytest.approx(record["val_miou"], abs=1e-12)
+    scalars = _scalars(calibrated_run, "val/calibrated_mIoU")  # TensorBoard: at the last step
+    assert [(e.step, e.value) for e in scalars] == [
+        (result["steps"], pytest.approx(record["val_miou"], abs=1e-6))
+    ]
     assert "logit_bias" not in ck.load(calibrated_run / "checkpoints" / "last.pt")  # resumes raw
     from segkit.sharing import read_weights_file
 

@@ -3,6 +3,7 @@ overrides fail before training with a message naming the key."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -111,20 +112,20 @@ def test_debug_smoke_run_through_train_py(tmp_path: Path):
 
 
 def test_trainer_yaml_is_the_schema_of_the_loop_and_launch_keys():
-    """Every Trainer keyword is in conf/trainer/default.yaml, and every key there is either a
-    Trainer keyword or a launch key read by segkit.run: no default is written twice."""
-    import inspect
+    """Every LoopOptions field is in conf/trainer/default.yaml, and every key there is either a
+    loop option or a launch key read by segkit.run: no default is written twice."""
+    from segkit.run import LAUNCH_KEYS, loop_options
+    from segkit.trainer import LoopOptions
 
-    from segkit.run import LAUNCH_KEYS, loop_kwargs
-    from segkit.trainer import Trainer
-
-    sig = inspect.signature(Trainer.__init__).parameters
-    loop = {n for n, p in sig.items() if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
-    loop -= {"labels", "info", "ckpt_dir", "run_config", "tracker"}
+    fields = {f.name: f for f in dataclasses.fields(LoopOptions)}
     cfg = compose_train()
-    assert set(loop_kwargs(cfg, show_progress=True)) == loop
-    assert set(cfg.trainer) == loop | set(LAUNCH_KEYS)
-    assert all(p.default is p.empty for n, p in sig.items() if n in loop)
+    options = loop_options(cfg, show_progress=True)
+    assert set(cfg.trainer) == set(fields) | set(LAUNCH_KEYS)
+    assert not set(fields) & set(LAUNCH_KEYS)
+    assert all(f.default is dataclasses.MISSING for f in fields.values())
+    assert options.max_epochs == cfg.trainer.max_epochs
+    assert options.precision == cfg.trainer.precision
+    assert not loop_options(cfg, show_progress=False).progress_bar
 
 
 def test_no_test_machinery_in_user_config():

@@ -22,7 +22,7 @@ from segkit import dist, launch, signals
 from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS, is_class_weight_method
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
-from segkit.trainer import Trainer
+from segkit.trainer import LoopOptions, Trainer
 from segkit.validate import check_resume_fits
 
 log = logging.getLogger("segkit")
@@ -47,12 +47,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def loop_kwargs(cfg: DictConfig, show_progress: bool) -> dict[str, Any]:
+def loop_options(cfg: DictConfig, show_progress: bool) -> LoopOptions:
     """The Trainer's loop keys: ``cfg.trainer`` without the launch keys."""
     loop = OmegaConf.to_container(cfg.trainer, resolve=True)
     loop = {k: v for k, v in loop.items() if k not in LAUNCH_KEYS}
     loop["progress_bar"] = bool(loop["progress_bar"]) and show_progress
-    return loop
+    return LoopOptions(**loop)
 
 
 def dataset_factory(node: DictConfig | Mapping) -> Callable[..., Any]:
@@ -293,6 +293,6 @@ def build_trainer(
         ckpt_dir=None if out_dir is None else out_dir / ckpt_io.CKPT_DIR,
         run_config=run_config or {},
         tracker=None,
-        **loop_kwargs(cfg, show_progress=out_dir is not None),
+        options=loop_options(cfg, show_progress=out_dir is not None),
     )
     return trainer, model
