@@ -26,6 +26,7 @@ from segkit.data.base import LabelSpace
 from segkit.metrics import format_table
 from segkit.visualize import (  # SampleCollector: re-exported for the Trainer
     CALIBRATED_TAG,
+    HPARAM_METRICS,
     SampleCollector,
     confusion_figure,
     curves_figure,
@@ -134,7 +135,9 @@ class Tracker:
         if result.get("complexity"):
             hp["params_M"] = result["complexity"]["params_total"] / 1e6
             hp["gflops"] = result["complexity"]["flops"] / 1e9
-        for summary in hparams_summaries(hp, varied):
+        # the calibrated score only where there is one (an empty column otherwise)
+        metrics = [t for t in HPARAM_METRICS if t != CALIBRATED_TAG or t in self._tags]
+        for summary in hparams_summaries(hp, varied, metrics):
             self.writer.file_writer.add_summary(summary)
         self.writer.close()
         write_atomic(self.run_dir / RESULT_FILE, json.dumps(result, indent=2))

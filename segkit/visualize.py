@@ -290,15 +290,17 @@ def write_eval_report(
 
 
 # --------------------------------------------------------------------------- TensorBoard layout
-def hparams_summaries(hp: dict[str, Any], varied: Iterable[str]) -> list:
+def hparams_summaries(
+    hp: dict[str, Any], varied: Iterable[str], metrics: Sequence[str] = HPARAM_METRICS
+) -> list:
     """The HParams plugin's experiment, session start and session end summaries. The metrics
-    are the last values of the ``HPARAM_METRICS`` scalar tags (no single-point hparam/ charts);
+    are the last values of the ``metrics`` scalar tags (no single-point hparam/ charts);
     ``varied`` hparams are marked as differing, which the tab sorts first and shows."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
     from torch.utils.tensorboard.summary import hparams
 
-    _, start, end = hparams(hp, dict.fromkeys(HPARAM_METRICS, 0.0))  # metric values unused
+    _, start, end = hparams(hp, dict.fromkeys(metrics, 0.0))  # metric values unused
 
     def kind(v: Any) -> int:
         if isinstance(v, bool):
@@ -307,8 +309,8 @@ def hparams_summaries(hp: dict[str, Any], varied: Iterable[str]) -> list:
 
     varied = set(varied)
     infos = [api_pb2.HParamInfo(name=k, type=kind(v), differs=k in varied) for k, v in hp.items()]
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in HPARAM_METRICS]
-    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in metrics]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos)
     data = plugin_data_pb2.HParamsPluginData(
         experiment=experiment, version=metadata.PLUGIN_DATA_VERSION
     )

@@ -133,12 +133,12 @@ def calibrated_run(tmp_path_factory):
     return run
 
 
-def _scalars(run, tag: str) -> list:
+def _events(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    return acc.Scalars(tag) if tag in acc.Tags()["scalars"] else []
+    return acc
 
 
 def test_the_sweep_table_shows_the_calibrated_score_only_when_a_job_has_one(tmp_path):
@@ -181,10 +181,16 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     assert record["val_miou_raw"] == pytest.approx(best["metrics"]["miou"], abs=1e-9)
     result = json.loads((calibrated_run / "result.json").read_text())
     assert result["calibrated_val_miou"] == pytest.approx(record["val_miou"], abs=1e-12)
-    scalars = _scalars(calibrated_run, "val/calibrated_mIoU")  # TensorBoard: at the last step
+    acc = _events(calibrated_run)  # TensorBoard: one point at the last step, an HParams metric
+    scalars = acc.Scalars("val/calibrated_mIoU")
     assert [(e.step, e.value) for e in scalars] == [
         (result["steps"], pytest.approx(record["val_miou"], abs=1e-6))
     ]
+    from tensorboard.plugins.hparams import metadata
+
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    metric_infos = metadata.parse_experiment_plugin_data(content).metric_infos
+    assert "val/calibrated_mIoU" in {m.name.tag for m in metric_infos}
     assert "logit_bias" not in ck.load(calibrated_run / "checkpoints" / "last.pt")  # resumes raw
     from segkit.sharing import read_weights_file
 
