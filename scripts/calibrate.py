@@ -2,6 +2,7 @@
 
     python scripts/calibrate.py outputs/.../checkpoints/best.pt best_calibrated.pt
     python scripts/calibrate.py best.pt best_calibrated.pt --dataset-root /data/camvid
+    python scripts/calibrate.py best.pt best_calibrated.pt --max-images 96   # faster on a CPU
 
 What ``trainer.calibrate=true`` does at the end of training, for a checkpoint trained without
 it (segkit.calibrate): the model runs on the train images in each of its recipe's evaluation
@@ -31,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="fit on this many train images, spread evenly over the split (default: all)",
+    )
     args = p.parse_args(argv)
     if args.out.suffix != ".pt":
         p.error(f"OUT must end in .pt (a checkpoint), got {args.out}")
@@ -38,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("OUT must differ from CKPT (the input stays as it is)")
     if args.batch_size < 1 or args.num_workers < 0:
         p.error("--batch-size must be >= 1 and --num-workers >= 0")
+    if args.max_images is not None and args.max_images < 1:
+        p.error(f"--max-images must be >= 1, got {args.max_images}")
     return args
 
 
@@ -49,11 +57,13 @@ def calibrate(args: argparse.Namespace) -> None:
         root=args.dataset_root,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        max_images=args.max_images,
     )
     modes = ", ".join(record["logit_bias"])
     print(
-        f"wrote {args.out}: logit biases for {modes}; val mIoU {100 * record['val_miou_raw']:.2f}"
-        f" -> {100 * record['val_miou']:.2f} (whole image; eval.py scores every mode)"
+        f"wrote {args.out}: logit biases for {modes} ({record['images']} train images); val"
+        f" mIoU {100 * record['val_miou_raw']:.2f} -> {100 * record['val_miou']:.2f} (whole"
+        " image; eval.py scores every mode)"
     )
 
 

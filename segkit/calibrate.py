@@ -111,6 +111,18 @@ def with_bias(predictor: nn.Module, biases: Mapping[str, Sequence[float]], spec:
     return predictor
 
 
+def spread_indices(n: int, k: int | None) -> list[int] | None:
+    """``k`` of the indices ``0..n-1`` spread evenly, first and last included (sorted, no
+    repeats); None (all of them, in order) when ``k`` is None or ``k >= n``."""
+    if k is None or k >= n:
+        return None
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k == 1:
+        return [0]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
 @torch.no_grad()
 def collect(
     predictor: nn.Module,

@@ -221,6 +221,7 @@ RULES = (
     Rule("trainer.checkpoint_every_steps", True, 1, nullable=True),
     Rule("trainer.max_time_min", False, 1e-12, nullable=True),
     Rule("trainer.ema_decay", False, 1e-12, 0.999999, nullable=True),
+    Rule("trainer.calibrate_images", True, 1, nullable=True),
     Rule("dataset.augment.class_crop", False, 0, 1),
     Rule("trainer.dist_timeout_s", False, 1),
     Rule("loader.prefetch_factor", True, 1),

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from segkit import checkpoint as ck
-from segkit.calibrate import LogitBias, check_biases, collect, fit_bias, with_bias
+from segkit.calibrate import (
+    LogitBias,
+    check_biases,
+    collect,
+    fit_bias,
+    spread_indices,
+    with_bias,
+)
 from segkit.errors import CheckpointError, ConfigError
 from segkit.run import dataset_factory, train_rank
 from segkit.validate import check_train_config
@@ -55,11 +62,17 @@ def test_fit_bias_shrinks_an_over_predicted_class_and_leaves_absent_classes_at_z
 
 
 class _ValueModel(nn.Module):
-    """Logits whose argmax is channel 0 of the image divided by 10 (images carry the labels)."""
+    """Logits whose argmax is channel 0 of the image divided by 10 (images carry the labels);
+    one trainable weight (1.0), as a real model has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x):
         classes = torch.arange(3, dtype=torch.float32)[None, :, None, None]
-        return {"out": -((x[:, :1].float() / 10 - classes) ** 2), "aux": x[:, :1].float()}
+        out = -((x[:, :1].float() / 10 - classes) ** 2) * self.scale
+        return {"out": out, "aux": x[:, :1].float()}
 
 
 def test_collect_keeps_labelled_pixels_at_the_original_size_with_their_logits():
@@ -72,6 +85,7 @@ def test_collect_keeps_labelled_pixels_at_the_original_size_with_their_logits():
     assert logits.shape == (12 + 12 + 12, 3) and labels.shape == (36,)
     assert torch.equal(logits.argmax(1), labels)  # each logit row is its own pixel's
     assert int((labels == 255).sum()) == 0
+    assert not logits.requires_grad  # no autograd graph: it would hold every batch's activations
     few, _ = collect(
         _ValueModel(), [(images, masks)], 3, 255, device=torch.device("cpu"), pixels_per_image=100
     )
@@ -253,3 +267,40 @@ def test_calibrate_script_writes_a_new_checkpoint_and_leaves_the_input(tmp_path)
 def test_trainer_calibrate_must_be_a_boolean():
     with pytest.raises(ConfigError, match="trainer.calibrate"):
         check_train_config(compose_train(*TINY, "trainer.calibrate=sometimes"))
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "expected"),
+    [(10, 4, [0, 3, 6, 9]), (367, 3, [0, 183, 366]), (9, 1, [0]), (5, 5, None), (5, None, None)],
+)
+def test_spread_indices_picks_evenly_spaced_images(n, k, expected):
+    assert spread_indices(n, k) == expected
+
+
+def test_spread_indices_never_repeats_an_image():
+    for n in range(2, 60):
+        for k in range(2, n):
+            picked = spread_indices(n, k)
+            assert len(set(picked)) == k and picked == sorted(picked) and picked[-1] == n - 1
+
+
+def test_calibrate_images_fits_on_that_many_train_images(calibrated_run, tmp_path):
+    """max_images=2: the first and the last train image, every labelled pixel of both."""
+    from segkit.run.calibration import calibrate_checkpoint
+
+    out = tmp_path / "two.pt"
+    best = calibrated_run / "checkpoints" / "best.pt"
+    record = calibrate_checkpoint(best, torch.device("cpu"), out=out, num_workers=0, max_images=2)
+    train = dataset_factory(compose_train(*CALIBRATED).dataset)(split="train", train=False)
+    labelled = [int((train.load_raw(i)[1] < 5).sum()) for i in (0, len(train) - 1)]
+    assert record["images"] == 2 and record["pixels"] == sum(labelled)
+    assert ck.load(out)["calibration"]["images"] == 2
+    assert ck.load(best)["calibration"]["images"] == len(train)  # the run fitted on all
+
+
+def test_calibrate_images_and_max_images_must_be_positive(capsys):
+    with pytest.raises(ConfigError, match="trainer.calibrate_images"):
+        check_train_config(compose_train(*TINY, "trainer.calibrate_images=0"))
+    with pytest.raises(SystemExit) as exit_info:
+        _load_script("calibrate").parse_args(["a.pt", "b.pt", "--max-images", "0"])
+    assert exit_info.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err

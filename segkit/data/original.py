@@ -36,12 +36,16 @@ def collate_original(batch: list[tuple[torch.Tensor, torch.Tensor]]):
     return torch.stack(images), list(masks)
 
 
-def original_size_loader(dataset, batch_size: int, num_workers: int) -> DataLoader:
+def original_size_loader(
+    dataset, batch_size: int, num_workers: int, indices: list[int] | None = None
+) -> DataLoader:
     """A DataLoader over ``OriginalSizeMasks(dataset)`` in order (what eval.py and the
-    calibration score): batches of ``(images (N,C,h,w) uint8, [mask (H0,W0) uint8, ...])``."""
+    calibration score), or over its items ``indices`` in that order: batches of
+    ``(images (N,C,h,w) uint8, [mask (H0,W0) uint8, ...])``."""
     return DataLoader(
         OriginalSizeMasks(dataset),
         batch_size=batch_size,
         num_workers=num_workers,
+        sampler=indices,
         collate_fn=collate_original,
     )

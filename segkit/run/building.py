@@ -38,6 +38,7 @@ LAUNCH_KEYS = (
     "compile",
     "resume",
     "calibrate",
+    "calibrate_images",
 )
 
 

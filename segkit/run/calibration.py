@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from segkit import checkpoint as ckpt_io
 from segkit import dist
-from segkit.calibrate import MAX_PIXELS, LogitBias, collect, fit_bias
+from segkit.calibrate import MAX_PIXELS, LogitBias, collect, fit_bias, spread_indices
 from segkit.metrics import ConfusionMatrix
 from segkit.metrics import evaluate as evaluate_model
 from segkit.run.building import dataset_factory
@@ -31,14 +31,16 @@ def calibrate_checkpoint(
     root: str | None = None,
     batch_size: int = 4,
     num_workers: int = 2,
+    max_images: int | None = None,
 ) -> dict:
     """Fit the logit biases of checkpoint ``path`` on its dataset's train split, once for
     ``whole`` and once for each of the recipe's other ``eval.modes`` (with its
     ``eval.tta.scales``), each scored at the original resolution; score the val split (if any)
     whole without and with them; write the checkpoint with ``logit_bias`` (mode -> C floats)
     and ``calibration`` (the record below) to ``out`` (default: ``path``), atomically.
-    ``root`` replaces the dataset root. -> the record: ``logit_bias``, ``pixels`` (per mode),
-    ``val_miou_raw``, ``val_miou`` (whole image; NaN without a val split)."""
+    ``root`` replaces the dataset root; ``max_images`` fits on that many train images, spread
+    evenly (`spread_indices`). -> the record: ``logit_bias``, ``images`` and ``pixels`` (per
+    mode), ``val_miou_raw``, ``val_miou`` (whole image; NaN without a val split)."""
     from segkit.data.original import original_size_loader
     from segkit.inference import checkpoint_input_shape
 
@@ -54,12 +56,14 @@ def calibrate_checkpoint(
     amp = dist.amp_dtype(eval_precision(None, ckpt, device))
     modes, scales = eval_modes(request, ckpt)
     train = make(split=ds_cfg.get("train_split") or "train", train=False)
+    images = spread_indices(len(train), max_images)
+    loader = original_size_loader(train, batch_size, num_workers, images)
     biases, pixels = fit_mode_biases(
-        model, original_size_loader(train, batch_size, num_workers), train,
-        ["whole", *modes], shape=shape, scales=scales, device=device, amp=amp,
-    )  # fmt: skip
+        model, loader, train, ["whole", *modes], shape=shape, scales=scales, device=device, amp=amp
+    )
     record = {
         "logit_bias": biases,
+        "images": len(loader.sampler),
         "pixels": pixels,
         "val_miou_raw": math.nan,
         "val_miou": math.nan,
@@ -86,10 +90,11 @@ def fit_mode_biases(
     model, loader, dataset, modes: list[str], *, shape, scales, device, amp
 ) -> tuple[dict[str, list[float]], int]:
     """One set of logit biases per evaluation mode (each mode once, in order), fitted on
-    ``loader`` (original-size batches of ``dataset``) -> ({mode: C floats}, pixels per mode)."""
+    ``loader`` (original-size batches of ``dataset``, or of the images its sampler picks)
+    -> ({mode: C floats}, pixels per mode)."""
     from segkit.inference import predictor_for
 
-    per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(dataset))))
+    per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(loader.sampler))))
     biases: dict[str, list[float]] = {}
     pixels = 0
     for spec in dict.fromkeys(modes):

@@ -165,6 +165,7 @@ def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) 
             trainer.info.device,
             batch_size=run_config["loader"].get("val_batch_size") or 4,
             num_workers=run_config["loader"]["num_workers"],
+            max_images=run_config["trainer"].get("calibrate_images"),
         )
         result["calibrated_val_miou"] = record["val_miou"]
     overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
