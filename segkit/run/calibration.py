@@ -107,7 +107,7 @@ def fit_mode_biases(
         biases[spec] = [round(float(b), 6) for b in fit_bias(logits, labels, dataset.num_classes)]
         pixels = len(labels)
         log.info(
-            "logit biases for mode %s (%d train pixels, %.0f s): %s",
-            spec, pixels, time.perf_counter() - t0, biases[spec],
+            "logit biases for mode %s (%d train images, %d pixels, %.0f s): %s",
+            spec, len(loader.sampler), pixels, time.perf_counter() - t0, biases[spec],
         )  # fmt: skip
     return biases, pixels
