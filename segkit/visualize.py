@@ -34,9 +34,8 @@ PANEL_PX = 288  # the shorter side of one sample picture in the grid: small inpu
 MAX_ANNOTATED = 30  # classes up to which the confusion matrix shows its values in the cells
 
 # the metrics the HParams tab shows per run: the last value of each of these scalar tags
-CALIBRATED_TAG = (
-    "val/calibrated_mIoU"  # best.pt with its class priors calibrated (once, at the end)
-)
+# (val/calibrated_mIoU: best.pt with its class priors calibrated, once at the end)
+CALIBRATED_TAG = "val/calibrated_mIoU"
 HPARAM_METRICS = (
     "val/best_mIoU",
     CALIBRATED_TAG,

@@ -61,21 +61,12 @@ def calibrate_checkpoint(
     biases, pixels = fit_mode_biases(
         model, loader, train, ["whole", *modes], shape=shape, scales=scales, device=device, amp=amp
     )
-    record = {
-        "logit_bias": biases,
-        "images": len(loader.sampler),
-        "pixels": pixels,
-        "val_miou_raw": math.nan,
-        "val_miou": math.nan,
-    }
+    record = {"logit_bias": biases, "images": len(loader.sampler), "pixels": pixels}
     val_split = ds_cfg.get("val_split", "val")
-    if val_split:
-        val = original_size_loader(make(split=val_split, train=False), batch_size, num_workers)
-        whole = LogitBias(model, biases["whole"])
-        for key, predictor in (("val_miou_raw", model), ("val_miou", whole)):
-            cm = ConfusionMatrix(train.num_classes, train.ignore_index, device=device)
-            scores = evaluate_model(predictor.to(device), val, cm, device=device, amp_dtype=amp)
-            record[key] = scores["miou"]
+    val = make(split=val_split, train=False) if val_split else None
+    record["val_miou_raw"], record["val_miou"] = score_whole(
+        model, biases["whole"], val, batch_size, num_workers, device=device, amp=amp
+    )
     ckpt["logit_bias"] = biases
     ckpt["calibration"] = {k: v for k, v in record.items() if k != "logit_bias"}
     ckpt_io.save_atomic(ckpt, Path(out or path))
@@ -84,6 +75,24 @@ def calibrate_checkpoint(
         out or path, record["val_miou_raw"], record["val_miou"],
     )  # fmt: skip
     return record
+
+
+def score_whole(
+    model, bias, dataset, batch_size: int, num_workers: int, *, device, amp
+) -> tuple[float, float]:
+    """Whole-image val mIoU at the original resolution of ``model`` without and with the logit
+    ``bias`` (C floats); (NaN, NaN) when there is no val ``dataset``."""
+    from segkit.data.original import original_size_loader
+
+    if dataset is None:
+        return math.nan, math.nan
+    loader = original_size_loader(dataset, batch_size, num_workers)
+    scores = []
+    for predictor in (model, LogitBias(model, bias)):
+        cm = ConfusionMatrix(dataset.num_classes, dataset.ignore_index, device=device)
+        metrics = evaluate_model(predictor.to(device), loader, cm, device=device, amp_dtype=amp)
+        scores.append(metrics["miou"])
+    return scores[0], scores[1]
 
 
 def fit_mode_biases(
