@@ -223,6 +223,7 @@ RULES = (
     Rule("trainer.ema_decay", False, 1e-12, 0.999999, nullable=True),
     Rule("trainer.calibrate_images", True, 1, nullable=True),
     Rule("dataset.augment.class_crop", False, 0, 1),
+    Rule("dataset.augment.copy_paste", False, 0, 1),
     Rule("trainer.dist_timeout_s", False, 1),
     Rule("loader.prefetch_factor", True, 1),
     Rule("optimizer.lr", False, 1e-300),

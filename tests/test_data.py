@@ -591,6 +591,8 @@ def test_dataset_config_lists_every_kwarg(name):
     assert cfg.palette is None or len(cfg.palette) == cfg.num_classes
     assert cfg.augment == {"jitter": 0.3, "flip": 0.5, "hue": 0.1, "sat": 0.7, "val": 0.3} | {
         "class_crop": 0.0,
+        "copy_paste": 0.0,
+        "paste_classes": [],
         "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0],
     }
     assert cfg.seed == 42 and cfg.on_bad_sample == "raise" and cfg.max_bad_fraction == 0.1

@@ -1,4 +1,5 @@
-"""General features the CamVid recipes use: class-balanced crops, validation at another input
+"""General features the CamVid recipes use: class-balanced crops, rare-class copy-paste,
+validation at another input
 size and at the original label resolution, EMA of the weights, the training-time budget, the
 recipe's evaluation modes, channels-last on the CPU."""
 
@@ -16,9 +17,10 @@ from torch import nn
 
 from segkit import budget
 from segkit import checkpoint as ck
-from segkit.data.transforms import class_balanced_offset, random_geometry
+from segkit.data.base import SegmentationDataset
+from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
 from segkit.ema import ModelEMA
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, DataError
 from segkit.inference import checkpoint_input_shape
 from segkit.run import build_trainer, dataset_factory, train_rank
 from segkit.validate import check_train_config
@@ -89,6 +91,117 @@ def test_class_crop_out_of_range_is_a_config_error():
     cfg = compose_train(*TINY, "dataset.augment.class_crop=1.5")
     with pytest.raises(ConfigError, match="dataset.augment.class_crop"):
         check_train_config(cfg)
+
+
+# --------------------------------------------------------------------------- copy-paste
+def _donor_scene(h: int = 6, w: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """An h x w donor: class 2 in the 2nd eighth of the columns, class 3 in the last, rest 0;
+    its image is 100 + the column index in every channel."""
+    mask, k = np.zeros((h, w), np.uint8), w // 8
+    mask[:, k : 2 * k] = 2
+    mask[:, w - k :] = 3
+    image = np.broadcast_to(100 + np.arange(w, dtype=np.uint8)[None, :, None], (h, w, 3))
+    return np.ascontiguousarray(image), mask
+
+
+def test_copy_paste_replaces_the_chosen_class_pixels_at_the_same_place_or_mirrored():
+    image, mask = np.zeros((6, 8, 3), np.uint8), np.ones((6, 8), np.uint8)
+    donor, donor_mask = _donor_scene()
+    seen = set()
+    for seed in range(20):
+        out, out_mask = copy_paste(image, mask, donor, donor_mask, [2], np.random.default_rng(seed))
+        column = 1 if out_mask[0, 1] == 2 else 6  # the donor's column 1, or mirrored: 8-1-1
+        expected_mask = np.ones((6, 8), np.uint8)
+        expected_mask[:, column] = 2  # class 3 is not in the list: not pasted
+        assert np.array_equal(out_mask, expected_mask)
+        expected_image = np.zeros((6, 8, 3), np.uint8)
+        expected_image[:, column] = 101  # the donor's pixel of column 1, whichever side
+        assert np.array_equal(out, expected_image)
+        seen.add(column)
+    assert seen == {1, 6}  # both orientations occur
+    assert not image.any() and (mask == 1).all()  # the inputs are not modified
+
+
+def test_copy_paste_resizes_a_donor_of_another_size():
+    image, mask = np.zeros((6, 8, 3), np.uint8), np.zeros((6, 8), np.uint8)
+    donor, donor_mask = _donor_scene(12, 16)  # class 2 in columns 2-3: column 1 at 6x8
+    _, out_mask = copy_paste(image, mask, donor, donor_mask, [2, 3], np.random.default_rng(0))
+    assert set(np.unique(out_mask)) == {0, 2, 3}
+    assert (out_mask == 2).sum() == 6 and (out_mask == 3).sum() == 6  # one column each
+
+
+def _two_sample_dataset(tmp_path: Path, **augment) -> SegmentationDataset:
+    """Sample 0: all class 1; sample 1: the `_donor_scene` (classes 0, 2, 3), 6x8 PNGs."""
+    files = []
+    scenes = [(np.zeros((6, 8, 3), np.uint8), np.ones((6, 8), np.uint8)), _donor_scene()]
+    for i, (image, mask) in enumerate(scenes):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"{i}_mask.png")
+        files.append((tmp_path / f"{i}.png", tmp_path / f"{i}_mask.png"))
+    return SegmentationDataset(
+        files, train=True, num_classes=4, input_shape=(6, 8), augment=augment
+    )
+
+
+def test_dataset_pastes_another_samples_classes_with_probability_copy_paste(tmp_path):
+    ds = _two_sample_dataset(tmp_path, copy_paste=1.0, paste_classes=[2])
+    image, mask = ds.load_raw(0)
+    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    assert set(np.unique(out_mask)) == {1, 2} and (out_mask == 2).sum() == 6  # from sample 1
+    assert (out[out_mask == 2] == 101).all() and not out[out_mask == 1].any()
+    # half of the training samples: about half of them hold class 2 after the full pipeline
+    whole = {"scale": [1, 1], "jitter": 0}  # each sample is the whole 6x8 picture (or mirror)
+    half = _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=[2], **whole)
+    with_paste = 0
+    for epoch in range(200):
+        half.set_epoch(epoch)
+        with_paste += bool((half[0][1] == 2).any())
+    assert 0.38 < with_paste / 200 < 0.62
+    # validation samples are never pasted into
+    ds.train = False
+    assert not (ds[0][1] == 2).any()
+
+
+def test_copy_paste_zero_draws_no_random_numbers(tmp_path):
+    """copy_paste=0 leaves the sample and the stream alone: old recipes give the same samples."""
+    ds = _two_sample_dataset(tmp_path)
+    image, mask = ds.load_raw(0)
+    rng = np.random.default_rng(5)
+    out, out_mask = ds.paste_from_another(image, mask, 0, rng)
+    assert out is image and out_mask is mask
+    assert rng.random() == np.random.default_rng(5).random()
+
+
+def test_copy_paste_unreadable_donor_is_named_or_skipped(tmp_path):
+    ds = _two_sample_dataset(tmp_path, copy_paste=1.0, paste_classes=[2])
+    (tmp_path / "1.png").write_bytes(b"not a png")
+    image, mask = ds.load_raw(0)
+    with pytest.raises(DataError, match=r"copy-paste donor sample 1 \(.*1\.png.*of sample 0"):
+        ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    ds.on_bad_sample = "skip"  # the donor is reported when it is loaded as a sample itself
+    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    assert out is image and out_mask is mask
+
+
+def test_copy_paste_bad_values_name_the_key(tmp_path):
+    cfg = compose_train(*TINY, "dataset.augment.copy_paste=1.5")
+    with pytest.raises(ConfigError, match="dataset.augment.copy_paste"):
+        check_train_config(cfg)
+    with pytest.raises(DataError, match="needs the class ids to paste"):
+        _two_sample_dataset(tmp_path, copy_paste=0.5)
+    with pytest.raises(DataError, match=r"paste_classes holds \[4\].*0\.\.3"):
+        _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=[2, 4])
+    with pytest.raises(DataError, match="paste_classes must be a list of class ids"):
+        _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=["pole"])
+
+
+def test_copy_paste_bad_class_on_the_command_line_is_one_message(tmp_path):
+    proc = run_cli(
+        "train.py", *TINY, "dataset.augment.copy_paste=0.5", "dataset.augment.paste_classes=[9]",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == DataError.exit_code, proc.stderr[-2000:]
+    assert proc.stderr.count("paste_classes holds [9]") == 1 and "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- validation size

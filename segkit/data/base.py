@@ -22,7 +22,14 @@ import torch
 from torch.utils.data import Dataset
 
 from segkit.data.io import encode_mask, read_image, read_mask
-from segkit.data.transforms import DEFAULT_AUGMENT, Normalize, get_random_data, to_tensors
+from segkit.data.transforms import (
+    DEFAULT_AUGMENT,
+    PASTE_KEYS,
+    Normalize,
+    copy_paste,
+    get_random_data,
+    to_tensors,
+)
 from segkit.errors import DataError
 
 log = logging.getLogger("segkit.data")
@@ -93,7 +100,7 @@ def check_augment(augment: Mapping | None) -> dict:
     for key, value in (augment or {}).items():
         if key not in DEFAULT_AUGMENT:
             raise DataError(f"unknown key dataset.augment.{key}; known: {sorted(DEFAULT_AUGMENT)}")
-        params[key] = tuple(float(v) for v in value) if key == "scale" else float(value)
+        params[key] = _augment_value(key, value)
     lo, hi = params["scale"] if len(params["scale"]) == 2 else (0, -1)
     if not 0 < lo <= hi:
         raise DataError(f"dataset.augment.scale must be [lo, hi] with 0 < lo <= hi: {lo, hi}")
@@ -101,7 +108,28 @@ def check_augment(augment: Mapping | None) -> dict:
         raise DataError(f"dataset.augment.class_crop must be in [0, 1]: {params['class_crop']}")
     if not 0 <= params["jitter"] < 1:
         raise DataError(f"dataset.augment.jitter must be in [0, 1): {params['jitter']}")
+    if not 0 <= params["copy_paste"] <= 1:
+        raise DataError(f"dataset.augment.copy_paste must be in [0, 1]: {params['copy_paste']}")
+    if params["copy_paste"] > 0 and not params["paste_classes"]:
+        raise DataError(
+            f"dataset.augment.copy_paste={params['copy_paste']} needs the class ids to paste: "
+            "set dataset.augment.paste_classes, e.g. [2,6] (or copy_paste=0)"
+        )
     return params
+
+
+def _augment_value(key: str, value: Any) -> Any:
+    """One dataset.augment value as check_augment keeps it: scale and paste_classes as tuples
+    (of floats / ints), the rest a float; a value of the wrong kind -> DataError."""
+    try:
+        if key == "scale":
+            return tuple(float(v) for v in value)
+        if key == "paste_classes":
+            return tuple(int(v) for v in value or ())
+        return float(value)
+    except (TypeError, ValueError) as e:
+        kind = {"scale": "[lo, hi]", "paste_classes": "a list of class ids"}.get(key, "a number")
+        raise DataError(f"dataset.augment.{key} must be {kind}, got {value!r}") from e
 
 
 def check_mean_std(
@@ -180,12 +208,13 @@ class LabelSpace:
 class SegmentationDataset(Dataset):
     """Pairs of (image path, mask path) -> (image (C,H,W) uint8, mask (H,W) uint8).
 
-    train=True: random aspect/scale/flip/offset + HSV jitter (see `augment`); train=False:
-    letterbox. Images are RGB (in_channels=3) or gray (in_channels=1, a colour file converted),
-    not normalised: `labels.normalizer()` does (x/255 - mean)/std on the device. Masks hold ids
-    in [0, num_classes) or ignore_index (also used for padding). A sample that cannot be
-    loaded raises DataError naming index, files and cause, or with on_bad_sample="skip" is
-    replaced by the next loadable sample.
+    train=True: rare-class copy-paste from another sample (augment.copy_paste), then random
+    aspect/scale/flip/offset + HSV jitter (see `augment`); train=False: letterbox. Images are
+    RGB (in_channels=3) or gray (in_channels=1, a colour file converted), not normalised:
+    `labels.normalizer()` does (x/255 - mean)/std on the device. Masks hold ids in
+    [0, num_classes) or ignore_index (also used for padding). A sample that cannot be loaded
+    raises DataError naming index, files and cause, or with on_bad_sample="skip" is replaced
+    by the next loadable sample.
     `split_file` is the split list the samples come from (VOCDataset), None when there is none.
     """
 
@@ -219,6 +248,12 @@ class SegmentationDataset(Dataset):
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
         self.augment = check_augment(augment)
+        bad = [c for c in self.augment["paste_classes"] if not 0 <= c < self.num_classes]
+        if bad:
+            raise DataError(
+                f"dataset.augment.paste_classes holds {bad}, not class ids of "
+                f"dataset.num_classes={self.num_classes} (0..{self.num_classes - 1})"
+            )
         self.in_channels = int(in_channels)
         self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
@@ -316,6 +351,7 @@ class SegmentationDataset(Dataset):
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw pair -> input_shape pair (augmented when train, letterboxed otherwise)."""
+        geometry = {k: v for k, v in self.augment.items() if k not in PASTE_KEYS}
         return get_random_data(
             image,
             mask,
@@ -323,8 +359,30 @@ class SegmentationDataset(Dataset):
             rng,
             random=self.train,
             ignore_index=self.ignore_index,
-            **self.augment,
+            **geometry,
         )
+
+    def paste_from_another(
+        self, image: np.ndarray, mask: np.ndarray, i: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With probability augment.copy_paste (train only): `copy_paste` of the
+        augment.paste_classes pixels of another sample, drawn uniformly, into sample i's raw
+        pair. Draws no random number when copy_paste is 0 (old recipes keep their samples)."""
+        p = self.augment["copy_paste"]
+        if not (self.train and p > 0 and len(self.files) > 1 and rng.uniform() < p):
+            return image, mask
+        j = int(rng.integers(len(self.files) - 1))
+        j += j >= i  # any sample but i
+        try:
+            donor, donor_mask = self.load_raw(j)
+        except (DataError, OSError) as e:
+            if self.on_bad_sample == "raise":
+                raise DataError(
+                    f"copy-paste donor sample {j} ({', '.join(self.files[j])}) of sample {i}: "
+                    f"{e}. Fix or remove it, or set dataset.on_bad_sample=skip"
+                ) from e
+            return image, mask  # skip mode: the donor is reported when it is a sample itself
+        return copy_paste(image, mask, donor, donor_mask, self.augment["paste_classes"], rng)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
@@ -337,6 +395,7 @@ class SegmentationDataset(Dataset):
                 "or set dataset.on_bad_sample=skip"
             ) from e
         rng = np.random.default_rng([self.seed, self.epoch, i])
+        image, mask = self.paste_from_another(image, mask, i, rng)
         return self.transform(image, mask, rng)
 
     def _load_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:

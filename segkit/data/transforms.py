@@ -28,7 +28,10 @@ DEFAULT_AUGMENT = {
     "sat": 0.7,  # saturation gain U(1-sat, 1+sat)
     "val": 0.3,  # value (brightness) gain U(1-val, 1+val)
     "class_crop": 0.0,  # probability that a crop holds a pixel of a class drawn uniformly
+    "copy_paste": 0.0,  # probability that another image's pixels of paste_classes are pasted in
+    "paste_classes": (),  # class ids that copy_paste copies (rare thin ones: poles, signs, ...)
 }
+PASTE_KEYS = ("copy_paste", "paste_classes")  # applied by the dataset, not get_random_data
 
 
 def resize_pair(
@@ -46,6 +49,30 @@ def resize_pair(
 def hflip_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mirror both left-right (cv2.flip: far faster than copying a reversed numpy view)."""
     return cv2.flip(image, 1).reshape(image.shape), cv2.flip(mask, 1)
+
+
+def copy_paste(
+    image: np.ndarray,
+    mask: np.ndarray,
+    donor: np.ndarray,
+    donor_mask: np.ndarray,
+    classes: Sequence[int],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rare-class copy-paste: the pixels of ``classes`` in the donor pair (resized to the
+    image's size, mirrored with probability 0.5) replace those of image/mask at the same place.
+
+    image (H,W,C) uint8, mask (H,W) uint8, donor (h,w,C) uint8, donor_mask (h,w) uint8 ->
+    new (H,W,C) and (H,W) arrays; the inputs are not modified.
+    """
+    donor, donor_mask = resize_pair(donor, donor_mask, image.shape[:2])
+    if rng.uniform() < 0.5:
+        donor, donor_mask = hflip_pair(donor, donor_mask)
+    chosen = np.isin(donor_mask, np.asarray(classes, dtype=np.int64))
+    image, mask = image.copy(), mask.copy()
+    image[chosen] = donor[chosen]
+    mask[chosen] = donor_mask[chosen]
+    return image, mask
 
 
 def paste(
