@@ -94,8 +94,9 @@ def check_palette(palette: Sequence | None, num_classes: int) -> list[list[int]]
     return [[int(c) for c in colour] for colour in palette]
 
 
-def check_augment(augment: Mapping | None) -> dict:
-    """DEFAULT_AUGMENT updated with `augment`; unknown keys or bad values -> DataError."""
+def check_augment(augment: Mapping | None, num_classes: int) -> dict:
+    """DEFAULT_AUGMENT updated with `augment`; unknown keys or bad values (paste_classes must
+    be ids below num_classes) -> DataError."""
     params = dict(DEFAULT_AUGMENT)
     for key, value in (augment or {}).items():
         if key not in DEFAULT_AUGMENT:
@@ -114,6 +115,12 @@ def check_augment(augment: Mapping | None) -> dict:
         raise DataError(
             f"dataset.augment.copy_paste={params['copy_paste']} needs the class ids to paste: "
             "set dataset.augment.paste_classes, e.g. [2,6] (or copy_paste=0)"
+        )
+    bad = [c for c in params["paste_classes"] if not 0 <= c < num_classes]
+    if bad:
+        raise DataError(
+            f"dataset.augment.paste_classes holds {bad}, not class ids of "
+            f"dataset.num_classes={num_classes} (0..{num_classes - 1})"
         )
     return params
 
@@ -247,13 +254,7 @@ class SegmentationDataset(Dataset):
         self.input_shape = check_input_shape(input_shape)
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
-        self.augment = check_augment(augment)
-        bad = [c for c in self.augment["paste_classes"] if not 0 <= c < self.num_classes]
-        if bad:
-            raise DataError(
-                f"dataset.augment.paste_classes holds {bad}, not class ids of "
-                f"dataset.num_classes={self.num_classes} (0..{self.num_classes - 1})"
-            )
+        self.augment = check_augment(augment, self.num_classes)
         self.in_channels = int(in_channels)
         self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
