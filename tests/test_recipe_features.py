@@ -17,7 +17,7 @@ from torch import nn
 
 from segkit import budget
 from segkit import checkpoint as ck
-from segkit.data.base import SegmentationDataset
+from segkit.data.base import SegmentationDataset, check_augment
 from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
 from segkit.ema import ModelEMA
 from segkit.errors import ConfigError, DataError
@@ -187,12 +187,23 @@ def test_copy_paste_bad_values_name_the_key(tmp_path):
     cfg = compose_train(*TINY, "dataset.augment.copy_paste=1.5")
     with pytest.raises(ConfigError, match="dataset.augment.copy_paste"):
         check_train_config(cfg)
-    with pytest.raises(DataError, match="needs the class ids to paste"):
+    with pytest.raises(DataError, match="needs the classes to paste"):
         _two_sample_dataset(tmp_path, copy_paste=0.5)
     with pytest.raises(DataError, match=r"paste_classes holds \[4\].*0\.\.3"):
         _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=[2, 4])
-    with pytest.raises(DataError, match="paste_classes must be a list of class ids"):
+    with pytest.raises(DataError, match=r"holds \['pole'\].*nor class names \(class_0, class_1"):
         _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=["pole"])
+    with pytest.raises(DataError, match="paste_classes must be a list of class ids or names"):
+        _two_sample_dataset(tmp_path, copy_paste=0.5, paste_classes=[2.5])
+
+
+def test_paste_classes_takes_class_names():
+    names = ["Sky", "Pole", "SignSymbol", "Car"]
+    params = check_augment(
+        {"copy_paste": 0.5, "paste_classes": ["pole", 3, "SIGNSYMBOL", "0"]}, names
+    )
+    assert params["paste_classes"] == (1, 3, 2, 0)
+    assert check_augment(None, names)["paste_classes"] == ()
 
 
 def test_copy_paste_bad_class_on_the_command_line_is_one_message(tmp_path):

@@ -94,9 +94,9 @@ def check_palette(palette: Sequence | None, num_classes: int) -> list[list[int]]
     return [[int(c) for c in colour] for colour in palette]
 
 
-def check_augment(augment: Mapping | None, num_classes: int) -> dict:
-    """DEFAULT_AUGMENT updated with `augment`; unknown keys or bad values (paste_classes must
-    be ids below num_classes) -> DataError."""
+def check_augment(augment: Mapping | None, class_names: Sequence[str]) -> dict:
+    """DEFAULT_AUGMENT updated with `augment`, paste_classes as class ids (names resolved
+    against class_names, one per class); unknown keys or bad values -> DataError."""
     params = dict(DEFAULT_AUGMENT)
     for key, value in (augment or {}).items():
         if key not in DEFAULT_AUGMENT:
@@ -113,30 +113,52 @@ def check_augment(augment: Mapping | None, num_classes: int) -> dict:
         raise DataError(f"dataset.augment.copy_paste must be in [0, 1]: {params['copy_paste']}")
     if params["copy_paste"] > 0 and not params["paste_classes"]:
         raise DataError(
-            f"dataset.augment.copy_paste={params['copy_paste']} needs the class ids to paste: "
-            "set dataset.augment.paste_classes, e.g. [2,6] (or copy_paste=0)"
+            f"dataset.augment.copy_paste={params['copy_paste']} needs the classes to paste: "
+            "set dataset.augment.paste_classes, e.g. [2,6] or [Pole,SignSymbol] (or copy_paste=0)"
         )
-    bad = [c for c in params["paste_classes"] if not 0 <= c < num_classes]
-    if bad:
-        raise DataError(
-            f"dataset.augment.paste_classes holds {bad}, not class ids of "
-            f"dataset.num_classes={num_classes} (0..{num_classes - 1})"
-        )
+    params["paste_classes"] = paste_class_ids(params["paste_classes"], class_names)
     return params
 
 
+def paste_class_ids(classes: Sequence[int | str], class_names: Sequence[str]) -> tuple[int, ...]:
+    """dataset.augment.paste_classes as class ids: each entry an id in 0..len(class_names)-1
+    or a class name (case-insensitive); anything else -> DataError naming the known names."""
+    by_name = {name.lower(): i for i, name in enumerate(class_names)}
+    ids = [by_name.get(c.lower(), -1) if isinstance(c, str) else c for c in classes]
+    bad = [c for c, i in zip(classes, ids) if not 0 <= i < len(class_names)]
+    if bad:
+        n = len(class_names)
+        raise DataError(
+            f"dataset.augment.paste_classes holds {bad}, not class ids of "
+            f"dataset.num_classes={n} (0..{n - 1}) nor class names ({', '.join(class_names)})"
+        )
+    return tuple(ids)
+
+
 def _augment_value(key: str, value: Any) -> Any:
-    """One dataset.augment value as check_augment keeps it: scale and paste_classes as tuples
-    (of floats / ints), the rest a float; a value of the wrong kind -> DataError."""
+    """One dataset.augment value as check_augment keeps it: scale a tuple of floats,
+    paste_classes a tuple of ints and names (resolved later), the rest a float; a value of the
+    wrong kind -> DataError."""
     try:
         if key == "scale":
             return tuple(float(v) for v in value)
         if key == "paste_classes":
-            return tuple(int(v) for v in value or ())
+            return tuple(_id_or_name(v) for v in value or ())
         return float(value)
     except (TypeError, ValueError) as e:
-        kind = {"scale": "[lo, hi]", "paste_classes": "a list of class ids"}.get(key, "a number")
-        raise DataError(f"dataset.augment.{key} must be {kind}, got {value!r}") from e
+        kind = {"scale": "[lo, hi]", "paste_classes": "a list of class ids or names"}
+        raise DataError(
+            f"dataset.augment.{key} must be {kind.get(key, 'a number')}, got {value!r}"
+        ) from e
+
+
+def _id_or_name(value: Any) -> int | str:
+    """A paste_classes entry: an int (or int-valued float / digit string) or a class name."""
+    if isinstance(value, str):
+        return int(value) if value.strip().isdigit() else value.strip()
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(value)
+    return int(value)
 
 
 def check_mean_std(
@@ -254,7 +276,7 @@ class SegmentationDataset(Dataset):
         self.input_shape = check_input_shape(input_shape)
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
-        self.augment = check_augment(augment, self.num_classes)
+        self.augment = check_augment(augment, self.class_names)
         self.in_channels = int(in_channels)
         self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
