@@ -204,6 +204,8 @@ def test_paste_classes_takes_class_names():
     )
     assert params["paste_classes"] == (1, 3, 2, 0)
     assert check_augment(None, names)["paste_classes"] == ()
+    assert check_augment({"paste_classes": "Car"}, names)["paste_classes"] == (3,)  # one, bare
+    assert check_augment({"paste_classes": 2}, names)["paste_classes"] == (2,)
 
 
 def test_copy_paste_bad_class_on_the_command_line_is_one_message(tmp_path):

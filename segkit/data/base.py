@@ -142,8 +142,9 @@ def _augment_value(key: str, value: Any) -> Any:
     try:
         if key == "scale":
             return tuple(float(v) for v in value)
-        if key == "paste_classes":
-            return tuple(_id_or_name(v) for v in value or ())
+        if key == "paste_classes":  # one class may be given bare: paste_classes=Pole
+            values = [value] if isinstance(value, (str, int)) else value or ()
+            return tuple(_id_or_name(v) for v in values)
         return float(value)
     except (TypeError, ValueError) as e:
         kind = {"scale": "[lo, hi]", "paste_classes": "a list of class ids or names"}
