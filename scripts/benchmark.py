@@ -45,7 +45,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from segkit.data.base import voc_palette
+from segkit.data.params import voc_palette
 from segkit.metrics import ConfusionMatrix, evaluate
 
 NUM_CLASSES = 21

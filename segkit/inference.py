@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.data.base import IMAGENET_MEAN, IMAGENET_STD, LabelSpace, check_input_shape
+from segkit.data.base import LabelSpace
+from segkit.data.params import IMAGENET_MEAN, IMAGENET_STD, check_input_shape
 from segkit.data.transforms import letterbox, letterbox_geometry, normalize
 from segkit.errors import ConfigError, DataError
 

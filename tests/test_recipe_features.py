@@ -17,7 +17,8 @@ from torch import nn
 
 from segkit import budget
 from segkit import checkpoint as ck
-from segkit.data.base import SegmentationDataset, check_augment
+from segkit.data.base import SegmentationDataset
+from segkit.data.params import check_augment
 from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
 from segkit.ema import ModelEMA
 from segkit.errors import ConfigError, DataError
