@@ -458,6 +458,12 @@ def test_resize_when_only_one_dimension_differs():
     # height 1 -> 3 bilinear copies the single row, so every row is (A, B)
     assert CrossEntropyLoss()(logits, target).item() == pytest.approx(1.5 * LN2)
     assert resize_to_target(torch.zeros(1, 2, 2, 3), torch.zeros(1, 2, 5)).shape == (1, 2, 2, 5)
+    # low-precision logits are resized in float32 (the losses compute in float32)
+    small = torch.randn(1, 2, 2, 3).bfloat16()
+    resized = resize_to_target(small, torch.zeros(1, 4, 6))
+    assert resized.dtype == torch.float32
+    torch.testing.assert_close(resized, F.interpolate(small.float(), size=(4, 6), mode="bilinear"))
+    assert resize_to_target(small, torch.zeros(1, 2, 3)) is small  # same size: untouched
     # the notes' `h != ht and w != wt` guard would skip the resize and torch would refuse
     with pytest.raises(RuntimeError):
         F.cross_entropy(logits, target)

@@ -13,7 +13,7 @@ from torch import nn
 from segkit.errors import ConfigError
 from segkit.losses.detail import DetailLoss
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet
-from segkit.models.blocks import StripPooling
+from segkit.models.blocks import GroupedConv2d, StripPooling
 from segkit.run import compose_model_config, instantiate_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -164,6 +164,34 @@ def test_stdc_strip_pool_gates_the_decoder_and_needs_a_skip_decoder():
         build("stdc1", "model.strip_pool=true")
     err = root_error(excinfo)
     assert isinstance(err, ConfigError) and "model.decoder_stride=4" in str(err)
+
+
+def test_strided_grouped_conv_runs_in_float32_under_cpu_autocast():
+    """Strided grouped convs leave bf16 autocast on the CPU (its bf16 kernels are slow there):
+    the result equals the float32 conv; stride-1 ones and plain calls are nn.Conv2d's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 11)
+    strided = GroupedConv2d(8, 16, 3, 2, 1, groups=8, bias=False)
+    reference = nn.Conv2d(8, 16, 3, 2, 1, groups=8, bias=False)
+    reference.load_state_dict(strided.state_dict())  # same keys and shapes
+    expected = reference(x.bfloat16().float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = strided(x.bfloat16())
+        plain = reference(x.bfloat16())
+        flat = GroupedConv2d(8, 8, 3, 1, 1, groups=8)(x)
+    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(plain.float(), expected)  # bf16 weights: what the cast avoids
+    assert flat.dtype == torch.bfloat16  # stride 1: bf16 is as fast there
+    assert torch.equal(strided(x), reference(x))  # no autocast: exactly nn.Conv2d
+    # the models use it where they have strided grouped convs
+    for name in ("stdc1", "bisenetv2"):
+        model = build(name)
+        strided_groups = [
+            m for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.stride != (1, 1)
+        ]  # fmt: skip
+        assert strided_groups and all(isinstance(m, GroupedConv2d) for m in strided_groups)
 
 
 def test_freeze_bn_survives_train_after_eval():

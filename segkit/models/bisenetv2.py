@@ -15,6 +15,7 @@ from torch import nn
 from segkit.models.backbones import load_encoder_weights
 from segkit.models.blocks import (
     ConvBNReLU,
+    GroupedConv2d,
     SegmentationModel,
     check_input,
     check_train_batch,
@@ -36,7 +37,8 @@ __all__ = [
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+    conv = GroupedConv2d if groups > 1 else nn.Conv2d
+    return [conv(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
             nn.BatchNorm2d(c_out)]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from segkit.models.backbones import load_encoder_weights
 from segkit.models.bisenetv1 import BiSeNetOutput, ContextPath, FeatureFusionModule
 from segkit.models.blocks import (
     ConvBNReLU,
+    GroupedConv2d,
     SegmentationModel,
     StripPooling,
     check_input,
@@ -44,7 +45,7 @@ class CatBottleneck(nn.Module):
         self.stride = stride
         if stride == 2:
             self.avd_layer = nn.Sequential(
-                nn.Conv2d(half, half, 3, 2, 1, groups=half, bias=False), nn.BatchNorm2d(half)
+                GroupedConv2d(half, half, 3, 2, 1, groups=half, bias=False), nn.BatchNorm2d(half)
             )
             self.skip = nn.AvgPool2d(3, 2, 1)
         widths = [half] + [out_channels // 2 ** (i + 1) for i in range(1, block_num - 1)]
