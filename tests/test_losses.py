@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from segkit.losses import (
     CEDetailLoss,
+    CEDiceDetailLoss,
     CEDiceLoss,
     CELovaszDetailLoss,
     CELovaszLoss,
@@ -37,6 +38,7 @@ ALL_LOSSES = [
     CEDetailLoss,
     OhemDetailLoss,
     CELovaszDetailLoss,
+    CEDiceDetailLoss,
 ]
 
 
@@ -419,6 +421,23 @@ def test_ce_lovasz_detail_is_ce_lovasz_plus_the_detail_term():
     args = dict(ce_weight=0.5, lovasz_weight=2.0, class_weights=[1.0, 2.0, 0.5], aux_weights=0.3)
     plain = CELovaszLoss(**args)({"out": out, "aux": aux}, target).item()
     guided = CELovaszDetailLoss(detail_weight=0.7, **args)
+    value = guided({"out": out, "aux": aux, "detail": detail}, target).item()
+    assert value == pytest.approx(plain + 0.7 * DetailLoss()(detail, target).item(), rel=1e-6)
+    assert guided({"out": out, "aux": aux}, target).item() == pytest.approx(plain)  # eval mode
+
+
+def test_ce_dice_detail_is_ce_dice_plus_the_detail_term():
+    from segkit.losses.detail import DetailLoss
+
+    g = torch.Generator().manual_seed(3)
+    out = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
+    aux = [torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)]
+    detail = torch.randn(2, 1, 4, 4, generator=g)
+    target = torch.randint(0, 3, (2, 8, 8), generator=g)
+    target[0, :2] = 255
+    args = dict(ce_weight=0.5, dice_weight=2.0, class_weights=[1.0, 2.0, 0.5], aux_weights=0.3)
+    plain = CEDiceLoss(**args)({"out": out, "aux": aux}, target).item()
+    guided = CEDiceDetailLoss(detail_weight=0.7, **args)
     value = guided({"out": out, "aux": aux, "detail": detail}, target).item()
     assert value == pytest.approx(plain + 0.7 * DetailLoss()(detail, target).item(), rel=1e-6)
     assert guided({"out": out, "aux": aux}, target).item() == pytest.approx(plain)  # eval mode

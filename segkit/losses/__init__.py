@@ -3,7 +3,12 @@
 from segkit.losses.base import SegLoss, check_target, resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
 from segkit.losses.combo import CEDiceLoss
-from segkit.losses.detail import CEDetailLoss, CELovaszDetailLoss, OhemDetailLoss
+from segkit.losses.detail import (
+    CEDetailLoss,
+    CEDiceDetailLoss,
+    CELovaszDetailLoss,
+    OhemDetailLoss,
+)
 from segkit.losses.dice import DiceLoss
 from segkit.losses.focal import FocalLoss
 from segkit.losses.lovasz import CELovaszLoss, LovaszSoftmaxLoss
@@ -11,6 +16,7 @@ from segkit.losses.ohem import OhemCrossEntropyLoss
 
 __all__ = [
     "CEDetailLoss",
+    "CEDiceDetailLoss",
     "CEDiceLoss",
     "CELovaszDetailLoss",
     "CELovaszLoss",

@@ -1,5 +1,5 @@
-"""STDC-Seg's detail-guidance loss, and cross-entropy (plain, OHEM or + Lovasz) plus it, for
-``model=stdc1|stdc2``."""
+"""STDC-Seg's detail-guidance loss, and cross-entropy (plain, OHEM, + Dice or + Lovasz) plus it,
+for ``model=stdc1|stdc2``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from segkit.losses.base import resize_to_target
 from segkit.losses.ce import CrossEntropyLoss
+from segkit.losses.combo import CEDiceLoss
 from segkit.losses.lovasz import CELovaszLoss
 from segkit.losses.ohem import OhemCrossEntropyLoss
 
@@ -117,6 +118,33 @@ class OhemDetailLoss(DetailGuided, OhemCrossEntropyLoss):
         aux_weights: float | Sequence[float] = 0.4,
     ) -> None:
         super().__init__(thresh, min_kept, ignore_index, class_weights, aux_weights)
+        self._init_detail(detail_weight, ignore_index)
+
+
+class CEDiceDetailLoss(DetailGuided, CEDiceLoss):
+    """``ce_weight * CE + dice_weight * soft Dice`` per head (see :class:`CEDiceLoss`)
+    ``+ detail_weight * DetailLoss(detail)``."""
+
+    def __init__(
+        self,
+        detail_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        smooth: float = 1.0,
+        aux_weights: float | Sequence[float] = 0.4,
+    ) -> None:
+        super().__init__(
+            ce_weight,
+            dice_weight,
+            ignore_index,
+            class_weights,
+            label_smoothing,
+            smooth,
+            aux_weights,
+        )
         self._init_detail(detail_weight, ignore_index)
 
 
