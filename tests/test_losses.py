@@ -410,7 +410,16 @@ def test_lovasz_max_pixels_estimates_the_full_loss():
     assert len(set(sampled)) == 3  # a new draw per call
 
 
-def test_ce_lovasz_detail_is_ce_lovasz_plus_the_detail_term():
+@pytest.mark.parametrize(
+    "plain_cls, guided_cls, term_weight",
+    [
+        (CELovaszLoss, CELovaszDetailLoss, "lovasz_weight"),
+        (CEDiceLoss, CEDiceDetailLoss, "dice_weight"),
+    ],
+)
+def test_detail_guided_loss_is_the_plain_loss_plus_the_detail_term(
+    plain_cls, guided_cls, term_weight
+):
     from segkit.losses.detail import DetailLoss
 
     g = torch.Generator().manual_seed(2)
@@ -418,26 +427,10 @@ def test_ce_lovasz_detail_is_ce_lovasz_plus_the_detail_term():
     aux = [torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)]
     detail = torch.randn(2, 1, 4, 4, generator=g)
     target = torch.randint(0, 3, (2, 8, 8), generator=g)
-    args = dict(ce_weight=0.5, lovasz_weight=2.0, class_weights=[1.0, 2.0, 0.5], aux_weights=0.3)
-    plain = CELovaszLoss(**args)({"out": out, "aux": aux}, target).item()
-    guided = CELovaszDetailLoss(detail_weight=0.7, **args)
-    value = guided({"out": out, "aux": aux, "detail": detail}, target).item()
-    assert value == pytest.approx(plain + 0.7 * DetailLoss()(detail, target).item(), rel=1e-6)
-    assert guided({"out": out, "aux": aux}, target).item() == pytest.approx(plain)  # eval mode
-
-
-def test_ce_dice_detail_is_ce_dice_plus_the_detail_term():
-    from segkit.losses.detail import DetailLoss
-
-    g = torch.Generator().manual_seed(3)
-    out = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=g)
-    aux = [torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)]
-    detail = torch.randn(2, 1, 4, 4, generator=g)
-    target = torch.randint(0, 3, (2, 8, 8), generator=g)
     target[0, :2] = 255
-    args = dict(ce_weight=0.5, dice_weight=2.0, class_weights=[1.0, 2.0, 0.5], aux_weights=0.3)
-    plain = CEDiceLoss(**args)({"out": out, "aux": aux}, target).item()
-    guided = CEDiceDetailLoss(detail_weight=0.7, **args)
+    args = {"ce_weight": 0.5, term_weight: 2.0, "class_weights": [1.0, 2.0, 0.5]}
+    plain = plain_cls(aux_weights=0.3, **args)({"out": out, "aux": aux}, target).item()
+    guided = guided_cls(detail_weight=0.7, aux_weights=0.3, **args)
     value = guided({"out": out, "aux": aux, "detail": detail}, target).item()
     assert value == pytest.approx(plain + 0.7 * DetailLoss()(detail, target).item(), rel=1e-6)
     assert guided({"out": out, "aux": aux}, target).item() == pytest.approx(plain)  # eval mode
