@@ -16,6 +16,8 @@ segkit / notes (higher is better for rates):
    ceiling) and with the real loader (``segkit.run.build_loaders``); the ratio is the loop's
    efficiency; with ``--channels-last compare`` also the in-memory rate with channels-last
    memory format vs contiguous tensors (``trainer.channels_last`` true vs false), interleaved;
+   with ``--compare-precision P`` also the in-memory rate with ``trainer.precision=P`` (e.g.
+   bf16 against fp32 on a CPU: native bf16 or emulated), interleaved;
 4. validation images/s (``segkit.metrics.evaluate``) and its share of time outside the model
    forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
 5. peak host memory (main process + DataLoader workers, from /proc) and on CUDA the peak
@@ -489,11 +491,16 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
         images, epochs = len(batches) * args.batch_size, count(1)
         runs = {"in_memory": partial(epoch_rate, trainer, memory, images, epochs, sync)}
         runs["loader"] = partial(epoch_rate, trainer, real, images, epochs, sync)
-        if args.channels_last == "compare":  # the same model with contiguous tensors
-            contiguous = build_trainer(cfg_with(cfg, "trainer.channels_last", False), device)
-            contiguous.train_one_epoch(0)
-            runs["in_memory_contiguous"] = partial(
-                epoch_rate, contiguous, InMemoryLoader(batches, real), images, epochs, sync
+        variants = {}  # the same model and batches with one setting changed
+        if args.channels_last == "compare":
+            variants["contiguous"] = ("trainer.channels_last", False)
+        if args.compare_precision:
+            variants[args.compare_precision] = ("trainer.precision", args.compare_precision)
+        for label, (key, value) in variants.items():
+            other = build_trainer(cfg_with(cfg, key, value), device)
+            other.train_one_epoch(0)
+            runs[f"in_memory_{label}"] = partial(
+                epoch_rate, other, InMemoryLoader(batches, real), images, epochs, sync
             )
         rates = interleaved(runs, args.slow_repeats)
         out[name] = {
@@ -507,6 +514,10 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
         }
         if "in_memory_contiguous" in rates:
             out[name]["channels_last_speedup"] = rates["in_memory"] / rates["in_memory_contiguous"]
+        if args.compare_precision:
+            other = rates[f"in_memory_{args.compare_precision}"]
+            out[name]["compare_precision"] = args.compare_precision
+            out[name]["precision_speedup"] = rates["in_memory"] / other
         if device.type == "cuda":
             out[name]["peak_cuda_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         del trainer, real, memory, batches
@@ -694,6 +705,14 @@ def table(results: dict) -> str:
                 f"{r['in_memory']:.2f}",
                 f"{r['channels_last_speedup']:.2f}x",
             )
+        if "precision_speedup" in r:
+            other = r["compare_precision"]
+            row(
+                f"  {name} in-memory: {other} | {r['precision']} (img/s)",
+                f"{r[f'in_memory_{other}']:.2f}",
+                f"{r['in_memory']:.2f}",
+                f"{r['precision_speedup']:.2f}x",
+            )
     peak = max(
         [v.get("peak_host_mb", 0) for v in results.get("train", {}).values()]
         + [v.get("peak_host_mb", 0) for k, v in data.items() if k.startswith("loader_")],
@@ -738,6 +757,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         choices=["auto", "true", "false", "compare"],
         help="trainer.channels_last for training; compare: true vs false side by side",
+    )
+    p.add_argument(
+        "--compare-precision",
+        choices=["fp32", "fp16", "bf16"],
+        help="also time training with this trainer.precision, side by side with --precision",
     )
     p.add_argument("--val-model", default="unet")
     p.add_argument("--val-size", type=int, default=512)

@@ -195,14 +195,47 @@ def amp_dtype(precision: str) -> torch.dtype | None:
     return AMP_DTYPES[precision]
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX: AMD Zen 4, Intel Cooper Lake /
+    Sapphire Rapids and newer). Elsewhere bf16 autocast is emulated: STDC1 training steps on an
+    AVX2-only AMD EPYC took 8-11x longer than in fp32 (``scripts/benchmark.py
+    --compare-precision bf16``)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``trainer.precision`` -> fp32 | fp16 | bf16. ``auto``: bf16 on a CUDA GPU that supports
-    it (Ampere and newer), fp16 with loss scaling on older GPUs, fp32 on CPU."""
+    it (Ampere and newer), fp16 with loss scaling on older GPUs; on a CPU bf16 where it is
+    native (``cpu_has_native_bf16``), else fp32."""
     if precision != "auto":
         return precision
     if device.type != "cuda":
-        return "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+_warned_emulated = False
+
+
+def warn_emulated_bf16(precision: str, device: torch.device, key: str) -> bool:
+    """Warn, once per process, that ``precision`` (resolved) is bf16 on a CPU that only emulates
+    it; ``key`` names the setting to change. True when it warned."""
+    global _warned_emulated
+    if _warned_emulated or precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
+        return False
+    _warned_emulated = True
+    log.warning(
+        "%s=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates it and "
+        "runs several times slower than fp32 (STDC1 training steps: 8-11x); set %s=auto "
+        "(bf16 where the CPU has it, else fp32) or %s=fp32",
+        key,
+        key,
+        key,
+    )
+    return True
 
 
 def use_channels_last(setting: bool | str, device: torch.device) -> bool:

@@ -103,17 +103,23 @@ def test_complexity_script_unknown_model(bad, monkeypatch):
         run_script("complexity.py", *bad, monkeypatch=monkeypatch)
 
 
-def test_training_benchmark_compares_memory_formats(tmp_path, monkeypatch, capsys):
-    """scripts/benchmark.py --channels-last compare: the same model timed with channels-last
-    and contiguous tensors, side by side, and the ratio printed and written."""
+def test_training_benchmark_compares_memory_formats_and_precisions(tmp_path, monkeypatch, capsys):
+    """scripts/benchmark.py --channels-last compare --compare-precision bf16: the same model
+    timed with channels-last and contiguous tensors and in bf16, side by side, and the ratios
+    printed and written."""
     out = tmp_path / "bench.json"
     args = ["--skip", "data", "confusion", "val", "--models", "stdc1", "--train-size", "32",
             "--train-steps", "1", "--batch-size", "2", "--workers", "0", "--slow-repeats", "1",
-            "--precision", "fp32", "--channels-last", "compare", "--out", str(out)]  # fmt: skip
+            "--precision", "fp32", "--channels-last", "compare", "--compare-precision", "bf16",
+            "--out", str(out)]  # fmt: skip
     with pytest.raises(SystemExit) as done:
         run_script("benchmark.py", *args, monkeypatch=monkeypatch)
     assert done.value.code == 0
     r = json.loads(out.read_text())["train"]["stdc1"]
     assert r["channels_last"] == "true" and r["in_memory"] > 0 and r["in_memory_contiguous"] > 0
     assert r["channels_last_speedup"] == pytest.approx(r["in_memory"] / r["in_memory_contiguous"])
-    assert "stdc1 in-memory: contiguous | channels-last" in capsys.readouterr().out
+    assert r["precision"] == "fp32" and r["compare_precision"] == "bf16"
+    assert r["precision_speedup"] == pytest.approx(r["in_memory"] / r["in_memory_bf16"])
+    printed = capsys.readouterr().out
+    assert "stdc1 in-memory: contiguous | channels-last" in printed
+    assert "stdc1 in-memory: bf16 | fp32" in printed

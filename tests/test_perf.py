@@ -80,9 +80,40 @@ def test_validation_bar_total_honours_limit_val_batches(capsys):
     assert 0 < cm.mat.sum().item() <= 2 * 32 * 32  # one batch of two 32x32 masks scored
 
 
-def test_precision_auto_is_fp32_on_cpu():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_on_cpu_is_bf16_only_where_native(native, monkeypatch):
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"  # what the config says, where it says it
+    assert resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_cpu_bf16_probe_answers_a_bool():
+    assert dist.cpu_has_native_bf16() in (True, False)
+
+
+def test_emulated_bf16_warns_once_naming_the_fix(monkeypatch, caplog):
+    monkeypatch.setattr(dist, "_warned_emulated", False)
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
+    cpu = torch.device("cpu")
+    assert not dist.warn_emulated_bf16("fp32", cpu, "trainer.precision")
+    assert not dist.warn_emulated_bf16("bf16", torch.device("cuda"), "trainer.precision")
+    with caplog.at_level("WARNING", logger="segkit"):
+        trainer = make_trainer("trainer.precision=bf16", "trainer.max_epochs=1")
+        assert not dist.warn_emulated_bf16("bf16", cpu, "precision")  # once per process
+    assert trainer.precision == "bf16"  # warned, not overridden
+    [message] = [r.getMessage() for r in caplog.records if "emulates" in r.getMessage()]
+    assert "trainer.precision=bf16" in message and "trainer.precision=auto" in message
+    assert "trainer.precision=fp32" in message
+
+
+def test_native_bf16_does_not_warn(monkeypatch, caplog):
+    monkeypatch.setattr(dist, "_warned_emulated", False)
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="segkit"):
+        assert not dist.warn_emulated_bf16("bf16", torch.device("cpu"), "trainer.precision")
+    assert not caplog.records
 
 
 @pytest.mark.parametrize(

@@ -265,9 +265,12 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
     assert boxed.validate(0)["miou"] != pytest.approx(best["metrics"]["miou"], abs=1e-6)
 
 
-def test_eval_precision_defaults_to_the_runs_own():
+def test_eval_precision_defaults_to_the_runs_own(monkeypatch):
+    from segkit import dist
     from segkit.run.evaluation import eval_precision
 
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dist, "_warned_emulated", True)  # the warning has its own test
     cpu = torch.device("cpu")
     run = {"config": {"trainer": {"precision": "bf16"}}}
     assert eval_precision(None, run, cpu) == "bf16"
@@ -275,6 +278,9 @@ def test_eval_precision_defaults_to_the_runs_own():
     assert eval_precision(None, {"config": {}}, cpu) == "fp32"  # e.g. a weights file
     assert eval_precision(None, {"config": {"trainer": {"precision": "fp16"}}}, cpu) == "fp32"
     assert eval_precision("auto", run, cpu) == "fp32"
+    assert eval_precision(None, {"config": {"trainer": {"precision": "auto"}}}, cpu) == "fp32"
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: True)
+    assert eval_precision("auto", run, cpu) == "bf16"  # auto: resolved on the evaluating machine
 
 
 def test_eval_modes_default_to_the_recipes_own():

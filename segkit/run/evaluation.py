@@ -155,7 +155,9 @@ def eval_precision(chosen: str | None, ckpt: dict, device) -> str:
     for CUDA only: fp32 elsewhere."""
     trainer = (ckpt.get("config") or {}).get("trainer") or {}
     precision = dist.resolve_precision(chosen or trainer.get("precision") or "fp32", device)
-    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
+    precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
+    dist.warn_emulated_bf16(precision, device, "precision")
+    return precision
 
 
 def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
