@@ -92,7 +92,9 @@ def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, devic
         scales=tuple(cfg.tta.scales),
         batch=cfg.batch_size,
     )
-    amp = dist.amp_dtype(cfg.precision)
+    precision = dist.resolve_precision(cfg.precision, device)
+    dist.warn_emulated_bf16(precision, device, "precision")
+    amp = dist.amp_dtype(precision)
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:

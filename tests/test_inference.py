@@ -285,7 +285,17 @@ def check_outputs(out: Path, sizes: dict[str, tuple[int, int]]) -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [(), ("mode=slide", "window=[24,24]", "tta.flip=true", "tta.scales=[0.75,1.0]")]
+    "options",
+    [
+        (),
+        (
+            "mode=slide",
+            "window=[24,24]",
+            "tta.flip=true",
+            "tta.scales=[0.75,1.0]",
+            "precision=auto",
+        ),
+    ],
 )
 def test_predict_folder_of_mixed_images(demo_ckpt, tmp_path, options):
     images = tmp_path / "images"
