@@ -227,14 +227,12 @@ def warn_emulated_bf16(precision: str, device: torch.device, key: str) -> bool:
     if _warned_emulated or precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
         return False
     _warned_emulated = True
-    log.warning(
-        "%s=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates it and "
-        "runs several times slower than fp32 (STDC1 training steps: 8-11x); set %s=auto "
-        "(bf16 where the CPU has it, else fp32) or %s=fp32",
-        key,
-        key,
-        key,
+    message = (
+        "{k}=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates it and "
+        "runs several times slower than fp32 (STDC1 training steps: 8-11x); set {k}=auto "
+        "(bf16 where the CPU has it, else fp32) or {k}=fp32"
     )
+    log.warning(message.format(k=key))
     return True
 
 

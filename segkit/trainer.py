@@ -118,9 +118,9 @@ class Trainer:
             info.device, cudnn_benchmark=options.cudnn_benchmark, tf32=options.tf32
         )
         self.precision = dist.resolve_precision(options.precision, info.device)
-        if info.is_main and options.precision == "auto":
-            log.info("trainer.precision=auto -> %s on %s", self.precision, info.device.type)
         if info.is_main:
+            if options.precision == "auto":
+                log.info("trainer.precision=auto -> %s on %s", self.precision, info.device.type)
             dist.warn_emulated_bf16(self.precision, info.device, "trainer.precision")
         self.amp_dtype = dist.amp_dtype(self.precision)
         fp16_cuda = self.precision == "fp16" and info.device.type == "cuda"
