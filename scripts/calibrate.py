@@ -3,6 +3,7 @@
     python scripts/calibrate.py outputs/.../checkpoints/best.pt best_calibrated.pt
     python scripts/calibrate.py best.pt best_calibrated.pt --dataset-root /data/camvid
     python scripts/calibrate.py best.pt best_calibrated.pt --max-images 96   # faster on a CPU
+    python scripts/calibrate.py best.pt best_calibrated.pt --precision auto  # bf16 if native
 
 What ``trainer.calibrate=true`` does at the end of training, for a checkpoint trained without
 it (segkit.calibrate): the model runs on the train images in each of its recipe's evaluation
@@ -30,6 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("out", type=Path, metavar="OUT", help="the calibrated checkpoint (.pt)")
     p.add_argument("--dataset-root", help="the dataset's root, if not where it was trained")
     p.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        help="autocast (fp16: CUDA only); default: what the checkpoint's run validated with",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument(
@@ -58,6 +64,7 @@ def calibrate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         max_images=args.max_images,
+        precision=args.precision,
     )
     modes = ", ".join(record["logit_bias"])
     print(

@@ -246,7 +246,10 @@ def test_calibrate_script_writes_a_new_checkpoint_and_leaves_the_input(tmp_path)
     best = run / "checkpoints" / "best.pt"
     before = best.read_bytes()
     out = tmp_path / "calibrated.pt"
-    proc = run_cli("scripts/calibrate.py", str(best), str(out), "--num-workers=0", cwd=tmp_path)
+    proc = run_cli(
+        "scripts/calibrate.py", str(best), str(out), "--num-workers=0", "--precision=fp32",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert best.read_bytes() == before
     stored = ck.load(out)
@@ -256,6 +259,8 @@ def test_calibrate_script_writes_a_new_checkpoint_and_leaves_the_input(tmp_path)
     )
     same = run_cli("scripts/calibrate.py", str(best), str(best), cwd=tmp_path)
     assert same.returncode == 2 and "OUT must differ from CKPT" in same.stderr
+    fp64 = run_cli("scripts/calibrate.py", str(best), str(out), "--precision=fp64", cwd=tmp_path)
+    assert fp64.returncode == 2 and "invalid choice: 'fp64'" in fp64.stderr
     # a checkpoint whose stored biases were tampered with is refused with one message
     stored["logit_bias"] = {"whole": [0.0]}
     ck.save_atomic(stored, out)
@@ -304,3 +309,29 @@ def test_calibrate_images_and_max_images_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _load_script("calibrate").parse_args(["a.pt", "b.pt", "--max-images", "0"])
     assert exit_info.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err
+
+
+def test_calibrate_precision_replaces_the_runs_autocast(
+    calibrated_run, tmp_path, monkeypatch, caplog
+):
+    """precision= (scripts/calibrate.py --precision) overrides the run's fp32: the fit and the
+    val score run under bf16 autocast, and on a CPU that emulates bf16 the warning names
+    --precision, the option this script has."""
+    from segkit import dist
+    from segkit.run.calibration import calibrate_checkpoint
+
+    seen = []
+    amp_dtype = dist.amp_dtype
+    monkeypatch.setattr(dist, "amp_dtype", lambda p: seen.append(p) or amp_dtype(p))
+    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dist, "_warned_emulated", False)
+    best = calibrated_run / "checkpoints" / "best.pt"
+    with caplog.at_level("WARNING", logger="segkit"):
+        calibrate_checkpoint(best, torch.device("cpu"), out=tmp_path / "a.pt", num_workers=0,
+                             max_images=1)  # fmt: skip
+        assert seen == ["fp32"] and "emulates" not in caplog.text  # the run's own
+        calibrate_checkpoint(best, torch.device("cpu"), out=tmp_path / "b.pt", num_workers=0,
+                             max_images=1, precision="bf16")  # fmt: skip
+    assert seen == ["fp32", "bf16"]
+    assert "--precision=bf16 on a CPU without native bf16" in caplog.text
+    assert "set --precision=auto" in caplog.text

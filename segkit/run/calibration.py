@@ -32,6 +32,7 @@ def calibrate_checkpoint(
     batch_size: int = 4,
     num_workers: int = 2,
     max_images: int | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Fit the logit biases of checkpoint ``path`` on its dataset's train split, once for
     ``whole`` and once for each of the recipe's other ``eval.modes`` (with its
@@ -39,8 +40,10 @@ def calibrate_checkpoint(
     whole without and with them; write the checkpoint with ``logit_bias`` (mode -> C floats)
     and ``calibration`` (the record below) to ``out`` (default: ``path``), atomically.
     ``root`` replaces the dataset root; ``max_images`` fits on that many train images, spread
-    evenly (`spread_indices`). -> the record: ``logit_bias``, ``images`` and ``pixels`` (per
-    mode), ``val_miou_raw``, ``val_miou`` (whole image; NaN without a val split)."""
+    evenly (`spread_indices`); ``precision`` (fp32 | bf16 | fp16 | auto) replaces the autocast
+    the checkpoint's run validated with (scripts/calibrate.py --precision). -> the record:
+    ``logit_bias``, ``images`` and ``pixels`` (per mode), ``val_miou_raw``, ``val_miou`` (whole
+    image; NaN without a val split)."""
     from segkit.data.original import original_size_loader
     from segkit.inference import checkpoint_input_shape
 
@@ -53,7 +56,7 @@ def calibrate_checkpoint(
     shape = checkpoint_input_shape(ckpt)
     ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     make = dataset_factory(ds_cfg)
-    amp = dist.amp_dtype(eval_precision(None, ckpt, device))
+    amp = dist.amp_dtype(eval_precision(precision, ckpt, device, key="--precision"))
     modes, scales = eval_modes(request, ckpt)
     train = make(split=ds_cfg.get("train_split") or "train", train=False)
     images = spread_indices(len(train), max_images)

@@ -149,14 +149,14 @@ def stored(ckpt: Mapping, *keys: str) -> Any:
     return node
 
 
-def eval_precision(chosen: str | None, ckpt: dict, device) -> str:
+def eval_precision(chosen: str | None, ckpt: dict, device, key: str = "precision") -> str:
     """``precision`` of ``eval.py``; null: the one the checkpoint's run validated with (its
     ``trainer.precision``), so eval.py reproduces the training-time numbers. fp16 autocast is
-    for CUDA only: fp32 elsewhere."""
+    for CUDA only: fp32 elsewhere. ``key`` names the setting in the emulated-bf16 warning."""
     trainer = (ckpt.get("config") or {}).get("trainer") or {}
     precision = dist.resolve_precision(chosen or trainer.get("precision") or "fp32", device)
     precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
-    dist.warn_emulated_bf16(precision, device, "precision")
+    dist.warn_emulated_bf16(precision, device, key)
     return precision
 
 
