@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from segkit.errors import exit_on_error, run_task
 from segkit.run import train
-from segkit.validate import check_command_line
+from segkit.config.checks import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -18,7 +18,7 @@ segkit / notes (higher is better for rates):
    memory format vs contiguous tensors (``trainer.channels_last`` true vs false), interleaved;
    with ``--compare-precision P`` also the in-memory rate with ``trainer.precision=P`` (e.g.
    bf16 against fp32 on a CPU: native bf16 or emulated), interleaved;
-4. validation images/s (``segkit.metrics.evaluate``) and its share of time outside the model
+4. validation images/s (``segkit.evaluation.metrics.evaluate``) and its share of time outside the model
    forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
 5. peak host memory (main process + DataLoader workers, from /proc) and on CUDA the peak
    allocated device memory.
@@ -47,8 +47,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from segkit.data.params import voc_palette
-from segkit.metrics import ConfusionMatrix, evaluate
+from segkit.data.arguments import voc_palette
+from segkit.evaluation.metrics import ConfusionMatrix, evaluate
 
 NUM_CLASSES = 21
 TARGETS = {
@@ -562,7 +562,7 @@ class TimedForward(nn.Module):
 
 def bench_val(root: Path, names: list[str], args) -> dict:
     """Section 4: a validation pass (loader + forward + loss + metrics) vs the notes' one."""
-    from segkit import dist
+    from segkit import precision
 
     device, size = torch.device(args.device), args.val_size
     sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
@@ -586,7 +586,7 @@ def bench_val(root: Path, names: list[str], args) -> dict:
     def run(name: str, fn: Callable[[], object]) -> Callable[[], float]:
         def go() -> float:
             model.seconds = 0.0
-            with dist.autocast(device, trainer.amp_dtype):
+            with precision.autocast(device, trainer.amp_dtype):
                 rate = timed(fn, n, sync)
             outside[name].append(1 - model.seconds * rate / n)
             return rate

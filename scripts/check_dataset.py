@@ -20,8 +20,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.data.check import check_dataset
-from segkit.data.report import CheckReport
+from segkit.data.doctor import check_dataset
+from segkit.data.problems import CheckReport
 from segkit.data.stats import class_weights, format_class_table
 from segkit.errors import DataError, run_task
 from segkit.run import build_datasets

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from segkit.complexity import complexity_report, format_report
+from segkit.reporting.complexity import complexity_report, format_report
 from segkit.run import compose_model_config, instantiate_model, model_config_names
 
 

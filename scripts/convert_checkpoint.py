@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from segkit.checkpoint import plain_rng_state, save_atomic
 from segkit.errors import CheckpointError, exit_on_error
-from segkit.weights import UnsafeCheckpointError, read_checkpoint
+from segkit.io.checkpoint import plain_rng_state, save_atomic
+from segkit.io.partial_load import UnsafeCheckpointError, read_checkpoint
 
 _LEAF_TYPES = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
 _DROP = object()  # marks a value that is not plain data

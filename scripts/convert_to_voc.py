@@ -27,9 +27,9 @@ import numpy as np
 from make_splits import split_stems, write_splits  # scripts/ is sys.path[0] when run as a script
 from PIL import Image
 
+from segkit.data.arguments import voc_palette
 from segkit.data.folder import natural_key
 from segkit.data.io import read_image, read_mask
-from segkit.data.params import voc_palette
 from segkit.errors import DataError
 
 DEFAULT_LABEL_MAPS = {"camvid": "11:255", "isbi": "255:1"}

@@ -22,8 +22,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from segkit.errors import ConfigError, DataError
+from segkit.reporting.figures import colorize
 from segkit.run import dataset_factory
-from segkit.visualize import colorize
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GUTTER = 4

@@ -23,11 +23,10 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from segkit.calibrate import stored_biases, with_bias
-from segkit.checkpoint import load_model
-from segkit.data.io import read_image
+from segkit.data.io import IMAGE_SUFFIXES, list_inputs, read_image
 from segkit.errors import ConfigError, UserError, run_task
-from segkit.export import (
+from segkit.evaluation.logit_bias import stored_biases, with_bias
+from segkit.evaluation.onnx import (
     OnnxModel,
     default_parity_sizes,
     export_metadata,
@@ -35,14 +34,9 @@ from segkit.export import (
     model_target,
     parity_check,
 )
-from segkit.inference import (
-    IMAGE_SUFFIXES,
-    checkpoint_input_shape,
-    checkpoint_labels,
-    list_inputs,
-)
+from segkit.io.allowlist import check_dataset_target
 from segkit.run import dataset_factory
-from segkit.targets import check_dataset_target
+from segkit.run.models import checkpoint_input_shape, checkpoint_labels, load_model
 
 log = logging.getLogger("segkit")
 

@@ -5,7 +5,7 @@
 The file holds the model's tensors and, as JSON metadata, the run config (model and dataset),
 the label space (class names, palette, mean / std) and nothing else: no optimizer, RNG state or
 pickled code. ``eval.py ckpt=best.safetensors``, ``model.init_from=best.safetensors`` and
-``segkit.checkpoint.load_model`` accept it.
+``segkit.run.models.load_model`` accept it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from segkit.errors import exit_on_error
-from segkit.sharing import export_weights, read_weights_file
+from segkit.io.weights_file import export_weights, read_weights_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,7 +7,7 @@
         --tensorboard runs/features
 
 The checkpoint is a segkit checkpoint (.pt) or weights file (.safetensors), read as data by
-``segkit.checkpoint.load_model`` (its model config may only name segkit's models). The image
+``segkit.run.models.load_model`` (its model config may only name segkit's models). The image
 is normalised with the checkpoint's dataset.mean/std (ImageNet's when the config has none)
 unless --mean/--std are given.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from segkit.checkpoint import load_model
 from segkit.data.io import read_image
 from segkit.data.transforms import normalize
 from segkit.errors import exit_on_error
-from segkit.features import FeatureRecorder, log_feature_maps, save_feature_maps
+from segkit.reporting.feature_maps import FeatureRecorder, log_feature_maps, save_feature_maps
+from segkit.run.models import load_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

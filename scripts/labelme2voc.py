@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from segkit.data.params import voc_palette
+from segkit.data.arguments import voc_palette
 
 IGNORE_LABEL = "__ignore__"
 AREA_SHAPES = ("polygon", "rectangle", "circle")

@@ -33,21 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from segkit import dist
-from segkit.calibrate import stored_biases, with_bias
-from segkit.checkpoint import load_model
+from segkit import precision as prec
 from segkit.data.base import LabelSpace
-from segkit.data.io import read_image
+from segkit.data.io import VIDEO_SUFFIXES, list_inputs, read_image
 from segkit.errors import CheckpointError, ConfigError, DataError, run_task
-from segkit.inference import (
-    VIDEO_SUFFIXES,
-    checkpoint_input_shape,
-    checkpoint_labels,
-    full_input,
-    letterbox_input,
-    list_inputs,
-    make_predictor,
-    restore_logits,
-)
+from segkit.evaluation.logit_bias import stored_biases, with_bias
+from segkit.evaluation.predictors import full_input, letterbox_input, make_predictor, restore_logits
+from segkit.run.models import checkpoint_input_shape, checkpoint_labels, load_model
 
 log = logging.getLogger("segkit")
 IGNORE_COLOUR = (255, 255, 255)
@@ -60,7 +52,7 @@ def load(ckpt: str, spec: str = "whole") -> tuple[nn.Module, LabelSpace, tuple[i
     calibrated checkpoint's model adds the logit biases of the mode ``spec`` it is run in (a
     constant per class: the same before or after the flip / scale / window averaging)."""
     if Path(ckpt).suffix.lower() == ".onnx":
-        from segkit.export import OnnxModel
+        from segkit.evaluation.onnx import OnnxModel
 
         model = OnnxModel(ckpt)
         if model.labels is None or model.input_shape is None:
@@ -92,13 +84,13 @@ def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, devic
         scales=tuple(cfg.tta.scales),
         batch=cfg.batch_size,
     )
-    precision = dist.resolve_precision(cfg.precision, device)
-    dist.warn_emulated_bf16(precision, device, "precision")
-    amp = dist.amp_dtype(precision)
+    precision = prec.resolve_precision(cfg.precision, device)
+    prec.warn_emulated_bf16(precision, device, "precision")
+    amp = prec.amp_dtype(precision)
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
-        with dist.autocast(device, amp):
+        with prec.autocast(device, amp):
             return predictor(x.to(device))["out"].float()
 
     def segment(images: list[np.ndarray]) -> list[np.ndarray]:

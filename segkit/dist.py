@@ -2,14 +2,15 @@
 
 segkit runs as one process (``trainer.devices=1``), as N processes it starts itself
 (``trainer.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
-(rank/world read from the environment). This module resolves devices, spawns the workers and
-sets up their logging, joins and leaves the process group, gives every rank the one run
-directory, wraps models in DDP, and holds the collectives and the validation shard sampler.
-Everything else asks it.
+(rank/world read from the environment). This module resolves devices, joins and leaves the
+process group, wraps models in DDP, and holds the collectives and the samplers (the resumable
+training sampler, the validation shard sampler). Everything else asks it; spawning the workers
+is `segkit.engine.spawn`, numeric precision `segkit.precision`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -20,13 +21,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from segkit.errors import ConfigError
 
 log = logging.getLogger("segkit")
-
-AMP_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -148,6 +147,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (``skip`` samples of this rank's
+    share), for an exact mid-epoch resume without loading the skipped samples."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+
 class ShardSampler(Sampler[int]):
     """Validation sampler: rank r gets indices r, r+W, r+2W, ... of ``range(n)``.
 
@@ -188,77 +197,6 @@ def resolve_devices(devices: Any, accelerator: str) -> int:
     return n
 
 
-def amp_dtype(precision: str) -> torch.dtype | None:
-    """``trainer.precision`` -> the autocast dtype (None for fp32)."""
-    if precision not in AMP_DTYPES:
-        raise ConfigError(f"trainer.precision={precision!r}: expected one of {sorted(AMP_DTYPES)}")
-    return AMP_DTYPES[precision]
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX: AMD Zen 4, Intel Cooper Lake /
-    Sapphire Rapids and newer). Elsewhere bf16 autocast is emulated: STDC1 training steps on an
-    AVX2-only AMD EPYC took 8-11x longer than in fp32 (``scripts/benchmark.py
-    --compare-precision bf16``)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``trainer.precision`` -> fp32 | fp16 | bf16. ``auto``: bf16 on a CUDA GPU that supports
-    it (Ampere and newer), fp16 with loss scaling on older GPUs; on a CPU bf16 where it is
-    native (``cpu_has_native_bf16``), else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-_warned_emulated = False
-
-
-def warn_emulated_bf16(precision: str, device: torch.device, key: str) -> bool:
-    """Warn, once per process, that ``precision`` (resolved) is bf16 on a CPU that only emulates
-    it; ``key`` names the setting to change. True when it warned."""
-    global _warned_emulated
-    if _warned_emulated or precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
-        return False
-    _warned_emulated = True
-    message = (
-        "{k}=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates it and "
-        "runs several times slower than fp32 (STDC1 training steps: 8-11x); set {k}=auto "
-        "(bf16 where the CPU has it, else fp32) or {k}=fp32"
-    )
-    log.warning(message.format(k=key))
-    return True
-
-
-def use_channels_last(setting: bool | str, device: torch.device) -> bool:
-    """``trainer.channels_last``: ``auto`` (the default) -> on CUDA only; ``true`` -> on any
-    device (on a CPU with oneDNN most conv nets also step faster: STDC1 1.06x, UNet 1.28x in bf16);
-    ``false`` -> never."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
-
-
-def configure_backends(device: torch.device, *, cudnn_benchmark: bool, tf32: bool) -> None:
-    """Process-wide CUDA switches (nothing on CPU): cuDNN autotuning (one search per input
-    shape: leave it off when shapes vary from batch to batch) and TF32 matmuls/convolutions
-    (Ampere and newer; ~10 mantissa bits in products, fp32 accumulation)."""
-    if device.type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
-    torch.backends.cudnn.allow_tf32 = bool(tf32)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
-    """One code path for fp32/fp16/bf16: autocast is simply disabled for fp32 (``dtype=None``)."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool) -> nn.Module:
     """``model`` under DistributedDataParallel when the job has several ranks, else as is."""
     if not info.distributed:
@@ -281,9 +219,3 @@ def log_devices(info: DistInfo) -> None:
         ", ".join(f"{r}: {d}" for r, d in enumerate(devices)),
         f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "",
     )
-
-
-# --------------------------------------------------------------------------- interrupts
-
-
-# --------------------------------------------------------------------------- spawning workers

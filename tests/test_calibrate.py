@@ -1,4 +1,4 @@
-"""Calibration of the class priors (segkit.calibrate, trainer.calibrate, scripts/calibrate.py):
+"""Calibration of the class priors (segkit.evaluation.logit_bias, trainer.calibrate, scripts/calibrate.py):
 the fitted biases against hand-computed thresholds, the pixels collected, the wrapper, and a
 calibrated run whose numbers eval.py reproduces with and without the biases."""
 
@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from segkit import checkpoint as ck
-from segkit.calibrate import (
+from segkit import precision
+from segkit.config.checks import check_train_config
+from segkit.errors import CheckpointError, ConfigError
+from segkit.evaluation.logit_bias import (
     LogitBias,
     check_biases,
     collect,
@@ -21,9 +23,8 @@ from segkit.calibrate import (
     spread_indices,
     with_bias,
 )
-from segkit.errors import CheckpointError, ConfigError
+from segkit.io import checkpoint as ck
 from segkit.run import dataset_factory, train_rank
-from segkit.validate import check_train_config
 from tests.conftest import REPO, TINY, compose_train, run_cli
 
 
@@ -156,7 +157,7 @@ def _events(run):
 
 
 def test_the_sweep_table_shows_the_calibrated_score_only_when_a_job_has_one(tmp_path):
-    from segkit.sweep import write_summary
+    from segkit.reporting.sweep_summary import write_summary
 
     row = dict(job=0, overrides="seed=1", status="completed", best_miou=0.5, best_epoch=3)
     row.update(duration_s=9.0, error="")
@@ -206,7 +207,7 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     metric_infos = metadata.parse_experiment_plugin_data(content).metric_infos
     assert "val/calibrated_mIoU" in {m.name.tag for m in metric_infos}
     assert "logit_bias" not in ck.load(calibrated_run / "checkpoints" / "last.pt")  # resumes raw
-    from segkit.sharing import read_weights_file
+    from segkit.io.weights_file import read_weights_file
 
     weights = calibrated_run / "checkpoints" / "best.safetensors"
     assert read_weights_file(weights)["logit_bias"] == biases
@@ -317,14 +318,13 @@ def test_calibrate_precision_replaces_the_runs_autocast(
     """precision= (scripts/calibrate.py --precision) overrides the run's fp32: the fit and the
     val score run under bf16 autocast, and on a CPU that emulates bf16 the warning names
     --precision, the option this script has."""
-    from segkit import dist
     from segkit.run.calibration import calibrate_checkpoint
 
     seen = []
-    amp_dtype = dist.amp_dtype
-    monkeypatch.setattr(dist, "amp_dtype", lambda p: seen.append(p) or amp_dtype(p))
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(dist, "_warned_emulated", False)
+    amp_dtype = precision.amp_dtype
+    monkeypatch.setattr(precision, "amp_dtype", lambda p: seen.append(p) or amp_dtype(p))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_warned_emulated", False)
     best = calibrated_run / "checkpoints" / "best.pt"
     with caplog.at_level("WARNING", logger="segkit"):
         calibrate_checkpoint(best, torch.device("cpu"), out=tmp_path / "a.pt", num_workers=0,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data import check
-from segkit.data.check import check_dataset, check_for_training, check_split_file
-from segkit.data.report import CheckReport, Problem, format_warnings, write_bad_samples
+from segkit.data import doctor
+from segkit.data.doctor import check_dataset, check_for_training, check_split_file
+from segkit.data.problems import CheckReport, Problem, format_warnings, write_bad_samples
 from segkit.data.stats import ClassCounts, auto_class_weights, class_pixel_counts, class_weights
 from segkit.data.voc import VOCDataset
 from segkit.errors import ConfigError, DataError
@@ -357,7 +357,7 @@ def test_check_off_reads_nothing_and_bad_level_names_the_key(voc):
 
 def test_warnings_are_logged_once_without_failing(voc, caplog):
     Image.fromarray(np.full((H, W), 7, np.uint8)).save(path_of(voc, "image", "a"), format="PNG")
-    with caplog.at_level(logging.WARNING, logger="segkit.data.check"):
+    with caplog.at_level(logging.WARNING, logger="segkit.data.doctor"):
         report, drop = check_for_training(*datasets(voc), level="full")
     assert report.errors == [] and len(report.warnings) == 1 and drop == {}
     assert "grayscale" in caplog.text and str(path_of(voc, "image", "a")) in caplog.text
@@ -371,10 +371,10 @@ def test_check_for_training_without_val(voc):
 
 
 def test_quick_level_reads_an_even_deterministic_subset():
-    assert check._spread(5, 64) == [0, 1, 2, 3, 4]
-    picked = check._spread(1000, 64)
+    assert doctor._spread(5, 64) == [0, 1, 2, 3, 4]
+    picked = doctor._spread(1000, 64)
     assert len(picked) == 64 and picked[0] == 0 and picked[-1] == 999
-    assert picked == check._spread(1000, 64)
+    assert picked == doctor._spread(1000, 64)
 
 
 def test_class_weights_hand_computed():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit import checkpoint as ck
+from segkit.io import checkpoint as ck
 
 
 def _ckpt(v: float) -> dict:

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from segkit import checkpoint as ck
 from segkit.errors import StorageError
+from segkit.io import checkpoint as ck
 from tests.conftest import REPO, TINY, run_cli
 
 

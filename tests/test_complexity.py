@@ -11,9 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.complexity import complexity_report, count_flops, count_parameters, format_report
 from segkit.errors import ConfigError
 from segkit.models import BiSeNetV2
+from segkit.reporting.complexity import (
+    complexity_report,
+    count_flops,
+    count_parameters,
+    format_report,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

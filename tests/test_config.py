@@ -12,11 +12,11 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from segkit.config.checks import check_train_config
 from segkit.dist import DistInfo
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
 from segkit.run import build_loss, build_model, dataset_factory
-from segkit.validate import check_train_config
 from tests.conftest import CONF, TINY, compose_train, run_cli
 
 
@@ -114,8 +114,8 @@ def test_debug_smoke_run_through_train_py(tmp_path: Path):
 def test_trainer_yaml_is_the_schema_of_the_loop_and_launch_keys():
     """Every LoopOptions field is in conf/trainer/default.yaml, and every key there is either a
     loop option or a launch key read by segkit.run: no default is written twice."""
+    from segkit.engine.trainer import LoopOptions
     from segkit.run import LAUNCH_KEYS, loop_options
-    from segkit.trainer import LoopOptions
 
     fields = {f.name: f for f in dataclasses.fields(LoopOptions)}
     cfg = compose_train()
@@ -150,8 +150,8 @@ def test_old_key_on_the_command_line_names_its_new_key(tmp_path: Path, override,
 
 
 def test_old_key_in_an_experiment_file_names_its_new_key(tmp_path: Path):
+    from segkit.config.checks import check_renamed
     from segkit.errors import ConfigError
-    from segkit.validate import check_renamed
 
     cfg = compose_train()
     with open_dict(cfg):

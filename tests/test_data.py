@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
-from segkit.config_keys import DATASET_RUN_KEYS
+from segkit.config.keys import DATASET_RUN_KEYS
 from segkit.data import (
     DataError,
     FolderDataset,
@@ -615,7 +615,7 @@ def test_dataset_configs_keep_their_values():
 
 
 def test_gray_input_trains_a_one_channel_model_end_to_end(tmp_path):
-    from segkit import checkpoint as ck
+    from segkit.io import checkpoint as ck
     from segkit.run import train_rank
     from tests.conftest import TINY
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from segkit import checkpoint as ck
 from segkit import dist
-from segkit.metrics import ConfusionMatrix, evaluate
+from segkit.evaluation.metrics import ConfusionMatrix, evaluate
+from segkit.io import checkpoint as ck
 from segkit.run import build_datasets, build_loaders, build_loss
+from segkit.run.models import load_model
 from tests.conftest import TINY, compose_train, run_cli
 from tests.faults import failing
 
@@ -23,7 +24,7 @@ DDP_ARGS = [*TINY, "dataset.check=off"]
 
 def _single_process_metrics(ckpt_path: Path) -> dict:
     """Evaluate a checkpoint's weights in this process on the full val split."""
-    model, _ = ck.load_model(ckpt_path)
+    model, _ = load_model(ckpt_path)
     cfg = compose_train(*DDP_ARGS)
     info = dist.DistInfo()
     train_ds, val_ds = build_datasets(cfg)

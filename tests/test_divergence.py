@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from segkit import checkpoint as ck
 from segkit.errors import DivergedError
+from segkit.io import checkpoint as ck
 from segkit.run import build_datasets, train_rank
 from tests.conftest import TINY, compose_train, run_cli
 

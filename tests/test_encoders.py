@@ -12,7 +12,6 @@ from torch import nn
 from torchvision.models.regnet import BlockParams
 
 from segkit.errors import CheckpointError, ConfigError
-from segkit.features import FeatureRecorder
 from segkit.models import UNet
 from segkit.models.backbones import (
     adapt_input_weight,
@@ -20,6 +19,7 @@ from segkit.models.backbones import (
     find_stages,
     torchvision_encoder,
 )
+from segkit.reporting.feature_maps import FeatureRecorder
 
 NUM_CLASSES = 3
 # (channels, strides) per family's small variant, from the architectures' papers / torchvision

@@ -14,7 +14,7 @@ from torch import nn
 
 from segkit.data.base import LabelSpace
 from segkit.data.demo import make_demo_sample
-from segkit.export import OnnxModel, export_onnx, parity_check
+from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
 from segkit.models import UNet
 from segkit.run import compose_model_config, instantiate_model, model_config_names, train_rank
 from tests.conftest import TINY, compose_train, run_cli
@@ -87,7 +87,7 @@ def test_every_model_exports_right_at_every_size(name, tmp_path):
 def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):
     """A calibrated checkpoint loads as ``LogitBias(model)``: the biases are part of the graph,
     so ONNX Runtime (predict with ``ckpt=model.onnx``) gives the calibrated logits."""
-    from segkit.calibrate import LogitBias
+    from segkit.evaluation.logit_bias import LogitBias
 
     bias = [2.0, -1.5, 0.25]
     raw = with_statistics(

@@ -12,8 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.features import FeatureRecorder, feature_grid, log_feature_maps, save_feature_maps
 from segkit.models import UNet
+from segkit.reporting.feature_maps import (
+    FeatureRecorder,
+    feature_grid,
+    log_feature_maps,
+    save_feature_maps,
+)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

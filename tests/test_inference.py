@@ -15,12 +15,12 @@ from PIL import Image
 from torch import nn
 
 from segkit.data.demo import DemoDataset, make_demo_sample
+from segkit.data.io import list_inputs
 from segkit.errors import ConfigError, DataError
-from segkit.inference import (
+from segkit.evaluation.predictors import (
     TTA,
     SlidingWindow,
     blend_weight,
-    list_inputs,
     make_predictor,
     predictor_for,
     window_starts,

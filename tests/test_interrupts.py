@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit import checkpoint as ck
+from segkit.io import checkpoint as ck
 from tests.conftest import TINY, run_cli
 
 # 6 steps per epoch with 1 process (24 images, batch 4), 3 with 2; log every step

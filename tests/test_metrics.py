@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segkit.metrics import ConfusionMatrix
+from segkit.evaluation.metrics import ConfusionMatrix
 
 # ------------------------------------------------ reference: the notes (bubbliiiing utils_metrics)
 
@@ -193,7 +193,7 @@ def test_equals_the_hand_computed_matrix_for_each_label_dtype(dtype):
 
 
 def test_the_gpu_counting_path_equals_bincount():
-    from segkit.metrics import _count_scatter
+    from segkit.evaluation.metrics import _count_scatter
 
     index = torch.randint(0, 50, (1000,), generator=torch.Generator().manual_seed(0)).int()
     bins = torch.zeros(60, dtype=torch.int64)

@@ -59,7 +59,7 @@ def test_torchrun_restart_after_a_rank_failure_resumes_to_the_same_weights(tmp_p
 
     import torch
 
-    from segkit import checkpoint as ck
+    from segkit.io import checkpoint as ck
     from tests.conftest import run_cli
 
     args = [*DDP_ARGS, "trainer.max_epochs=2"]

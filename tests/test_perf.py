@@ -11,33 +11,28 @@ import os
 import pytest
 import torch
 
-from segkit import dist
-from segkit.dist import resolve_precision
-from segkit.metrics import ConfusionMatrix, evaluate
+from segkit import dist, precision
+from segkit.engine.trainer import Trainer
+from segkit.evaluation.metrics import ConfusionMatrix, evaluate
+from segkit.precision import resolve_precision
+from segkit.reporting.tracker import NullTracker
 from segkit.run import (
     build_trainer,
     seed_everything,
 )
-from segkit.trainer import Trainer
 from tests.conftest import TINY, compose_train
 
 FAST = [*TINY, "dataset.check=off", "trainer.num_vis=0"]
 
 
-class RecordingTracker:
-    """Stands in for segkit.tracking.Tracker: keeps what the Trainer hands it."""
+class RecordingTracker(NullTracker):
+    """Stands in for segkit.reporting.tracker.Tracker: keeps what the Trainer hands it."""
 
     def __init__(self) -> None:
         self.scalars: dict[int, dict[str, float]] = {}
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         self.scalars.setdefault(step, {}).update(scalars)
-
-    def log_val(self, *args) -> None:
-        pass
-
-    def log_epoch(self, row) -> None:
-        pass
 
 
 def make_trainer(*overrides: str, compile_backend: str | None = None, tracker=None) -> Trainer:
@@ -47,7 +42,7 @@ def make_trainer(*overrides: str, compile_backend: str | None = None, tracker=No
     trainer, model = build_trainer(cfg, dist.DistInfo())
     if compile_backend:
         trainer.model = torch.compile(model, backend=compile_backend)
-    trainer.tracker = tracker
+    trainer.tracker = tracker or NullTracker()
     return trainer
 
 
@@ -82,7 +77,7 @@ def test_validation_bar_total_honours_limit_val_batches(capsys):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_on_cpu_is_bf16_only_where_native(native, monkeypatch):
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
     assert resolve_precision("bf16", cpu) == "bf16"  # what the config says, where it says it
@@ -90,18 +85,18 @@ def test_precision_auto_on_cpu_is_bf16_only_where_native(native, monkeypatch):
 
 
 def test_cpu_bf16_probe_answers_a_bool():
-    assert dist.cpu_has_native_bf16() in (True, False)
+    assert precision.cpu_has_native_bf16() in (True, False)
 
 
 def test_emulated_bf16_warns_once_naming_the_fix(monkeypatch, caplog):
-    monkeypatch.setattr(dist, "_warned_emulated", False)
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_warned_emulated", False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     cpu = torch.device("cpu")
-    assert not dist.warn_emulated_bf16("fp32", cpu, "trainer.precision")
-    assert not dist.warn_emulated_bf16("bf16", torch.device("cuda"), "trainer.precision")
+    assert not precision.warn_emulated_bf16("fp32", cpu, "trainer.precision")
+    assert not precision.warn_emulated_bf16("bf16", torch.device("cuda"), "trainer.precision")
     with caplog.at_level("WARNING", logger="segkit"):
         trainer = make_trainer("trainer.precision=bf16", "trainer.max_epochs=1")
-        assert not dist.warn_emulated_bf16("bf16", cpu, "precision")  # once per process
+        assert not precision.warn_emulated_bf16("bf16", cpu, "precision")  # once per process
     assert trainer.precision == "bf16"  # warned, not overridden
     [message] = [r.getMessage() for r in caplog.records if "emulates" in r.getMessage()]
     assert "trainer.precision=bf16" in message and "trainer.precision=auto" in message
@@ -109,10 +104,10 @@ def test_emulated_bf16_warns_once_naming_the_fix(monkeypatch, caplog):
 
 
 def test_native_bf16_does_not_warn(monkeypatch, caplog):
-    monkeypatch.setattr(dist, "_warned_emulated", False)
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "_warned_emulated", False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level("WARNING", logger="segkit"):
-        assert not dist.warn_emulated_bf16("bf16", torch.device("cpu"), "trainer.precision")
+        assert not precision.warn_emulated_bf16("bf16", torch.device("cpu"), "trainer.precision")
     assert not caplog.records
 
 

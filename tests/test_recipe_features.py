@@ -15,16 +15,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segkit import budget
-from segkit import checkpoint as ck
+from segkit import precision
+from segkit.config.checks import check_train_config
+from segkit.data.arguments import check_augment
 from segkit.data.base import SegmentationDataset
-from segkit.data.params import check_augment
 from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
-from segkit.ema import ModelEMA
+from segkit.engine import time_budget as budget
+from segkit.engine.ema import ModelEMA
 from segkit.errors import ConfigError, DataError
-from segkit.inference import checkpoint_input_shape
+from segkit.io import checkpoint as ck
 from segkit.run import build_trainer, dataset_factory, train_rank
-from segkit.validate import check_train_config
+from segkit.run.models import checkpoint_input_shape
 from tests.conftest import CONF, TINY, compose_train, run_cli
 
 
@@ -266,11 +267,11 @@ def test_validation_at_original_size_equals_eval_py(tmp_path):
 
 
 def test_eval_precision_defaults_to_the_runs_own(monkeypatch):
-    from segkit import dist
+    from segkit import precision
     from segkit.run.evaluation import eval_precision
 
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(dist, "_warned_emulated", True)  # the warning has its own test
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_warned_emulated", True)  # the warning has its own test
     cpu = torch.device("cpu")
     run = {"config": {"trainer": {"precision": "bf16"}}}
     assert eval_precision(None, run, cpu) == "bf16"
@@ -279,7 +280,7 @@ def test_eval_precision_defaults_to_the_runs_own(monkeypatch):
     assert eval_precision(None, {"config": {"trainer": {"precision": "fp16"}}}, cpu) == "fp32"
     assert eval_precision("auto", run, cpu) == "fp32"
     assert eval_precision(None, {"config": {"trainer": {"precision": "auto"}}}, cpu) == "fp32"
-    monkeypatch.setattr(dist, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert eval_precision("auto", run, cpu) == "bf16"  # auto: resolved on the evaluating machine
 
 
@@ -312,12 +313,11 @@ def test_eval_modes_default_to_the_recipes_own():
 
 
 def test_channels_last_on_the_cpu_only_when_asked():
-    from segkit import dist
     from segkit.run.building import compile_and_wrap
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert [dist.use_channels_last(s, cpu) for s in ("auto", True, False)] == [0, 1, 0]
-    assert [dist.use_channels_last(s, cuda) for s in ("auto", True, False)] == [1, 1, 0]
+    assert [precision.use_channels_last(s, cpu) for s in ("auto", True, False)] == [0, 1, 0]
+    assert [precision.use_channels_last(s, cuda) for s in ("auto", True, False)] == [1, 1, 0]
     for setting, expected in (("auto", False), ("true", True)):
         cfg = compose_train(*TINY, f"trainer.channels_last={setting}")
         model = compile_and_wrap(nn.Conv2d(3, 4, 3), cfg, _cpu(), False)
@@ -382,7 +382,7 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
     trainer.bare_model.load_state_dict(a["model"])
     assert trainer.validate(2)["miou"] == pytest.approx(a["metrics"]["miou"], abs=1e-9)
     # best.safetensors (what users deploy) holds the averaged weights of best.pt
-    from segkit.sharing import read_weights_file
+    from segkit.io.weights_file import read_weights_file
 
     best = ck.load(straight / "checkpoints" / "best.pt")
     weights = read_weights_file(straight / "checkpoints" / "best.safetensors")["model"]
@@ -408,7 +408,7 @@ class _Clock:
 
 
 def _timed_trainer(monkeypatch, clock: _Clock, *overrides: str):
-    import segkit.trainer as trainer_mod
+    import segkit.engine.trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
     trainer, _ = build_trainer(compose_train(*TINY, *overrides), _cpu())

@@ -13,13 +13,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from segkit import checkpoint as ck
 from segkit.dist import DistInfo
 from segkit.errors import CheckpointError
+from segkit.io import checkpoint as ck
+from segkit.io.allowlist import check_dataset_target, check_model_target
+from segkit.io.partial_load import UnsafeCheckpointError
+from segkit.io.weights_file import export_weights
 from segkit.run import build_model, train_rank
-from segkit.sharing import export_weights
-from segkit.targets import check_dataset_target, check_model_target
-from segkit.weights import UnsafeCheckpointError
+from segkit.run.models import load_model
 from tests.conftest import TINY, compose_train, run_cli
 
 ONE = [*TINY, "trainer.max_epochs=1", "dataset.check=off"]
@@ -98,7 +99,7 @@ def test_init_from_refuses_it(crafted):
 def test_load_model_refuses_it(crafted):  # what predict and feature_maps use
     path, marker = crafted
     with pytest.raises(UnsafeCheckpointError, match=RISK):
-        ck.load_model(path)
+        load_model(path)
     assert not marker.exists()
 
 
@@ -135,7 +136,7 @@ def test_model_target_outside_segkit_models_is_refused_before_building(
     made = tmp_path / "made_by_the_target"
     path = _with_model_config(run, tmp_path, {"_target_": target, "_args_": [str(made)]})
     with pytest.raises(CheckpointError, match=re.escape(f"model._target_={target!r}")):
-        ck.load_model(path)
+        load_model(path)
     assert not made.exists() and str(made) not in capsys.readouterr().out
 
 
@@ -144,7 +145,7 @@ def test_nested_targets_are_checked_too(run, tmp_path):
     made = tmp_path / "made_by_the_target"
     evil = {**stored, "norm": {"_target_": "os.mkdir", "path": str(made)}}
     with pytest.raises(CheckpointError, match=r"model\.norm\._target_='os\.mkdir'"):
-        ck.load_model(_with_model_config(run, tmp_path, evil))
+        load_model(_with_model_config(run, tmp_path, evil))
     assert not made.exists()
     check_model_target({**stored, "act": {"_target_": "torch.nn.ReLU"}})  # torch.nn layers
     with pytest.raises(CheckpointError, match="torch.nn.ReLU"):  # ... but not as the model
@@ -167,13 +168,13 @@ def test_weights_file_loads_into_a_fresh_model_with_identical_outputs(run, tmp_p
         meta = f.metadata()
     assert json.loads(meta["labels"]) == stored["labels"]
     assert json.loads(meta["config"]) == stored["config"]
-    model, info = ck.load_model(out)
+    model, info = load_model(out)
     assert info["class_names"] == stored["class_names"] and info["palette"] == stored["palette"]
     assert info["labels"]["mean"] == stored["labels"]["mean"]
     assert info["config"]["dataset"]["input_shape"] == [32, 32]
     for key, tensor in stored["model"].items():
         assert torch.equal(model.state_dict()[key], tensor), key
-    reference, _ = ck.load_model(source)
+    reference, _ = load_model(source)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(model(x)["out"], reference(x)["out"])
@@ -204,7 +205,7 @@ def test_a_safetensors_file_without_segkit_metadata_is_weights_only(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="init_from"):
-        ck.load_model(path)
+        load_model(path)
 
 
 def test_convert_needs_trust_and_then_gives_a_loadable_file(tmp_path):

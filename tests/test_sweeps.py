@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkit import checkpoint as ck
+from segkit.io import checkpoint as ck
 from tests.conftest import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data.check import check_dataset
+from segkit.data.doctor import check_dataset
 from segkit.data.folder import fraction_split
 from segkit.data.voc import VOCDataset
 from tests.conftest import run_cli

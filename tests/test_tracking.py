@@ -15,26 +15,25 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit import tracking
 from segkit.data.base import LabelSpace
-from segkit.metrics import ConfusionMatrix
-from segkit.run import train_rank
-from segkit.tracking import (
-    SampleCollector,
-    Tracker,
-    hparams_of,
-    override_keys,
-    read_status,
-    task_overrides,
-    write_status,
-)
-from segkit.visualize import (
+from segkit.evaluation.metrics import ConfusionMatrix
+from segkit.reporting import run_files
+from segkit.reporting.figures import (
     confusion_figure,
     custom_layout,
     iou_bar_figure,
     sample_grid,
     write_eval_report,
 )
+from segkit.reporting.run_files import (
+    hparams_of,
+    override_keys,
+    read_status,
+    task_overrides,
+    write_status,
+)
+from segkit.reporting.tracker import SampleCollector, Tracker
+from segkit.run import train_rank
 from tests.conftest import TINY, compose_train
 
 NAMES = ["background", "circle", "square"]
@@ -189,8 +188,8 @@ def test_resume_drops_csv_rows_after_the_checkpoint_and_keeps_the_best(tmp_path)
 
 def test_a_row_with_new_columns_rewrites_the_header(tmp_path):
     path = tmp_path / "m.csv"
-    tracking.append_row(path, {"epoch": 1, "step": 5})
-    tracking.append_row(path, {"epoch": 2, "step": 10, "images_per_s": 7.5})
+    run_files.append_row(path, {"epoch": 1, "step": 5})
+    run_files.append_row(path, {"epoch": 2, "step": 10, "images_per_s": 7.5})
     assert path.read_text().splitlines() == ["epoch,step,images_per_s", "1,5,", "2,10,7.5"]
 
 
@@ -218,7 +217,7 @@ def test_status_write_is_atomic(tmp_path, monkeypatch):
     def crash(fd):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(tracking.os, "fsync", crash)  # dies after writing, before the rename
+    monkeypatch.setattr(run_files.os, "fsync", crash)  # dies after writing, before the rename
     with pytest.raises(OSError, match="disk gone"):
         write_status(tmp_path, "failed", reason="x" * 10_000)
     assert (tmp_path / "status.json").read_text() == before

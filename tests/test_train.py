@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit import checkpoint as ck
 from segkit import dist
+from segkit.io import checkpoint as ck
 from segkit.run import train_rank
 from tests.conftest import TINY, compose_train, run_cli
 from tests.faults import failing

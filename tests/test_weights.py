@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segkit.weights import UnsafeCheckpointError, load_weights, normalize_key
+from segkit.io.partial_load import UnsafeCheckpointError, load_weights, normalize_key
 
 
 def net(out_classes: int = 2) -> nn.Sequential:

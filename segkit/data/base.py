@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segkit.data.io import encode_mask, read_image, read_mask
-from segkit.data.params import (
+from segkit.data.arguments import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Channels,
@@ -33,6 +32,7 @@ from segkit.data.params import (
     check_mean_std,
     check_palette,
 )
+from segkit.data.io import encode_mask, read_image, read_mask
 from segkit.data.transforms import (
     PASTE_KEYS,
     Normalize,

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segkit.data.params import voc_palette
+from segkit.data.arguments import voc_palette
 from segkit.data.voc import VOCDataset
 from segkit.errors import DataError
 

@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import glob
 import io
 from collections.abc import Mapping
 from numbers import Number
@@ -302,3 +303,34 @@ def encode_mask(
             "dataset.num_classes / dataset.ignore_index to match the data"
         )
     return ids
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+
+
+def list_inputs(spec: str) -> tuple[list[Path], list[Path]]:
+    """``input=`` -> (sorted files, the folders holding them). ``spec``: a file (any suffix),
+    a folder (its images and videos, recursively, hidden entries left out) or a glob."""
+    path, known = Path(spec).expanduser(), IMAGE_SUFFIXES + VIDEO_SUFFIXES
+    if path.is_file():
+        return [path], [path.parent]
+    if path.is_dir():
+        files = [
+            f
+            for f in path.rglob("*")
+            if f.is_file()
+            and f.suffix.lower() in known
+            and not any(part.startswith(".") for part in f.relative_to(path).parts)
+        ]
+        roots = [path]
+    elif glob.has_magic(spec):
+        files = [Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file()]
+        roots = sorted({f.parent for f in files})
+    else:
+        raise DataError(
+            f"input={spec}: no such file or folder (give an image, folder, glob, video)"
+        )
+    if not files:
+        raise DataError(f"input={spec}: no images or videos found (suffixes {', '.join(known)})")
+    return sorted(files), roots

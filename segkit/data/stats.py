@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,13 +17,36 @@ from typing import Any
 
 import numpy as np
 
-from segkit.config_keys import median_weight_power
 from segkit.data.io import read_mask
 from segkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
+# loss.class_weights values computed from the train masks (auto = median frequency); also
+# median**P: the median-frequency weights raised to P > 0 (sqrt_median = median**0.5)
+CLASS_WEIGHT_METHODS = ("auto", "median", "sqrt_median", "inverse", "median**P")
+_MEDIAN_POWER = re.compile(r"median\*\*(\d+(?:\.\d*)?|\.\d+)")
+
+
+def median_weight_power(method: str) -> float | None:
+    """The power P of a median-frequency weight method ('median' 1, 'auto' 1, 'sqrt_median'
+    0.5, 'median**P' P > 0); None for any other string ('inverse' or not a method)."""
+    if method in ("auto", "median"):
+        return 1.0
+    if method == "sqrt_median":
+        return 0.5
+    match = _MEDIAN_POWER.fullmatch(method)
+    power = float(match.group(1)) if match else 0.0
+    return power if power > 0 else None
+
+
+def is_class_weight_method(value: object) -> bool:
+    """Whether ``value`` names weights computed from the train masks (see above)."""
+    return isinstance(value, str) and (value == "inverse" or median_weight_power(value) is not None)
+
+
+# keys users reach for that segkit spells differently
 @dataclass
 class ClassCounts:
     """Pixel statistics of class ids over a set of masks (ignore_index excluded).

@@ -28,8 +28,8 @@ from torchvision import models as tvm
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, WeightsEnum
 
 from segkit.errors import CheckpointError, ConfigError
+from segkit.io.partial_load import LoadReport, load_weights
 from segkit.models.blocks import init_conv_weights
-from segkit.weights import LoadReport, load_weights
 
 __all__ = [
     "FAMILIES",

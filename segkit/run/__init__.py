@@ -1,66 +1,54 @@
-"""The one place that reads the config: the builders, and the two tasks.
+"""The one place that reads the config: the builders and the tasks.
 
-``train(cfg)`` (``train.py``) trains in this process, or starts ``trainer.devices`` worker
-processes (``segkit.dist``) that each run :func:`train_rank` on the resolved config and the
-one run directory Hydra made. ``evaluate(cfg)`` (``eval.py``) scores a checkpoint at the
-images' original resolution. Everything else receives plain values and objects.
+- ``models``: a model from a config node, a ``conf/model`` name or a checkpoint's stored config;
+- ``building``: config nodes -> datasets, loaders, loss, optimizer, schedule, Trainer;
+- ``training``: the train task of ``train.py`` (spawning, resume, status, result files);
+- ``evaluation``: the evaluate task of ``eval.py`` (evaluation modes, metrics files);
+- ``calibration``: fitting and scoring a checkpoint's logit biases (``trainer.calibrate``).
 
-- ``building``: config nodes -> datasets, loaders, model, loss, optimizer, schedule;
-- ``training``: the train task (spawning, resume, status, result files);
-- ``evaluation``: the evaluate task (evaluation modes, metrics files).
+The submodules are imported on first use (``from segkit.run import train``), so loading a model
+for prediction does not import the training stack.
 """
 
-from segkit.run.building import (
-    CONF_DIR,
-    DATASET_RUN_KEYS,
-    LAUNCH_KEYS,
-    build_datasets,
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    build_trainer,
-    check_datasets,
-    compile_and_wrap,
-    compose_model_config,
-    dataset_factory,
-    instantiate_model,
-    loop_options,
-    model_config_names,
-    resume,
-    seed_everything,
-    unused_heads,
-)
-from segkit.run.evaluation import eval_dataset_config, evaluate, score_mode
-from segkit.run.training import finish_run, restart_record, train, train_rank
+from __future__ import annotations
 
-__all__ = [
-    "CONF_DIR",
-    "DATASET_RUN_KEYS",
-    "LAUNCH_KEYS",
-    "build_datasets",
-    "build_loaders",
-    "build_loss",
-    "build_model",
-    "build_optimizer",
-    "build_scheduler",
-    "build_trainer",
-    "check_datasets",
-    "compile_and_wrap",
-    "compose_model_config",
-    "dataset_factory",
-    "eval_dataset_config",
-    "evaluate",
-    "finish_run",
-    "instantiate_model",
-    "loop_options",
-    "model_config_names",
-    "restart_record",
-    "resume",
-    "score_mode",
-    "seed_everything",
-    "train",
-    "train_rank",
-    "unused_heads",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "models": (
+        "CONF_DIR",
+        "compose_model_config",
+        "instantiate_model",
+        "load_model",
+        "model_config_names",
+    ),
+    "building": (
+        "DATASET_RUN_KEYS",
+        "LAUNCH_KEYS",
+        "build_datasets",
+        "build_loaders",
+        "build_loss",
+        "build_model",
+        "build_optimizer",
+        "build_scheduler",
+        "build_trainer",
+        "check_datasets",
+        "compile_and_wrap",
+        "dataset_factory",
+        "loop_options",
+        "resume",
+        "seed_everything",
+        "unused_heads",
+    ),
+    "evaluation": ("eval_dataset_config", "evaluate", "score_mode"),
+    "training": ("finish_run", "restart_record", "train", "train_rank"),
+}
+_WHERE = {name: module for module, names in _HOME.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'segkit.run' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"segkit.run.{_WHERE[name]}"), name)

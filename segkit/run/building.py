@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segkit import checkpoint as ckpt_io
-from segkit import dist, launch, signals
-from segkit.config_keys import CLASS_WEIGHT_METHODS, DATASET_RUN_KEYS, is_class_weight_method
-from segkit.errors import ConfigError
+from segkit import dist, precision
+from segkit.config.keys import DATASET_RUN_KEYS
+from segkit.data.doctor import check_for_training
+from segkit.data.original_size import OriginalSizeMasks, collate_original
+from segkit.data.problems import write_bad_samples
+from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class_weight_method
+from segkit.engine.loader import StopSafeLoader
+from segkit.engine.trainer import LoopOptions, Trainer
+from segkit.errors import CheckpointError, ConfigError
+from segkit.io import checkpoint as ckpt_io
+from segkit.losses.detail import DetailGuided
 from segkit.optim import param_groups
-from segkit.trainer import LoopOptions, Trainer
-from segkit.validate import check_resume_fits
+from segkit.reporting.tracker import NullTracker
+from segkit.run.models import instantiate_model
 
 log = logging.getLogger("segkit")
 
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 LAUNCH_KEYS = (
     "accelerator",
@@ -91,8 +96,6 @@ def build_datasets(cfg: DictConfig, *, augment_train: bool = True):
 def check_datasets(cfg: DictConfig, train_ds, val_ds, out_dir: Path | None) -> None:
     """The dataset check before the first step (``dataset.check``); in skip mode the bad
     samples it reports are removed here and listed in ``bad_samples.txt``."""
-    from segkit.data.check import check_for_training
-    from segkit.data.report import write_bad_samples
 
     if val_ds is None:
         raise ConfigError("dataset.val_split is null: training needs a val split")
@@ -116,45 +119,21 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
             f"the train split has {len(train_ds)} samples, fewer than loader.batch_size="
             f"{lc.batch_size} x {info.world_size} process(es); lower loader.batch_size"
         )
-    sampler = launch.ResumableSampler(
+    sampler = dist.ResumableSampler(
         train_ds, info.world_size, info.rank, seed=cfg.seed, drop_last=True
     )
     pin = info.device.type == "cuda"
     common = dict(num_workers=lc.num_workers, pin_memory=pin)
     if lc.num_workers > 0:  # workers live across epochs and validations
         common.update(persistent_workers=True, prefetch_factor=lc.prefetch_factor)
-    train_loader = signals.StopSafeLoader(
+    train_loader = StopSafeLoader(
         train_ds, batch_size=lc.batch_size, sampler=sampler, drop_last=True, **common
     )
     val_sampler = dist.ShardSampler(len(val_ds), info.rank, info.world_size)
     if cfg.dataset.get("val_original_size"):  # masks at each image's own size, as eval.py
-        from segkit.data.original import OriginalSizeMasks, collate_original
-
         val_ds, common["collate_fn"] = OriginalSizeMasks(val_ds), collate_original
-    val_loader = signals.StopSafeLoader(
-        val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common
-    )
+    val_loader = StopSafeLoader(val_ds, batch_size=lc.val_batch_size, sampler=val_sampler, **common)
     return train_loader, val_loader
-
-
-def instantiate_model(model_cfg: DictConfig | Mapping, *, from_checkpoint: bool = False):
-    """A model from a ``model`` config node. ``init_from`` is segkit's fine-tuning option, not a
-    constructor argument: it is applied here. ``from_checkpoint``: the weights come from the
-    checkpoint, so nothing pretrained or ``init_from`` is loaded."""
-    if isinstance(model_cfg, DictConfig):
-        model_cfg = OmegaConf.to_container(model_cfg, resolve=True)
-    kwargs = dict(model_cfg)
-    init_from = kwargs.pop("init_from", None)
-    if from_checkpoint:
-        kwargs.update(
-            {k: v for k, v in (("pretrained", False), ("weights_path", None)) if k in kwargs}
-        )
-    model = instantiate(kwargs)
-    if init_from and not from_checkpoint:
-        from segkit.weights import load_weights
-
-        log.info("model.init_from: %s", load_weights(model, init_from))
-    return model
 
 
 def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
@@ -172,7 +151,7 @@ def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo, unu
     """``torch.compile`` when ``trainer.compile``, then DDP when the job has several ranks.
     ``unused``: some parameters get no gradient (a head the loss ignores, a frozen encoder):
     DDP must not wait for them."""
-    if dist.use_channels_last(cfg.trainer.channels_last, info.device):
+    if precision.use_channels_last(cfg.trainer.channels_last, info.device):
         model = model.to(memory_format=torch.channels_last)  # before compile and DDP
     if cfg.trainer.compile:
         model = torch.compile(model)
@@ -183,7 +162,6 @@ def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo, unu
 def unused_heads(model: nn.Module, loss_fn: nn.Module) -> bool:
     """True (with a warning naming the fix) when the model trains a head the loss ignores:
     STDC's detail head without ``loss=ce_detail`` / ``ohem_detail``."""
-    from segkit.losses.detail import DetailGuided
 
     if getattr(model, "detail_head", None) is None or isinstance(loss_fn, DetailGuided):
         return False
@@ -191,33 +169,6 @@ def unused_heads(model: nn.Module, loss_fn: nn.Module) -> bool:
         "the model's detail head is not trained by this loss: use loss=ce_detail or ohem_detail"
     )
     return True
-
-
-def model_config_names() -> list[str]:
-    """The model config names: the stems of ``conf/model/*.yaml``, sorted."""
-    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-
-
-def compose_model_config(
-    name: str, num_classes: int, overrides: Iterable[str] = (), in_channels: int = 3
-) -> dict:
-    """``model=<name>`` composed with Hydra outside any ``@hydra.main`` app, resolved with
-    ``dataset.num_classes`` / ``dataset.in_channels``; ``overrides`` like
-    ``["model.pretrained=false"]``."""
-    from hydra import compose, initialize_config_dir
-
-    if name not in model_config_names():
-        raise ConfigError(f"model config {name!r} not found: choose one of {model_config_names()}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(
-            overrides=[
-                f"+model={name}",
-                f"+dataset.num_classes={num_classes}",
-                f"+dataset.in_channels={in_channels}",
-                *overrides,
-            ]
-        )
-    return OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
@@ -231,7 +182,6 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
                 f"loss.class_weights={weights!r}: expected null, a list of {train_ds.num_classes} "
                 f"floats, or {' / '.join(CLASS_WEIGHT_METHODS)} (P > 0)"
             )
-        from segkit.data.stats import auto_class_weights
 
         method = "median" if weights == "auto" else weights
         loss_cfg["class_weights"] = auto_class_weights(train_ds, method)
@@ -251,6 +201,19 @@ def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
     per_epoch = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
     total = cfg.trainer.max_epochs * per_epoch
     return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+
+
+def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
+    """A checkpoint to resume must hold the configured model: same class and classes."""
+
+    old, new = stored.get("model", {}), cfg.model
+    n_old, n_new = old.get("num_classes"), new.get("num_classes")
+    if old.get("_target_") != new.get("_target_") or n_old != n_new:
+        raise CheckpointError(
+            f"trainer.resume={path}: the checkpoint holds {old.get('_target_')} with {n_old} "
+            f"classes, the config {new.get('_target_')} with {n_new}; resuming continues the "
+            f"same run: to fine-tune from it instead use model.init_from={path}"
+        )
 
 
 def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> None:
@@ -291,9 +254,11 @@ def build_trainer(
         val_loader,
         labels=val_ds.labels,
         info=info,
-        ckpt_dir=None if out_dir is None else out_dir / ckpt_io.CKPT_DIR,
+        checkpoints=ckpt_io.NullCheckpointWriter()
+        if out_dir is None
+        else ckpt_io.CheckpointWriter(out_dir / ckpt_io.CKPT_DIR),
         run_config=run_config or {},
-        tracker=None,
+        tracker=NullTracker(),
         options=loop_options(cfg, show_progress=out_dir is not None),
     )
     return trainer, model

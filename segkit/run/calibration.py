@@ -1,5 +1,5 @@
 """Calibrating a checkpoint (``trainer.calibrate=true``, ``scripts/calibrate.py``): fit its
-per-class logit biases on the train split (`segkit.calibrate`), score the val split without and
+per-class logit biases on the train split (`segkit.evaluation.logit_bias`), score the val split without and
 with them, and store them in the checkpoint."""
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from segkit import checkpoint as ckpt_io
-from segkit import dist
-from segkit.calibrate import MAX_PIXELS, LogitBias, collect, fit_bias, spread_indices
-from segkit.metrics import ConfusionMatrix
-from segkit.metrics import evaluate as evaluate_model
+from segkit.data.original_size import original_size_loader
+from segkit.evaluation.logit_bias import MAX_PIXELS, LogitBias, collect, fit_bias, spread_indices
+from segkit.evaluation.metrics import ConfusionMatrix
+from segkit.evaluation.metrics import evaluate as evaluate_model
+from segkit.evaluation.predictors import predictor_for
+from segkit.io import checkpoint as ckpt_io
 from segkit.run.building import dataset_factory
 from segkit.run.evaluation import eval_dataset_config, eval_modes, eval_precision
+from segkit.run.models import checkpoint_input_shape, load_model
 
 log = logging.getLogger("segkit")
 
@@ -44,10 +46,8 @@ def calibrate_checkpoint(
     the checkpoint's run validated with (scripts/calibrate.py --precision). -> the record:
     ``logit_bias``, ``images`` and ``pixels`` (per mode), ``val_miou_raw``, ``val_miou`` (whole
     image; NaN without a val split)."""
-    from segkit.data.original import original_size_loader
-    from segkit.inference import checkpoint_input_shape
 
-    model, ckpt = ckpt_io.load_model(path, map_location="cpu")
+    model, ckpt = load_model(path, map_location="cpu")
     model = model.to(device)
     # what eval.py does without options: the stored dataset (root replaced), recipe's modes
     request = {"ckpt": str(path), "modes": None, "tta": {"scales": None}, "dataset": None}
@@ -56,7 +56,7 @@ def calibrate_checkpoint(
     shape = checkpoint_input_shape(ckpt)
     ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     make = dataset_factory(ds_cfg)
-    amp = dist.amp_dtype(eval_precision(precision, ckpt, device, key="--precision"))
+    amp = precision.amp_dtype(eval_precision(precision, ckpt, device, key="--precision"))
     modes, scales = eval_modes(request, ckpt)
     train = make(split=ds_cfg.get("train_split") or "train", train=False)
     images = spread_indices(len(train), max_images)
@@ -85,7 +85,6 @@ def score_whole(
 ) -> tuple[float, float]:
     """Whole-image val mIoU at the original resolution of ``model`` without and with the logit
     ``bias`` (C floats); (NaN, NaN) when there is no val ``dataset``."""
-    from segkit.data.original import original_size_loader
 
     if dataset is None:
         return math.nan, math.nan
@@ -104,7 +103,6 @@ def fit_mode_biases(
     """One set of logit biases per evaluation mode (each mode once, in order), fitted on
     ``loader`` (original-size batches of ``dataset``, or of the images its sampler picks)
     -> ({mode: C floats}, pixels per mode)."""
-    from segkit.inference import predictor_for
 
     per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(loader.sampler))))
     biases: dict[str, list[float]] = {}

@@ -12,16 +12,26 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segkit import checkpoint as ckpt_io
 from segkit import dist
-from segkit.calibrate import stored_biases, with_bias
+from segkit import precision as prec
+from segkit.config.checks import check_eval_config
+from segkit.data.original_size import original_size_loader
 from segkit.errors import ConfigError
-from segkit.metrics import ConfusionMatrix, format_table
-from segkit.metrics import evaluate as evaluate_model
+from segkit.evaluation.logit_bias import stored_biases, with_bias
+from segkit.evaluation.metrics import ConfusionMatrix, format_table
+from segkit.evaluation.metrics import evaluate as evaluate_model
+from segkit.evaluation.predictors import (
+    DEFAULT_SCALES,
+    check_scales,
+    format_modes,
+    parse_mode,
+    predictor_for,
+)
+from segkit.io.allowlist import check_dataset_target
+from segkit.reporting.figures import PredictionWriter, write_eval_report
+from segkit.reporting.run_files import log_to_files
 from segkit.run.building import dataset_factory
-from segkit.targets import check_dataset_target
-from segkit.tracking import log_to_files
-from segkit.validate import check_eval_config
+from segkit.run.models import checkpoint_input_shape, load_model
 
 log = logging.getLogger("segkit")
 
@@ -30,14 +40,11 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt`` on ``cfg.split`` at the original resolution, once per evaluation mode;
     prints per-class and per-mode tables, writes ``metrics.json`` (the first mode, plus every
     mode's means), pictures, and ``predictions/*.png`` with ``save_masks``."""
-    from segkit.data.original import original_size_loader
-    from segkit.inference import checkpoint_input_shape, format_modes
-    from segkit.visualize import PredictionWriter, write_eval_report
 
     check_eval_config(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     device = dist.select_device(cfg.accelerator, 0)
-    model, ckpt = ckpt_io.load_model(cfg.ckpt, map_location="cpu")
+    model, ckpt = load_model(cfg.ckpt, map_location="cpu")
     precision = eval_precision(cfg.precision, ckpt, device)
     ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
     # the model's own input size (what validation used), also when dataset=NAME names a config
@@ -88,9 +95,8 @@ def score_mode(
     biases: Mapping[str, Sequence[float]] | None = None,
 ) -> dict:
     """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``; ``+ms``
-    averages over ``scales``; plus the mode's logit ``biases``, `segkit.calibrate`), under
+    averages over ``scales``; plus the mode's logit ``biases``, `segkit.evaluation.logit_bias`), under
     autocast to ``precision``."""
-    from segkit.inference import predictor_for
 
     device = next(model.parameters()).device
     predictor = predictor_for(
@@ -106,7 +112,7 @@ def score_mode(
         loader,
         ConfusionMatrix(ds.num_classes, ds.ignore_index, device=device),
         device=device,
-        amp_dtype=dist.amp_dtype(precision),
+        amp_dtype=prec.amp_dtype(precision),
         on_batch=on_batch,
     )
     metrics.pop("loss")
@@ -118,7 +124,6 @@ def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...
     else the ones the checkpoint's recipe chose (its ``eval.modes`` / ``eval.tta.scales``),
     else ``[whole]`` / ``inference.DEFAULT_SCALES``. Each is checked: the stored ones are data
     from a file, and a bad one must not cost a long evaluation first."""
-    from segkit.inference import DEFAULT_SCALES, check_scales, parse_mode
 
     if cfg.modes:
         modes, key = cfg.modes, "modes"
@@ -154,9 +159,9 @@ def eval_precision(chosen: str | None, ckpt: dict, device, key: str = "precision
     ``trainer.precision``), so eval.py reproduces the training-time numbers. fp16 autocast is
     for CUDA only: fp32 elsewhere. ``key`` names the setting in the emulated-bf16 warning."""
     trainer = (ckpt.get("config") or {}).get("trainer") or {}
-    precision = dist.resolve_precision(chosen or trainer.get("precision") or "fp32", device)
+    precision = prec.resolve_precision(chosen or trainer.get("precision") or "fp32", device)
     precision = "fp32" if precision == "fp16" and device.type != "cuda" else precision
-    dist.warn_emulated_bf16(precision, device, key)
+    prec.warn_emulated_bf16(precision, device, key)
     return precision
 
 

@@ -12,16 +12,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from segkit import checkpoint as ckpt_io
-from segkit import dist, launch, signals
-from segkit.complexity import log_complexity
+from segkit import dist
+from segkit.config.checks import check_train_config
+from segkit.engine import signals
+from segkit.engine import spawn as launch
+from segkit.engine.trainer import Trainer
 from segkit.errors import Interrupted
-from segkit.run.building import build_trainer, resume, seed_everything
-from segkit.run.calibration import calibrate_checkpoint
-from segkit.sharing import export_weights
-from segkit.sweep import finished_result
-from segkit.tracking import (
-    Tracker,
+from segkit.io import checkpoint as ckpt_io
+from segkit.io.weights_file import export_weights
+from segkit.reporting.complexity import log_complexity
+from segkit.reporting.run_files import (
     hparams_of,
     override_keys,
     read_result,
@@ -31,8 +31,10 @@ from segkit.tracking import (
     write_config,
     write_status,
 )
-from segkit.trainer import Trainer
-from segkit.validate import check_train_config
+from segkit.reporting.sweep_summary import finished_result
+from segkit.reporting.tracker import Tracker
+from segkit.run.building import build_trainer, resume, seed_everything
+from segkit.run.calibration import calibrate_checkpoint
 
 log = logging.getLogger("segkit")
 

@@ -5,7 +5,7 @@ first write of ``best.pt`` (after part of the temp file is on disk), like a kill
 import os
 import signal
 
-from segkit import checkpoint
+from segkit.io import checkpoint
 
 _write = checkpoint.write_file_atomic
 

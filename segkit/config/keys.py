@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segkit.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/
 
 
 # old key -> new key (None: removed, with the reason in REMOVED_KEYS)
@@ -35,30 +35,6 @@ REMOVED_KEYS = {
 }
 
 
-# loss.class_weights values computed from the train masks (auto = median frequency); also
-# median**P: the median-frequency weights raised to P > 0 (sqrt_median = median**0.5)
-CLASS_WEIGHT_METHODS = ("auto", "median", "sqrt_median", "inverse", "median**P")
-_MEDIAN_POWER = re.compile(r"median\*\*(\d+(?:\.\d*)?|\.\d+)")
-
-
-def median_weight_power(method: str) -> float | None:
-    """The power P of a median-frequency weight method ('median' 1, 'auto' 1, 'sqrt_median'
-    0.5, 'median**P' P > 0); None for any other string ('inverse' or not a method)."""
-    if method in ("auto", "median"):
-        return 1.0
-    if method == "sqrt_median":
-        return 0.5
-    match = _MEDIAN_POWER.fullmatch(method)
-    power = float(match.group(1)) if match else 0.0
-    return power if power > 0 else None
-
-
-def is_class_weight_method(value: object) -> bool:
-    """Whether ``value`` names weights computed from the train masks (see above)."""
-    return isinstance(value, str) and (value == "inverse" or median_weight_power(value) is not None)
-
-
-# keys users reach for that segkit spells differently
 HINTS = {
     "ckpt_path": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
     "ckpt": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",

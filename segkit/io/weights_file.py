@@ -1,6 +1,6 @@
 """Weights files for sharing: a ``.safetensors`` file with the model's tensors and, as JSON
 metadata, the run config, label space, class names and palette. Loading one never runs code;
-``segkit.checkpoint.load_model``, ``model.init_from``, ``eval.py`` and predict accept it."""
+``segkit.run.models.load_model``, ``model.init_from``, ``eval.py`` and predict accept it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from segkit.checkpoint import load, write_file_atomic
 from segkit.errors import CheckpointError
-from segkit.weights import read_safetensors
+from segkit.io.checkpoint import load, write_file_atomic
+from segkit.io.partial_load import read_safetensors
 
 WEIGHTS_FORMAT = "segkit-weights/1"  # the "format" entry of a weights file's metadata
 _META_KEYS = ("config", "labels", "class_names", "palette", "logit_bias")

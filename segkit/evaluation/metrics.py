@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from segkit import dist
-from segkit.inference import restore_logits
+from segkit import dist, precision
+from segkit.evaluation.predictors import restore_logits
 
 
 class ConfusionMatrix:
@@ -263,7 +263,7 @@ def evaluate(
         if i >= total:
             break
         images = normalize(images.to(device, non_blocking=True))
-        with dist.autocast(device, amp_dtype):
+        with precision.autocast(device, amp_dtype):
             out = model(images)
         logits = out["out"]
         if isinstance(masks, Tensor):

@@ -16,28 +16,30 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segkit.config_keys import (
-    CLASS_WEIGHT_METHODS,
+from segkit.config.keys import (
+    CONF_DIR,
     DATASET_RUN_KEYS,
     RENAMED_KEYS,
     composition_error,
     default_config,
     default_keys,
     did_you_mean,
-    is_class_weight_method,
     renamed_key_error,
     unknown_key_error,
 )
-from segkit.errors import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from segkit.data.stats import CLASS_WEIGHT_METHODS, is_class_weight_method
+from segkit.errors import ConfigError, StorageError
+from segkit.evaluation.predictors import check_scales, parse_mode
 
 # segkit's own keys inside component nodes (not constructor arguments)
 OWN_KEYS = {"dataset": set(DATASET_RUN_KEYS), "model": {"init_from"}}
@@ -66,8 +68,6 @@ def check_command_line(config_name: str, args: Sequence[str]) -> None:
     check_output_dir(overrides)
     if any(a.startswith("-") for a in args):  # -m, --cfg, --config-name ...: Hydra's business
         return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
 
     mine = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
@@ -81,7 +81,6 @@ def check_command_line(config_name: str, args: Sequence[str]) -> None:
 def check_output_dir(overrides: Sequence[str]) -> None:
     """The run directory (``hydra.run.dir`` / ``hydra.sweep.dir``, default ``outputs/``) must be
     creatable: Hydra would otherwise fail inside its own code."""
-    import os
 
     dirs = [
         o.split("=", 1)[1]
@@ -92,27 +91,11 @@ def check_output_dir(overrides: Sequence[str]) -> None:
         path = Path(d).expanduser().absolute()
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not os.access(existing, os.W_OK | os.X_OK):
-            from segkit.errors import StorageError
-
             raise StorageError(
                 f"cannot create the run directory {path}: {existing} is not a writable folder; "
                 "run from a "
                 "writable folder or set hydra.run.dir=/a/writable/path"
             )
-
-
-def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
-    """A checkpoint to resume must hold the configured model: same class and classes."""
-    from segkit.errors import CheckpointError
-
-    old, new = stored.get("model", {}), cfg.model
-    n_old, n_new = old.get("num_classes"), new.get("num_classes")
-    if old.get("_target_") != new.get("_target_") or n_old != n_new:
-        raise CheckpointError(
-            f"trainer.resume={path}: the checkpoint holds {old.get('_target_')} with {n_old} "
-            f"classes, the config {new.get('_target_')} with {n_new}; resuming continues the "
-            f"same run: to fine-tune from it instead use model.init_from={path}"
-        )
 
 
 # --------------------------------------------------------------------------- keys nothing reads
@@ -298,7 +281,6 @@ def check_values(cfg: DictConfig) -> None:
 def check_eval_modes(cfg: DictConfig) -> None:
     """``eval.modes`` and ``eval.tta.scales`` (the recipe's evaluation, used later by eval.py)
     must be valid before training starts."""
-    from segkit.inference import check_scales, parse_mode
 
     modes = OmegaConf.select(cfg, "eval.modes", default=None) or []
     if isinstance(modes, str):

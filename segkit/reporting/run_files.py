@@ -1,11 +1,7 @@
-"""What a run leaves for people to look at: TensorBoard events, ``metrics.csv``, pictures in
-``plots/``, the config snapshot, ``result.json`` and ``status.json``.
-
-Only rank 0 has a :class:`Tracker`; every other rank gets ``None`` and the training loop skips
-all of this. The Trainer calls :meth:`Tracker.log_scalars` every ``log_every`` steps,
-:meth:`Tracker.log_val` per validation, :meth:`Tracker.log_epoch` per epoch and
-:meth:`Tracker.finish` once.
-"""
+"""The run directory's files: ``config.yaml``, ``metrics.csv`` (one row per epoch),
+``result.json``, ``status.json`` (running / finished / failed / interrupted / diverged, with
+pid, host and restarts), the command line's overrides (``.hydra/overrides.yaml``) and the
+hyperparameters they name. Every write is atomic."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -22,21 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from segkit.data.base import LabelSpace
-from segkit.metrics import format_table
-from segkit.visualize import (  # SampleCollector: re-exported for the Trainer
-    CALIBRATED_TAG,
-    HPARAM_METRICS,
-    SampleCollector,
-    confusion_figure,
-    curves_figure,
-    custom_layout,
-    denormalize,
-    hparams_summaries,
-    sample_grid,
-    save_figure,
-    write_eval_report,
-)
+from omegaconf import OmegaConf
+
+from segkit.io.checkpoint import write_file_atomic
 
 log = logging.getLogger("segkit")
 
@@ -48,126 +31,6 @@ PLOTS_DIR = "plots"
 STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
 
 
-class Tracker:
-    """TensorBoard writer in ``run_dir/tb`` plus the run's files; rank 0 only.
-
-    ``start_step``: the optimiser step the run starts from; a resumed run purges the events
-    and the ``metrics.csv`` rows a killed run wrote after its last checkpoint, so the curves
-    continue without overlap.
-    """
-
-    def __init__(self, run_dir: Path, labels: LabelSpace, start_step: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir, self.labels = Path(run_dir), labels
-        purge = start_step + 1 if start_step > 0 else None
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
-        rows = keep_rows(self.run_dir / METRICS_CSV, start_step) if start_step > 0 else []
-        scores = [float(r["miou"]) for r in rows if r.get("miou") not in (None, "")]
-        self.best_miou = max(scores, default=-math.inf)  # for val/best_mIoU after a resume
-        self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
-        self._tags: set[str] = set()
-        self._layout: dict | None = None
-
-    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
-        self._tags.update(scalars)
-
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        """Append one epoch to ``metrics.csv`` (header on first write). ``row``: epoch, step,
-        lr, train_loss, val_loss, miou, pixel_acc (None when not validated), iou (per-class
-        list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each.
-        ``train_loss`` also goes to TensorBoard as ``train/loss_epoch`` at ``step``."""
-        iou = row.get("iou") or [None] * self.labels.num_classes
-        flat = {k: v for k, v in row.items() if k != "iou"}
-        flat.update({f"iou/{n}": v for n, v in zip(self.labels.class_names, iou)})
-        append_row(self.run_dir / METRICS_CSV, flat)
-        if row.get("train_loss") is not None:
-            self.log_scalars(row["step"], {"train/loss_epoch": row["train_loss"]})
-        layout = custom_layout(self._tags)
-        if layout != self._layout:  # written again whenever a new tag appears
-            from torch.utils.tensorboard.summary import custom_scalars
-
-            self.writer.file_writer.add_summary(custom_scalars(layout), row["step"])
-            self._layout = layout
-        self.writer.flush()
-
-    def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
-        """Scalars (val/best_mIoU: the best so far), per-class IoU, the sample grid and the
-        labelled confusion matrix; one console line with mIoU and the three worst classes."""
-        lab = self.labels
-        if not math.isnan(metrics["miou"]):
-            self.best_miou = max(self.best_miou, metrics["miou"])
-        scalars = {
-            "val/loss": metrics["loss"],
-            "val/mIoU": metrics["miou"],
-            "val/pixel_acc": metrics["pixel_acc"],
-            "val/epoch": epoch,
-        }
-        if math.isfinite(self.best_miou):
-            scalars["val/best_mIoU"] = self.best_miou
-        ious = zip(lab.class_names, metrics["iou"])
-        scalars.update({f"val_iou/{n}": v for n, v in ious if not math.isnan(v)})
-        self.log_scalars(step, scalars)
-        if samples.samples:
-            triples = [(denormalize(i, lab.mean, lab.std), m, p) for i, m, p in samples.samples]
-            grid = sample_grid(triples, lab.class_names, lab.palette, lab.ignore_index)
-            self.writer.add_figure("val/image|label|pred", grid, step)
-        title = f"confusion matrix (row-normalised), epoch {epoch}"
-        conf = confusion_figure(metrics["confusion"], lab.class_names, title)
-        self.writer.add_figure("val/confusion", conf, step)
-        self.writer.flush()
-        self.last_val = (epoch, metrics)
-        log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
-
-    def finish(
-        self, hparams: dict[str, Any], result: dict, *, varied: Iterable[str] = ()
-    ) -> list[Path]:
-        """Log hparams (+ params/FLOPs) into the run's event stream, close it, write
-        ``result.json`` and the report (:meth:`write_report`); log where every file is.
-        ``varied``: the hparams a sweep varies (:func:`override_keys`), listed first in the
-        HParams tab. Returns the report's files."""
-        if result.get("calibrated_val_miou") is not None:  # at the last step, next to val/mIoU
-            self.log_scalars(result["steps"], {CALIBRATED_TAG: result["calibrated_val_miou"]})
-        hp = dict(hparams)
-        if result.get("complexity"):
-            hp["params_M"] = result["complexity"]["params_total"] / 1e6
-            hp["gflops"] = result["complexity"]["flops"] / 1e9
-        # the calibrated score only where there is one (an empty column otherwise)
-        metrics = [t for t in HPARAM_METRICS if t != CALIBRATED_TAG or t in self._tags]
-        for summary in hparams_summaries(hp, varied, metrics):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.close()
-        write_atomic(self.run_dir / RESULT_FILE, json.dumps(result, indent=2))
-        files = self.write_report()
-        log_run_files(self.run_dir)
-        return files
-
-    def write_report(self) -> list[Path]:
-        """``plots/``: curves.png from ``metrics.csv``; of the last validation
-        confusion_matrix.png, per_class_iou.png and metrics.txt (per-class table, also
-        logged). Returns the files written."""
-        plots = self.run_dir / PLOTS_DIR
-        _, rows = read_table(self.run_dir / METRICS_CSV)
-        files = [save_figure(curves_figure(rows), plots / "curves.png")] if rows else []
-        if self.last_val is not None:
-            epoch, metrics = self.last_val
-            lab = self.labels
-            files += write_eval_report(plots, metrics, lab.class_names, lab.palette, epoch=epoch)
-            table = format_table(metrics, lab.class_names)
-            log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
-        return files
-
-
-def worst_classes(metrics: dict, labels: LabelSpace, k: int = 3) -> str:
-    """``worst IoU: name 0.123, ...`` for the ``k`` lowest per-class IoUs (NaN skipped)."""
-    scored = [(v, n) for n, v in zip(labels.class_names, metrics["iou"]) if not math.isnan(v)]
-    return "worst IoU: " + ", ".join(f"{n} {v:.3f}" for v, n in sorted(scored)[:k])
-
-
-# --------------------------------------------------------------------------- metrics.csv
 def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows as dicts of strings) of a CSV file; ([], []) when it does not exist."""
     if not path.is_file():
@@ -210,7 +73,6 @@ def keep_rows(path: Path, max_step: int) -> list[dict[str, str]]:
 def write_atomic(path: Path, text: str) -> None:
     """``text`` into ``path`` the way checkpoints are written (temp file, fsync, rename): a
     reader (or a crash) sees the old file or the new one, never a partial one."""
-    from segkit.checkpoint import write_file_atomic
 
     data = text.encode("utf-8")
     write_file_atomic(Path(path), lambda f: f.write(data), len(data))
@@ -258,7 +120,6 @@ def override_items(overrides: Iterable[str]) -> list[tuple[str, str]]:
 def task_overrides(run_dir: Path) -> list[str]:
     """The job's command-line overrides as Hydra saved them (``.hydra/overrides.yaml`` in the
     run directory, in every process of a job); [] when there is none (a run outside Hydra)."""
-    from omegaconf import OmegaConf
 
     path = Path(run_dir) / ".hydra" / "overrides.yaml"
     return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
@@ -281,7 +142,6 @@ def lookup(config: dict, key: str) -> Any:
 
 def log_config(run_config: dict) -> None:
     """The resolved run config, once, as YAML in the log."""
-    from omegaconf import OmegaConf
 
     log.info("resolved config:\n%s", OmegaConf.to_yaml(OmegaConf.create(run_config)).rstrip())
 
@@ -289,7 +149,6 @@ def log_config(run_config: dict) -> None:
 def write_config(run_config: dict, run_dir: Path) -> None:
     """The resolved run config (plain containers) as ``config.yaml`` in the run directory;
     also logged once (:func:`log_config`)."""
-    from omegaconf import OmegaConf
 
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(run_config), run_dir / CONFIG_FILE)

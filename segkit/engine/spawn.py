@@ -1,39 +1,33 @@
 """Starting and ending processes: spawning the workers of ``trainer.devices=N`` (passing the stop
 signals on to them) and reporting their errors, worker logging, the job's one run directory
-(torchrun, elastic restarts). Signals themselves are ``segkit.signals``; ranks, collectives and
-devices are ``segkit.dist``."""
+(torchrun, elastic restarts). Signals themselves are ``segkit.engine.signals``; ranks,
+collectives, samplers and devices are ``segkit.dist``."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DistributedSampler
 
+from segkit import errors as errs
 from segkit.dist import DistInfo, broadcast_object
-from segkit.errors import Interrupted
-from segkit.signals import end_worker_processes, note_preemption, preemption_signal, stop_signals
+from segkit.engine.loader import end_worker_processes
+from segkit.engine.signals import (
+    note_preemption,
+    preemption_signal,
+    stop_signals,
+)
+from segkit.errors import Interrupted, UserError, user_error
 
 log = logging.getLogger("segkit")
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way (``skip`` samples of this rank's
-    share), for an exact mid-epoch resume without loading the skipped samples."""
-
-    skip = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
 
 
 def _free_port() -> int:
@@ -112,7 +106,6 @@ def _forward_signals(processes: list, received: list[str]) -> Callable[[], None]
 def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) -> Exception:
     """The error to raise in the parent for a rank that exited: its own user error, if it
     reported one, else what the exit says."""
-    from segkit import errors as errs
 
     reported = []
     while not errors.empty():
@@ -137,7 +130,6 @@ def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) ->
 def _worker(
     local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port: int, errors
 ) -> None:
-    from segkit.errors import UserError, user_error
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

@@ -9,7 +9,7 @@ resolved run config), ``labels`` (``LabelSpace.to_dict()``), ``class_names``, ``
 ``metrics`` (last validation) and ``world_size``. Checkpoints of the previous format (numpy's
 RNG state as an array) load too and are upgraded in memory.
 
-A weights file (`segkit.sharing.export_weights`) is a ``.safetensors`` file: the model's
+A weights file (`segkit.io.weights_file.export_weights`) is a ``.safetensors`` file: the model's
 tensors, and as JSON metadata the run config, label space, class names and palette.
 `load_model` accepts both and builds only a model whose stored ``_target_`` is one of segkit's
 (`check_model_target`).
@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from segkit.errors import CheckpointError, StorageError
-from segkit.targets import check_model_target
-from segkit.weights import UnsafeCheckpointError, is_safetensors, read_checkpoint
+from segkit.io.partial_load import UnsafeCheckpointError, is_safetensors, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -270,25 +269,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint (``.pt``) or a weights file (``.safetensors``):
-    architecture from its config (after `check_model_target`), weights from its state dict.
-    Returns ``(model in eval mode, info)``: the checkpoint dict, or for a weights file a dict
-    with ``model``, ``config``, ``labels``, ``class_names``, ``palette`` (and ``logit_bias``)."""
-    from segkit.run import instantiate_model
-    from segkit.sharing import read_weights_file
+class CheckpointWriter:
+    """Rank 0's checkpoint folder: each checkpoint written atomically under its name."""
 
-    path = Path(path)
-    if path.is_file() and is_safetensors(path):
-        info = read_weights_file(path, map_location)
-    else:
-        info = load(path, map_location)
-    config = info.get("config")
-    model_cfg = config.get("model") if isinstance(config, Mapping) else None
-    check_model_target(model_cfg, path)
-    model = instantiate_model(model_cfg, from_checkpoint=True)
-    try:
-        model.load_state_dict(info["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit its model config: {e}") from e
-    return model.eval(), info
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def save(self, name: str, make_state: Callable[[], dict[str, Any]]) -> Path:
+        """``make_state()`` saved as ``folder/name``; the state is only built where it is saved."""
+        path = self.folder / name
+        save_atomic(make_state(), path)
+        return path
+
+    def remove(self, *names: str) -> None:
+        for name in names:
+            (self.folder / name).unlink(missing_ok=True)
+
+
+class NullCheckpointWriter:
+    """The other ranks' (and file-less Trainers') checkpoint writer: writes nothing."""
+
+    def save(self, name: str, make_state: Callable[[], dict[str, Any]]) -> None:
+        return None
+
+    def remove(self, *names: str) -> None:
+        pass

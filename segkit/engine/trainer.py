@@ -1,8 +1,8 @@
 """The training loop: fit -> train_one_epoch -> train_step; validate; state. No hook system.
 
 The loop keys of ``conf/trainer/default.yaml`` arrive as keyword arguments (the yaml holds
-their defaults). Pictures and event files go through ``tracker``, checkpoints into
-``ckpt_dir``: both are None off rank 0.
+their defaults). Pictures and event files go through ``tracker``, checkpoints through
+``checkpoints``: off rank 0 both are do-nothing stand-ins, so the loop has no rank checks.
 
 The host does not wait for the device inside an epoch except every ``log_every`` steps.
 Batches arrive as uint8 and are normalised on the device; each step's loss, non-finite flag
@@ -32,14 +32,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segkit import budget, dist, signals
-from segkit import checkpoint as ckpt_io
+from segkit import dist, precision
 from segkit.data.base import LabelSpace
-from segkit.ema import ModelEMA
+from segkit.engine import signals
+from segkit.engine import time_budget as budget
+from segkit.engine.ema import ModelEMA
+from segkit.engine.step_stats import StepStats, batch_files, divergence_error, finite_weights
 from segkit.errors import DivergedError, Interrupted
-from segkit.metrics import ConfusionMatrix, evaluate
-from segkit.stepstats import StepStats, batch_files, divergence_error, finite_weights
-from segkit.tracking import SampleCollector, Tracker
+from segkit.evaluation.metrics import ConfusionMatrix, evaluate
+from segkit.io import checkpoint as ckpt_io
+from segkit.reporting.tracker import NullTracker, SampleCollector, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -100,32 +102,32 @@ class Trainer:
         *,
         labels: LabelSpace,
         info: dist.DistInfo,
-        ckpt_dir: Path | None,
+        checkpoints: ckpt_io.CheckpointWriter | ckpt_io.NullCheckpointWriter,
         run_config: dict,
-        tracker: Tracker | None,
+        tracker: Tracker | NullTracker,
         options: LoopOptions,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.labels, self.info, self.ckpt_dir = labels, info, ckpt_dir
+        self.labels, self.info, self.checkpoints = labels, info, checkpoints
         self.run_config, self.tracker, self.opt = run_config, tracker, options
         self.max_epochs = options.max_epochs  # shrinks to the epochs that fit max_time_min
         self.budget_s = None if options.max_time_min is None else options.max_time_min * 60.0
         self.ema = ModelEMA(self.bare_model, options.ema_decay) if options.ema_decay else None
         self.stop: signals.StopRequest | None = None  # set while signals should stop the loop
-        dist.configure_backends(
+        precision.configure_backends(
             info.device, cudnn_benchmark=options.cudnn_benchmark, tf32=options.tf32
         )
-        self.precision = dist.resolve_precision(options.precision, info.device)
+        self.precision = precision.resolve_precision(options.precision, info.device)
         if info.is_main:
             if options.precision == "auto":
                 log.info("trainer.precision=auto -> %s on %s", self.precision, info.device.type)
-            dist.warn_emulated_bf16(self.precision, info.device, "trainer.precision")
-        self.amp_dtype = dist.amp_dtype(self.precision)
+            precision.warn_emulated_bf16(self.precision, info.device, "trainer.precision")
+        self.amp_dtype = precision.amp_dtype(self.precision)
         fp16_cuda = self.precision == "fp16" and info.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=fp16_cuda)
-        memory_format = dist.use_channels_last(options.channels_last, info.device)
+        memory_format = precision.use_channels_last(options.channels_last, info.device)
         self.normalize = labels.normalizer(channels_last=memory_format)
         self.cm = ConfusionMatrix(labels.num_classes, labels.ignore_index, device=info.device)
         self.stats = StepStats(info.device, info.world_size)
@@ -180,8 +182,7 @@ class Trainer:
             seconds = time.perf_counter() - t0
             self.state.elapsed_s += seconds
             self._end_epoch(epoch, train_loss, metrics)
-            if self.tracker is not None:
-                self.tracker.log_epoch(self._epoch_row(lr, seconds))
+            self.tracker.log_epoch(self._epoch_row(lr, seconds))
             if self._should_stop():
                 log.info("early stop: no mIoU gain for %d validations", self.state.bad_epochs)
                 break
@@ -231,12 +232,10 @@ class Trainer:
             )
         self.state.history.append(entry)
         self._check_finite_weights(epoch)
-        if self.ckpt_dir is not None:
-            self.save(ckpt_io.LAST, metrics)
-            if improved:
-                self.save(ckpt_io.BEST, metrics)
-            for name in (ckpt_io.INTERRUPT, ckpt_io.PERIODIC):  # superseded by last
-                (self.ckpt_dir / name).unlink(missing_ok=True)
+        self.save(ckpt_io.LAST, metrics)
+        if improved:
+            self.save(ckpt_io.BEST, metrics)
+        self.checkpoints.remove(ckpt_io.INTERRUPT, ckpt_io.PERIODIC)  # superseded by last
         dist.barrier()
 
     def _epoch_row(self, lr: float, seconds: float) -> dict[str, Any]:
@@ -317,9 +316,7 @@ class Trainer:
         if name is None:
             return
         path = self._save_position(epoch, done, ckpt_io.INTERRUPT)
-        if self.tracker is not None:
-            self.tracker.writer.flush()
-            self.tracker.writer.close()
+        self.tracker.close()
         raise Interrupted(
             f"interrupted by {name} at step {self.state.step} (epoch {epoch + 1}, batch {done}); "
             f"saved {path or 'the interrupt checkpoint'}; continue with trainer.resume=auto",
@@ -332,7 +329,7 @@ class Trainer:
         self._check_finite_weights(epoch)
         self.state.epoch_step, self.state.epoch_stats = done, dict(self.stats.epoch)
         try:
-            return self.save(name, None) if self.ckpt_dir is not None else None
+            return self.save(name, None)
         finally:
             self.state.epoch_step, self.state.epoch_stats = 0, {}
 
@@ -342,7 +339,7 @@ class Trainer:
         dev = self.info.device
         images = self.normalize(images.to(dev, non_blocking=True))
         masks = masks.to(dev, non_blocking=True).long()
-        with dist.autocast(dev, self.amp_dtype):
+        with precision.autocast(dev, self.amp_dtype):
             loss = self.loss_fn(self.model(images), masks)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16
@@ -377,8 +374,7 @@ class Trainer:
         loss = scalars.get("train/loss", float("nan"))
         rate = scalars["train/images_per_s"]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.step_lr:.2e}", img_s=f"{rate:.1f}")
-        if self.tracker is not None:
-            self.tracker.log_scalars(self.state.step, scalars)
+        self.tracker.log_scalars(self.state.step, scalars)
 
     def _check_divergence(self, run: float, position: int) -> None:
         """Stop after ``max_nonfinite_steps`` consecutive non-finite steps (``run``; the same
@@ -420,7 +416,7 @@ class Trainer:
             amp_dtype=self.amp_dtype,
             loss_fn=self.loss_fn,
             limit_batches=self.opt.limit_val_batches,
-            on_batch=samples if self.tracker is not None else None,
+            on_batch=samples if self.tracker.wants_samples else None,
             normalize=self.normalize,
             progress=self.opt.progress_bar,
         )
@@ -431,13 +427,12 @@ class Trainer:
             metrics["miou"],
             metrics["pixel_acc"],
         )
-        if self.tracker is not None:
-            self.tracker.log_val(self.state.step, epoch + 1, metrics, samples)
+        self.tracker.log_val(self.state.step, epoch + 1, metrics, samples)
         return metrics
 
     # ----------------------------------------------------------------- state
     def state_dict(self, metrics: dict | None) -> dict[str, Any]:
-        """The checkpoint (see ``segkit.checkpoint``): weights, optimiser, schedule, scaler, the
+        """The checkpoint (see ``segkit.io.checkpoint``): weights, optimiser, schedule, scaler, the
         TrainState fields, RNG states, config, labels and the last validation's metrics."""
         clean = None if metrics is None else {k: v for k, v in metrics.items() if k != "confusion"}
         ema = (
@@ -464,10 +459,9 @@ class Trainer:
             "world_size": self.info.world_size,
         }
 
-    def save(self, name: str, metrics: dict | None) -> Path:
-        path = self.ckpt_dir / name
-        ckpt_io.save_atomic(self.state_dict(metrics), path)
-        return path
+    def save(self, name: str, metrics: dict | None) -> Path | None:
+        """Checkpoint ``name`` (rank 0 writes it; None elsewhere)."""
+        return self.checkpoints.save(name, lambda: self.state_dict(metrics))
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore everything needed to continue exactly where ``ckpt`` was written."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from segkit.data.base import LabelSpace
 from segkit.errors import CheckpointError, ConfigError
-from segkit.inference import full_input
+from segkit.evaluation.predictors import full_input
 
 log = logging.getLogger("segkit")
 

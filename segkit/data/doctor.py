@@ -2,7 +2,7 @@
 
 `check_dataset` reads the raw files of the datasets (PIL header for mode, size and EXIF;
 `read_image` to prove the image decodes; `read_mask` + `encode_mask` for the label values) and
-returns a `CheckReport` (`segkit.data.report`) listing every problem, each naming its file and
+returns a `CheckReport` (`segkit.data.problems`) listing every problem, each naming its file and
 how to fix it. It never changes a dataset. `check_for_training` is what training calls before
 the first step: it logs warnings and, on errors, raises or says which samples to drop, per the
 dataset's `on_bad_sample`; the caller removes them (`remove_samples`) and may list them with
@@ -23,11 +23,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segkit.data.diagnose import (
+from segkit.data.io import exif_orientation, read_image, read_mask, read_split_file
+from segkit.data.problems import (
+    ERROR,
     MODE_NOTES,
     ORIENTATIONS,
+    WARNING,
+    CheckReport,
+    Problem,
     check_jpeg_end,
     clean_error,
+    format_warnings,
     is_lossy,
     is_lossy_rgb,
     list_values,
@@ -35,8 +41,6 @@ from segkit.data.diagnose import (
     size_message,
     top_colors,
 )
-from segkit.data.io import exif_orientation, read_image, read_mask, read_split_file
-from segkit.data.report import ERROR, WARNING, CheckReport, Problem, format_warnings
 from segkit.data.stats import ClassCounts, default_workers
 from segkit.errors import ConfigError, DataError
 

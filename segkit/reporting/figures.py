@@ -1,7 +1,7 @@
 """How a run is shown: coloured masks and overlays, the validation sample grid, the labelled
 confusion matrix, per-class IoU bars, training curves, the evaluation report
 (:func:`write_eval_report`), palette PNGs; and the TensorBoard layouts (custom-scalars charts,
-the HParams experiment). :mod:`segkit.tracking` decides when and where they are written.
+the HParams experiment). :mod:`segkit.reporting.tracker` decides when and where they are written.
 
 :class:`SampleCollector` keeps a few validation samples as numpy arrays for the pictures.
 Figures are matplotlib ``Figure`` objects on the Agg canvas (no pyplot state, no display):
@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from segkit.data.transforms import letterbox_geometry
-from segkit.metrics import format_table
+from segkit.evaluation.metrics import format_table
 
 IGNORE_COLOUR = (255, 255, 255)
 DPI = 100
@@ -60,7 +60,7 @@ LAYOUT = (
 class SampleCollector:
     """Keeps the first ``limit`` validation samples of a pass on the CPU for pictures.
 
-    Called by :func:`segkit.metrics.evaluate` as ``on_batch(images, masks, pred)``.
+    Called by :func:`segkit.evaluation.metrics.evaluate` as ``on_batch(images, masks, pred)``.
     """
 
     def __init__(self, limit: int) -> None:
@@ -272,7 +272,7 @@ def write_eval_report(
     epoch: int | None = None,
 ) -> list[Path]:
     """confusion_matrix.png (row-normalised, labelled), per_class_iou.png and metrics.txt
-    (:func:`segkit.metrics.format_table`) into ``out_dir``. ``metrics``:
+    (:func:`segkit.evaluation.metrics.format_table`) into ``out_dir``. ``metrics``:
     ``ConfusionMatrix.compute()`` plus ``"confusion"`` ((C,C) counts). Returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def save_palette_png(ids: np.ndarray, palette: list[list[int]], path: Path) -> N
 
 
 class PredictionWriter:
-    """``on_batch`` hook of :func:`segkit.metrics.evaluate`: saves each prediction as a palette
+    """``on_batch`` hook of :func:`segkit.evaluation.metrics.evaluate`: saves each prediction as a palette
     PNG named after its image (``files[i][0]``), in dataset order, into ``folder``."""
 
     def __init__(self, files: list, palette: list[list[int]], folder: Path) -> None:

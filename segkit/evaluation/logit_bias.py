@@ -37,10 +37,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from segkit import dist
+from segkit import precision
 from segkit.errors import CheckpointError, ConfigError
-from segkit.inference import parse_mode, restore_logits
-from segkit.metrics import dataset_normalizer
+from segkit.evaluation.metrics import dataset_normalizer
+from segkit.evaluation.predictors import parse_mode, restore_logits
 
 log = logging.getLogger("segkit")
 
@@ -143,7 +143,7 @@ def collect(
     gen = torch.Generator().manual_seed(seed)
     kept_logits, kept_labels = [], []
     for images, masks in loader:
-        with dist.autocast(device, amp_dtype):
+        with precision.autocast(device, amp_dtype):
             logits = predictor(normalize(images.to(device)))["out"]
         in_hw = tuple(logits.shape[-2:])
         for lg, mask in zip(logits, masks):

@@ -2,7 +2,7 @@
 
 Evaluation modes are ``nn.Module`` wrappers around a model, with the model contract
 (``forward(x (N,3,H,W)) -> {"out": (N,C,H,W) logits}``), so the one evaluation loop
-(`segkit.metrics.evaluate`), ``eval.py`` and ``scripts/predict.py`` share them:
+(`segkit.evaluation.metrics.evaluate`), ``eval.py`` and ``scripts/predict.py`` share them:
 
 - whole image: the model itself on the letterboxed input (as in training and validation);
 - :class:`SlidingWindow`: windows of a fixed size over the input, batched, blended with a
@@ -15,10 +15,8 @@ the model's input and undo the letterbox on the logits (`restore_logits`).
 
 from __future__ import annotations
 
-import glob
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -27,71 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.data.base import LabelSpace
-from segkit.data.params import IMAGENET_MEAN, IMAGENET_STD, check_input_shape
+from segkit.data.arguments import check_input_shape
 from segkit.data.transforms import letterbox, letterbox_geometry, normalize
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError
 
 MODES = ("whole", "slide")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 WINDOW_SIGMA = 0.125  # Gaussian sigma of the blend weight, as a fraction of the window side
 WINDOW_FLOOR = 1e-3  # smallest weight per axis: every pixel keeps a usable weight
 
 
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_labels(ckpt: Mapping[str, Any]) -> LabelSpace:
-    """The checkpoint's label space (classes, names, palette, mean/std). Checkpoints without
-    ``labels`` rebuild it from their dataset config, ``class_names`` and ``palette``."""
-    if "labels" in ckpt:
-        return LabelSpace.from_dict(ckpt["labels"])
-    ds = ckpt["config"]["dataset"]
-    return LabelSpace.from_dict(
-        {
-            "num_classes": ds["num_classes"],
-            "ignore_index": ds.get("ignore_index", 255),
-            "class_names": ckpt["class_names"],
-            "palette": ckpt["palette"],
-            "mean": ds.get("mean") or IMAGENET_MEAN,
-            "std": ds.get("std") or IMAGENET_STD,
-        }
-    )
-
-
-def checkpoint_input_shape(ckpt: Mapping[str, Any]) -> tuple[int, int]:
-    """(H, W) the model is used at: the checkpoint's ``dataset.val_input_shape`` when set (it
-    trained on crops), else its ``dataset.input_shape``."""
-    ds = ckpt["config"]["dataset"]
-    shape = ds.get("val_input_shape") or ds.get("input_shape") or ds.get("image_size")
-    return check_input_shape(shape)
-
-
 # --------------------------------------------------------------------------- input / output
-def list_inputs(spec: str) -> tuple[list[Path], list[Path]]:
-    """``input=`` -> (sorted files, the folders holding them). ``spec``: a file (any suffix),
-    a folder (its images and videos, recursively, hidden entries left out) or a glob."""
-    path, known = Path(spec).expanduser(), IMAGE_SUFFIXES + VIDEO_SUFFIXES
-    if path.is_file():
-        return [path], [path.parent]
-    if path.is_dir():
-        files = [
-            f
-            for f in path.rglob("*")
-            if f.is_file()
-            and f.suffix.lower() in known
-            and not any(part.startswith(".") for part in f.relative_to(path).parts)
-        ]
-        roots = [path]
-    elif glob.has_magic(spec):
-        files = [Path(f) for f in glob.glob(str(path), recursive=True) if Path(f).is_file()]
-        roots = sorted({f.parent for f in files})
-    else:
-        raise DataError(
-            f"input={spec}: no such file or folder (give an image, folder, glob, video)"
-        )
-    if not files:
-        raise DataError(f"input={spec}: no images or videos found (suffixes {', '.join(known)})")
-    return sorted(files), roots
 
 
 def model_channels(image: np.ndarray, channels: int) -> np.ndarray:

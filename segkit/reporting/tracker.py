@@ -1,0 +1,192 @@
+"""What a run leaves for people to look at: TensorBoard events, ``metrics.csv``, pictures in
+``plots/``, the config snapshot, ``result.json`` and ``status.json``.
+
+Only rank 0 has a :class:`Tracker`; every other rank gets a :class:`NullTracker`, so the
+training loop never asks which rank it is on. The Trainer calls :meth:`Tracker.log_scalars` every ``log_every`` steps,
+:meth:`Tracker.log_val` per validation, :meth:`Tracker.log_epoch` per epoch and
+:meth:`Tracker.finish` once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from segkit.data.base import LabelSpace
+from segkit.evaluation.metrics import format_table
+from segkit.reporting.figures import (  # SampleCollector: re-exported for the Trainer
+    CALIBRATED_TAG,
+    HPARAM_METRICS,
+    SampleCollector,
+    confusion_figure,
+    curves_figure,
+    custom_layout,
+    denormalize,
+    hparams_summaries,
+    sample_grid,
+    save_figure,
+    write_eval_report,
+)
+from segkit.reporting.run_files import (
+    METRICS_CSV,
+    PLOTS_DIR,
+    RESULT_FILE,
+    append_row,
+    keep_rows,
+    log_run_files,
+    read_table,
+    write_atomic,
+)
+
+log = logging.getLogger("segkit")
+
+
+class NullTracker:
+    """The other ranks' (and file-less Trainers') tracker: takes everything, writes nothing."""
+
+    wants_samples = False  # the loop keeps no validation pictures for it
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        pass
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        pass
+
+    def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Tracker:
+    """TensorBoard writer in ``run_dir/tb`` plus the run's files; rank 0 only.
+
+    ``start_step``: the optimiser step the run starts from; a resumed run purges the events
+    and the ``metrics.csv`` rows a killed run wrote after its last checkpoint, so the curves
+    continue without overlap.
+    """
+
+    def __init__(self, run_dir: Path, labels: LabelSpace, start_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir, self.labels = Path(run_dir), labels
+        purge = start_step + 1 if start_step > 0 else None
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        rows = keep_rows(self.run_dir / METRICS_CSV, start_step) if start_step > 0 else []
+        scores = [float(r["miou"]) for r in rows if r.get("miou") not in (None, "")]
+        self.best_miou = max(scores, default=-math.inf)  # for val/best_mIoU after a resume
+        self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
+        self._tags: set[str] = set()
+        self._layout: dict | None = None
+
+    wants_samples = True
+
+    def close(self) -> None:
+        """Flush and close the event file (an interrupted run; `finish` closes a finished one)."""
+        self.writer.flush()
+        self.writer.close()
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        self._tags.update(scalars)
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch to ``metrics.csv`` (header on first write). ``row``: epoch, step,
+        lr, train_loss, val_loss, miou, pixel_acc (None when not validated), iou (per-class
+        list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each.
+        ``train_loss`` also goes to TensorBoard as ``train/loss_epoch`` at ``step``."""
+        iou = row.get("iou") or [None] * self.labels.num_classes
+        flat = {k: v for k, v in row.items() if k != "iou"}
+        flat.update({f"iou/{n}": v for n, v in zip(self.labels.class_names, iou)})
+        append_row(self.run_dir / METRICS_CSV, flat)
+        if row.get("train_loss") is not None:
+            self.log_scalars(row["step"], {"train/loss_epoch": row["train_loss"]})
+        layout = custom_layout(self._tags)
+        if layout != self._layout:  # written again whenever a new tag appears
+            from torch.utils.tensorboard.summary import custom_scalars
+
+            self.writer.file_writer.add_summary(custom_scalars(layout), row["step"])
+            self._layout = layout
+        self.writer.flush()
+
+    def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
+        """Scalars (val/best_mIoU: the best so far), per-class IoU, the sample grid and the
+        labelled confusion matrix; one console line with mIoU and the three worst classes."""
+        lab = self.labels
+        if not math.isnan(metrics["miou"]):
+            self.best_miou = max(self.best_miou, metrics["miou"])
+        scalars = {
+            "val/loss": metrics["loss"],
+            "val/mIoU": metrics["miou"],
+            "val/pixel_acc": metrics["pixel_acc"],
+            "val/epoch": epoch,
+        }
+        if math.isfinite(self.best_miou):
+            scalars["val/best_mIoU"] = self.best_miou
+        ious = zip(lab.class_names, metrics["iou"])
+        scalars.update({f"val_iou/{n}": v for n, v in ious if not math.isnan(v)})
+        self.log_scalars(step, scalars)
+        if samples.samples:
+            triples = [(denormalize(i, lab.mean, lab.std), m, p) for i, m, p in samples.samples]
+            grid = sample_grid(triples, lab.class_names, lab.palette, lab.ignore_index)
+            self.writer.add_figure("val/image|label|pred", grid, step)
+        title = f"confusion matrix (row-normalised), epoch {epoch}"
+        conf = confusion_figure(metrics["confusion"], lab.class_names, title)
+        self.writer.add_figure("val/confusion", conf, step)
+        self.writer.flush()
+        self.last_val = (epoch, metrics)
+        log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
+
+    def finish(
+        self, hparams: dict[str, Any], result: dict, *, varied: Iterable[str] = ()
+    ) -> list[Path]:
+        """Log hparams (+ params/FLOPs) into the run's event stream, close it, write
+        ``result.json`` and the report (:meth:`write_report`); log where every file is.
+        ``varied``: the hparams a sweep varies (:func:`override_keys`), listed first in the
+        HParams tab. Returns the report's files."""
+        if result.get("calibrated_val_miou") is not None:  # at the last step, next to val/mIoU
+            self.log_scalars(result["steps"], {CALIBRATED_TAG: result["calibrated_val_miou"]})
+        hp = dict(hparams)
+        if result.get("complexity"):
+            hp["params_M"] = result["complexity"]["params_total"] / 1e6
+            hp["gflops"] = result["complexity"]["flops"] / 1e9
+        # the calibrated score only where there is one (an empty column otherwise)
+        metrics = [t for t in HPARAM_METRICS if t != CALIBRATED_TAG or t in self._tags]
+        for summary in hparams_summaries(hp, varied, metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.close()
+        write_atomic(self.run_dir / RESULT_FILE, json.dumps(result, indent=2))
+        files = self.write_report()
+        log_run_files(self.run_dir)
+        return files
+
+    def write_report(self) -> list[Path]:
+        """``plots/``: curves.png from ``metrics.csv``; of the last validation
+        confusion_matrix.png, per_class_iou.png and metrics.txt (per-class table, also
+        logged). Returns the files written."""
+        plots = self.run_dir / PLOTS_DIR
+        _, rows = read_table(self.run_dir / METRICS_CSV)
+        files = [save_figure(curves_figure(rows), plots / "curves.png")] if rows else []
+        if self.last_val is not None:
+            epoch, metrics = self.last_val
+            lab = self.labels
+            files += write_eval_report(plots, metrics, lab.class_names, lab.palette, epoch=epoch)
+            table = format_table(metrics, lab.class_names)
+            log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
+        return files
+
+
+def worst_classes(metrics: dict, labels: LabelSpace, k: int = 3) -> str:
+    """``worst IoU: name 0.123, ...`` for the ``k`` lowest per-class IoUs (NaN skipped)."""
+    scored = [(v, n) for n, v in zip(labels.class_names, metrics["iou"]) if not math.isnan(v)]
+    return "worst IoU: " + ", ".join(f"{n} {v:.3f}" for v, n in sorted(scored)[:k])
+
+
+# --------------------------------------------------------------------------- metrics.csv
