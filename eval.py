@@ -5,9 +5,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from segkit.config.checks import check_command_line
 from segkit.errors import exit_on_error, run_task
 from segkit.run import evaluate
-from segkit.config.checks import check_command_line
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -1,7 +1,7 @@
 """Throughput of the data pipeline, the metrics, training and validation, side by side with
 the user's notes (bubbliiiing/unet-pytorch), in one run on this machine.
 
-    python scripts/benchmark.py                       # ~4 min on a 2-core CPU
+    python scripts/benchmark.py                       # numbers: results/performance.md
     python scripts/benchmark.py --models unet bisenetv2 stdc1 --train-size 512 --out b.json
 
 Generates its own data (64 JPEGs of 500x375, 21-class palette PNG masks, VOC layout) in a temp
@@ -18,8 +18,8 @@ segkit / notes (higher is better for rates):
    memory format vs contiguous tensors (``trainer.channels_last`` true vs false), interleaved;
    with ``--compare-precision P`` also the in-memory rate with ``trainer.precision=P`` (e.g.
    bf16 against fp32 on a CPU: native bf16 or emulated), interleaved;
-4. validation images/s (``segkit.evaluation.metrics.evaluate``) and its share of time outside the model
-   forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
+4. validation images/s (``segkit.evaluation.metrics.evaluate``) and its share of time outside
+   the model forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
 5. peak host memory (main process + DataLoader workers, from /proc) and on CUDA the peak
    allocated device memory.
 """

@@ -6,8 +6,8 @@
     python scripts/calibrate.py best.pt best_calibrated.pt --precision auto  # bf16 if native
 
 What ``trainer.calibrate=true`` does at the end of training, for a checkpoint trained without
-it (segkit.evaluation.logit_bias): the model runs on the train images in each of its recipe's evaluation
-modes (``whole`` and ``eval.modes``), one bias per class and mode is fitted so that it
+it (segkit.evaluation.logit_bias): the model runs on the train images in each of its recipe's
+evaluation modes (``whole`` and ``eval.modes``), one bias per class and mode is fitted so that it
 predicts each class as often as the train labels hold it, the val split is scored whole
 without and with the biases, and the checkpoint is written to OUT with them (CKPT is left as
 it is). eval.py and predict apply the biases of the mode they run, export the whole-image

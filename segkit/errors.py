@@ -23,7 +23,7 @@ log = logging.getLogger("segkit")
 
 class UserError(Exception):
     """Base of the errors caused by the user's input rather than by a bug in segkit.
-    ``exit_code``: the process exit status it ends with (documented in README.md)."""
+    ``exit_code``: the process exit status it ends with (documented in docs/errors.md)."""
 
     exit_code = 1
 

@@ -24,9 +24,8 @@ def amp_dtype(precision: str) -> torch.dtype | None:
 
 def cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX: AMD Zen 4, Intel Cooper Lake /
-    Sapphire Rapids and newer). Elsewhere bf16 autocast is emulated: STDC1 training steps on an
-    AVX2-only AMD EPYC took 8-11x longer than in fp32 (``scripts/benchmark.py
-    --compare-precision bf16``)."""
+    Sapphire Rapids and newer). Elsewhere bf16 autocast is emulated and slower than fp32
+    (``scripts/benchmark.py --compare-precision bf16`` measures it)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
@@ -56,7 +55,7 @@ def warn_emulated_bf16(precision: str, device: torch.device, key: str) -> bool:
     _warned_emulated = True
     message = (
         "{k}=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates it and "
-        "runs several times slower than fp32 (STDC1 training steps: 8-11x); set {k}=auto "
+        "runs several times slower than fp32; set {k}=auto "
         "(bf16 where the CPU has it, else fp32) or {k}=fp32"
     )
     log.warning(message.format(k=key))
@@ -65,8 +64,7 @@ def warn_emulated_bf16(precision: str, device: torch.device, key: str) -> bool:
 
 def use_channels_last(setting: bool | str, device: torch.device) -> bool:
     """``trainer.channels_last``: ``auto`` (the default) -> on CUDA only; ``true`` -> on any
-    device (on a CPU with oneDNN most conv nets also step faster: STDC1 1.06x, UNet 1.28x in bf16);
-    ``false`` -> never."""
+    device (on a CPU with oneDNN most conv nets also step faster); ``false`` -> never."""
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 

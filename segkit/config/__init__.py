@@ -1,0 +1,5 @@
+"""Config checks before any work is done.
+
+- ``keys``: which keys exist, renamed and removed keys, did-you-mean messages;
+- ``checks``: command-line, key, value, component and range checks of a composed config.
+"""

@@ -55,7 +55,7 @@ def renamed_key_error(key: str) -> ConfigError | None:
     if key in REMOVED_KEYS:
         return ConfigError(f"{key} was removed: {REMOVED_KEYS[key]}; drop it from your config")
     pairs = ", ".join(f"{old} -> {RENAMED_KEYS[old]}" for old in matches if RENAMED_KEYS[old])
-    return ConfigError(f"{key} was renamed ({pairs}); see 'Renamed keys' in README.md")
+    return ConfigError(f"{key} was renamed ({pairs}); see 'Renamed keys' in docs/configuration.md")
 
 
 def composition_error(message: str, config_name: str, chosen: tuple = ()) -> ConfigError:

@@ -1,7 +1,16 @@
-"""Data: file reading, transforms, the segmentation datasets (VOC layout, folders, demo).
+"""Data: file reading, transforms, the segmentation datasets, and their checks.
 
-Checks before training are in `segkit.data.doctor`, class statistics and weights in
-`segkit.data.stats`.
+- ``io``: reading images, masks and split files; raw masks -> class ids; listing inputs;
+- ``transforms``: the notes' ``get_random_data`` as small pure image/mask functions;
+- ``base``: ``SegmentationDataset`` and its ``LabelSpace``;
+- ``voc``: the VOC layout (``VOCDataset``, the notes' ``UnetDataset``);
+- ``folder``: images and masks read in place from two folders;
+- ``demo``: the embedded synthetic demo dataset;
+- ``arguments``: the dataset's constructor arguments, checked;
+- ``original_size``: validation samples with their masks at the original resolution;
+- ``doctor``: every problem of a train/val pair at once (``scripts/check_dataset.py``);
+- ``problems``: what a check can find, in words, with the fix per kind;
+- ``stats``: class pixel statistics and class weights.
 """
 
 from segkit.data.arguments import voc_palette

@@ -2,8 +2,8 @@
 
 Class weights (``loss.class_weights``), OHEM and class-balanced crops buy recall for rare
 classes by shifting every decision boundary towards them: on new images the weighted classes
-are predicted far more often than they occur (one CamVid run: fence 2.1x, pedestrian 2.9x,
-car 1.3x as often as labelled) and the common ones too rarely. After
+are predicted far more often than they occur (results/camvid_analysis.md) and the common ones
+too rarely. After
 training, :func:`fit_bias` finds one bias per class such that the model, run on the train images
 as validation runs it (no augmentation), predicts each class as often as the train labels hold
 it; the bias is added to the logits (``argmax(logits + bias)``) wherever the model is used.

@@ -23,8 +23,8 @@ def resize_to_target(logits: Tensor, target: Tensor) -> Tensor:
     Resizes when EITHER dimension differs (the notes test ``h != ht and w != wt``, which skips
     e.g. a 1-row mismatch and then fails, or silently broadcasts, inside the loss). Resized
     logits are float32 (low-precision logits are cast before the resize): the losses compute in
-    float32 anyway, and on the CPU a bf16 resize + cross-entropy (forward + backward) takes 1.3x
-    as long as casting the small map first.
+    float32 anyway, and on the CPU a bf16 resize + cross-entropy is slower than casting the small
+    map first.
     """
     size = tuple(target.shape[-2:])
     if tuple(logits.shape[-2:]) == size:

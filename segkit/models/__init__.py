@@ -3,6 +3,12 @@
 All return ``{"out": (N, C, H, W) logits}`` plus ``"aux"`` (training only, models with aux
 heads); see `segkit.models.blocks.SegmentationModel` for the freeze API. No config code lives
 here: ``segkit.run`` builds models from their configs.
+
+- ``blocks``: ``SegmentationModel`` (the contract, freezing) and shared conv blocks;
+- ``backbones``: torchvision encoders with their feature taps, and STDC's backbone;
+- ``unet``: UNet on any encoder;
+- ``bisenetv1``, ``bisenetv2``: BiSeNet V1 and V2;
+- ``stdc``: STDC-Seg.
 """
 
 from segkit.models.bisenetv1 import BiSeNetV1

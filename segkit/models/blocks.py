@@ -31,11 +31,9 @@ class GroupedConv2d(nn.Conv2d):
     float32 on the CPU even under bf16 autocast; otherwise exactly ``nn.Conv2d``.
 
     oneDNN's bf16 kernels for strided grouped convs are far slower than its float32 ones on the
-    CPU (forward + backward, channels-last, batch 8, 3x3 stride 2, depthwise: 128 channels at
-    60x80 36 -> 15 ms, 256 at 30x40 27 -> 7 ms; 128 -> 768 channels at 15x20 10 -> 4 ms) while
-    they do a sliver of the multiply-adds; at stride 1 bf16 is as fast or faster (16 -> 96
-    channels at 60x80: 20 vs 28 ms), so those stay in bf16. Same parameters and state-dict keys
-    as ``nn.Conv2d``; the float32 path returns float32 (the next conv casts back to bf16).
+    CPU (results/performance.md, grouped_conv_bf16) while they do a sliver of the multiply-adds;
+    at stride 1 bf16 is as fast or faster, so those stay in bf16. Same parameters and state-dict
+    keys as ``nn.Conv2d``; the float32 path returns float32 (the next conv casts back to bf16).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -348,8 +348,8 @@ def save_palette_png(ids: np.ndarray, palette: list[list[int]], path: Path) -> N
 
 
 class PredictionWriter:
-    """``on_batch`` hook of :func:`segkit.evaluation.metrics.evaluate`: saves each prediction as a palette
-    PNG named after its image (``files[i][0]``), in dataset order, into ``folder``."""
+    """``on_batch`` hook of :func:`segkit.evaluation.metrics.evaluate`: saves each prediction as a
+    palette PNG named after its image (``files[i][0]``), in dataset order, into ``folder``."""
 
     def __init__(self, files: list, palette: list[list[int]], folder: Path) -> None:
         self.files, self.palette, self.folder, self.index = files, palette, folder, 0

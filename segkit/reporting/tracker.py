@@ -2,7 +2,8 @@
 ``plots/``, the config snapshot, ``result.json`` and ``status.json``.
 
 Only rank 0 has a :class:`Tracker`; every other rank gets a :class:`NullTracker`, so the
-training loop never asks which rank it is on. The Trainer calls :meth:`Tracker.log_scalars` every ``log_every`` steps,
+training loop never asks which rank it is on. The Trainer calls :meth:`Tracker.log_scalars`
+every ``log_every`` steps,
 :meth:`Tracker.log_val` per validation, :meth:`Tracker.log_epoch` per epoch and
 :meth:`Tracker.finish` once.
 """

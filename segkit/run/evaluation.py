@@ -95,8 +95,8 @@ def score_mode(
     biases: Mapping[str, Sequence[float]] | None = None,
 ) -> dict:
     """``metrics.evaluate`` with the predictor of one evaluation mode (``inference``; ``+ms``
-    averages over ``scales``; plus the mode's logit ``biases``, `segkit.evaluation.logit_bias`), under
-    autocast to ``precision``."""
+    averages over ``scales``; plus the mode's logit ``biases``, `segkit.evaluation.logit_bias`),
+    under autocast to ``precision``."""
 
     device = next(model.parameters()).device
     predictor = predictor_for(
