@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from segkit import precision as prec
 from segkit.data.original_size import original_size_loader
 from segkit.evaluation.logit_bias import MAX_PIXELS, LogitBias, collect, fit_bias, spread_indices
 from segkit.evaluation.metrics import ConfusionMatrix
@@ -56,7 +57,7 @@ def calibrate_checkpoint(
     shape = checkpoint_input_shape(ckpt)
     ds_cfg["input_shape"], ds_cfg["val_input_shape"] = list(shape), None
     make = dataset_factory(ds_cfg)
-    amp = precision.amp_dtype(eval_precision(precision, ckpt, device, key="--precision"))
+    amp = prec.amp_dtype(eval_precision(precision, ckpt, device, key="--precision"))
     modes, scales = eval_modes(request, ckpt)
     train = make(split=ds_cfg.get("train_split") or "train", train=False)
     images = spread_indices(len(train), max_images)
