@@ -1,21 +1,31 @@
-"""Shared fixtures: a tiny demo dataset in a per-session cache, config composition, and
-running the real entry points in subprocesses."""
+"""Shared fixtures and helpers: a tiny demo dataset in a per-session cache, config composition,
+the tiny trained runs several test files read, and running the real entry points in
+subprocesses.
+
+``tests/unit``: in-process tests, seconds each (marker ``unit``: ``pytest tests/unit`` or
+``pytest -m unit``). ``tests/e2e``: the entry points as users run them, in subprocesses: real
+signals, DDP, torchrun, sweeps, submitit (marker ``e2e``). The markers follow the folder."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED = REPO.parent / "shared"
+TESTS = Path(__file__).resolve().parent
 
 # A run small enough for a test: 24 train / 7 val images of 32x32 (7 is odd on purpose:
 # the DDP test needs a val set that 2 processes cannot split evenly).
@@ -36,10 +46,57 @@ TINY = [
 torch.set_num_threads(1)  # the box has 2 cores and tests often run beside other work
 
 
+# --------------------------------------------------------------------------- markers, order
+def pytest_collection_modifyitems(config, items) -> None:
+    """Marker by folder (``unit`` / ``e2e``); then the order: the e2e tests marked ``slow``
+    (multi-process), the other e2e tests, the unit tests. With xdist the long tests start first
+    and the short ones fill the workers' gaps at the end (a stable sort: the collection order
+    otherwise)."""
+    for item in items:
+        path = Path(str(item.path))
+        if TESTS / "unit" in path.parents:
+            item.add_marker(pytest.mark.unit)
+        elif TESTS / "e2e" in path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+    def rank(item) -> int:
+        if item.get_closest_marker("e2e") is None:
+            return 2
+        return 0 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=rank)
+
+
+# --------------------------------------------------------------------------- shared folders
+def _session_dir(tmp_path_factory) -> Path:
+    """A folder of this test session that every xdist worker sees (each worker's own base
+    temp is ``<session>/popen-gwN``); without xdist, the session's base temp itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per test session, whichever xdist worker asks first (the others
+    wait on a file lock, then reuse the folder). A failed build leaves no marker: the next
+    request builds again (and fails with the same error). Treat the folder as read-only."""
+    base = _session_dir(tmp_path_factory)
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def segkit_cache(tmp_path_factory) -> Path:
-    """Demo data goes to a session folder, shared with subprocesses through the env."""
-    cache = tmp_path_factory.mktemp("segkit-cache")
+    """Demo data goes to a session folder, shared with the other xdist workers (the demo
+    builder is safe to run concurrently: it builds once) and with subprocesses through the env.
+    """
+    cache = _session_dir(tmp_path_factory) / "segkit-cache"
+    cache.mkdir(exist_ok=True)
     os.environ["SEGKIT_CACHE"] = str(cache)
     return cache
 
@@ -53,6 +110,64 @@ def compose_train(*overrides: str) -> DictConfig:
     return cfg
 
 
+# --------------------------------------------------------------------------- trained runs
+LOGGED = "logged.txt"  # in tiny_run: what the run logged (segkit logger, INFO), one per line
+
+
+def _train_logging(cfg: DictConfig, run_dir: Path) -> None:
+    """``train_rank(cfg, run_dir)`` in this process; the segkit log records (INFO and up) go to
+    ``run_dir / LOGGED``."""
+    from segkit.run import train_rank
+
+    logger = logging.getLogger("segkit")
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        train_rank(cfg, run_dir)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    (run_dir / LOGGED).write_text("\n".join(records))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, segkit_cache) -> Path:
+    """The run directory of ``TINY`` trained in-process (2 epochs of 6 steps, 24 train / 7 val
+    images of 32x32), once per test session for every file that reads a trained run: its
+    checkpoints (last.pt, best.pt, best.safetensors), events, metrics.csv, plots, and
+    ``LOGGED``. Identical, weight for weight, to ``python train.py`` with ``TINY``. Read-only:
+    copy what a test changes."""
+    return built_once(
+        tmp_path_factory, "tiny-run", lambda run_dir: _train_logging(compose_train(*TINY), run_dir)
+    )
+
+
+# trainer.calibrate: a run whose best checkpoint holds logit biases for the recipe's modes
+CALIBRATED = [
+    *TINY,
+    "dataset.val_original_size=true",
+    "trainer.calibrate=true",
+    "eval.modes=[whole+flip,whole]",  # the recipe's modes: whole+flip gets its own biases
+]
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(tmp_path_factory, segkit_cache) -> Path:
+    """The run directory of ``CALIBRATED`` trained in-process, once per session. Read-only."""
+    from segkit.run import train_rank
+
+    return built_once(
+        tmp_path_factory,
+        "calibrated-run",
+        lambda run_dir: train_rank(compose_train(*CALIBRATED), run_dir),
+    )
+
+
+# --------------------------------------------------------------------------- subprocesses
 def run_cli(
     script: str,
     *args: str,

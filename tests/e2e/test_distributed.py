@@ -1,0 +1,128 @@
+"""Multi-process training on CPU (gloo), the way users launch it: `trainer.devices=2` and
+torchrun. Each job must make one run directory with one config snapshot and one event
+stream, and its val metrics must equal a single-process evaluation of its checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from segkit import dist
+from segkit.evaluation.metrics import ConfusionMatrix, evaluate
+from segkit.io import checkpoint as ck
+from segkit.run import build_datasets, build_loaders, build_loss
+from segkit.run.models import load_model
+from tests.conftest import REPO, compose_train, run_cli
+from tests.e2e.conftest import DDP_ARGS, one_run_dir
+from tests.faults import failing
+
+pytestmark = pytest.mark.slow
+
+
+def _single_process_metrics(ckpt_path: Path) -> dict:
+    """Evaluate a checkpoint's weights in this process on the full val split."""
+    model, _ = load_model(ckpt_path)
+    cfg = compose_train(*DDP_ARGS)
+    info = dist.DistInfo()
+    train_ds, val_ds = build_datasets(cfg)
+    _, val_loader = build_loaders(cfg, train_ds, val_ds, info)
+    cm = ConfusionMatrix(val_ds.num_classes, val_ds.ignore_index)
+    return evaluate(model, val_loader, cm, device=info.device, loss_fn=build_loss(cfg, train_ds))
+
+
+def _assert_metrics_match_single_process(run: Path) -> None:
+    ckpt = ck.load(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2
+    single = _single_process_metrics(run / "checkpoints" / "last.pt")
+    assert ckpt["metrics"]["miou"] == single["miou"]
+    assert ckpt["metrics"]["pixel_acc"] == single["pixel_acc"]
+    assert ckpt["metrics"]["iou"] == pytest.approx(single["iou"], nan_ok=True, abs=0)
+
+
+def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(ddp_run):
+    """``python train.py trainer.devices=2`` (the session's ddp_run, tests/e2e/conftest.py)."""
+    run = one_run_dir(ddp_run)
+    log = (run / "train.log").read_text()
+    assert "starting 2 worker processes" in log and "world size 2, backend gloo" in log
+    assert "rank -> device: 0: cpu, 1: cpu" in log
+    _assert_metrics_match_single_process(run)
+
+
+def test_torchrun_shares_rank0_run_dir(tmp_path):
+    """Also with an EMA of the weights: its BatchNorm statistics (which differ per rank) come
+    from rank 0 at validation, so the metrics are those of the saved average."""
+    proc = run_cli(
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "train.py"),
+        *DDP_ARGS,
+        "trainer.ema_decay=0.9",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = one_run_dir(tmp_path)
+    _assert_metrics_match_single_process(run)
+
+
+def test_a_failing_rank_stops_the_whole_job_with_its_error(tmp_path):
+    proc = run_cli(
+        "train.py",
+        *DDP_ARGS,
+        "trainer.devices=2",
+        *failing(2),
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    assert "injected failure at training step 2" in proc.stderr
+
+
+def test_resume_with_a_different_world_size(ddp_run, tmp_path):
+    shutil.copytree(one_run_dir(ddp_run), tmp_path / "run")  # 2 epochs with 2 processes
+    proc = run_cli(
+        "train.py",
+        *DDP_ARGS,
+        "trainer.max_epochs=3",
+        "trainer.resume=auto",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = ck.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    # 2 epochs at 2 x 4 images per step (3 steps), then 1 epoch alone (6 steps)
+    assert ckpt["epoch"] == 3 and ckpt["step"] == 2 * 3 + 6 and ckpt["world_size"] == 1
+    assert "saved by 2 process(es)" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "train.py",
+        "-m",
+        *DDP_ARGS,
+        "trainer.max_epochs=1",
+        "trainer.devices=2",
+        "loss._target_=tests.faults.FailingCrossEntropy",
+        "+loss.fail_at_step=null,2,null",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0, "a sweep with a failed job must exit non-zero"
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"], [
+        r["error"] for r in rows
+    ]
+    assert "injected failure at training step 2" in rows[1]["error"]
+    assert "+loss.fail_at_step=2" in rows[1]["overrides"]
+    for r in (rows[0], rows[2]):
+        assert 0.0 <= float(r["best_miou"]) <= 1.0 and r["best_epoch"] == "1"
+    assert (sweep / "0" / "result.json").is_file() and (sweep / "2" / "result.json").is_file()
+    assert "injected failure at training step 2" in (sweep / "1" / "train.log").read_text()
+    md = (sweep / "summary.md").read_text()
+    assert "| job" in md and "failed" in md
+    assert "Sweep" in proc.stdout

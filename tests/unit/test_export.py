@@ -1,0 +1,121 @@
+"""ONNX export with a parity check: every model is right at every size, and the check catches
+a broken export (static shapes, or a Python-level shape branch frozen at the export size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.data.base import LabelSpace
+from segkit.data.demo import make_demo_sample
+from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
+from segkit.models import UNet
+from segkit.run import compose_model_config, instantiate_model, model_config_names
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+LABELS = LabelSpace.from_dict(
+    {
+        "num_classes": 3,
+        "ignore_index": 255,
+        "class_names": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+)
+EXPORT_HW = (64, 64)
+SIZES = [EXPORT_HW, (50, 75), (37, 29), (96, 80)]  # the export size, then others
+
+
+def demo_images(n: int = 2) -> list[np.ndarray]:
+    """Real pictures (the demo generator's), not noise: logits have realistic ranges."""
+    return [make_demo_sample(i, (90, 120))[0] for i in range(n)]
+
+
+def with_statistics(model: nn.Module) -> nn.Module:
+    """Random BatchNorm statistics, so that a wrong graph cannot hide behind identity BNs."""
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+class OldPadUNet(nn.Module):
+    """A small net with the bug the issue reported: it pads only when the size needs it, a
+    Python-level test of the shape that the exporter freezes at the export size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % 16, (-w) % 16
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = F.interpolate(self.head(torch.relu(self.down(x))), scale_factor=2.0, mode="bilinear")
+        return {"out": y[..., :h, :w]}
+
+
+@pytest.mark.parametrize("name", model_config_names())
+def test_every_model_exports_right_at_every_size(name, tmp_path):
+    """Every ``conf/model/*.yaml``. The legacy (tracing) exporter: fast, and just as prone to
+    freezing Python shape tests as torch.export."""
+    overrides = ["model.base_channels=4"] if name == "unet" else []
+    model = with_statistics(instantiate_model(compose_model_config(name, 3, overrides)))
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert report.passed, report.format()
+    assert [r.size for r in report.rows] == SIZES
+    # float32 rounding only: far inside the tolerance (a frozen branch gives ~1e-1)
+    assert all(r.relative < 2e-5 for r in report.rows), report.format()
+
+
+def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):
+    """A calibrated checkpoint loads as ``LogitBias(model)``: the biases are part of the graph,
+    so ONNX Runtime (predict with ``ckpt=model.onnx``) gives the calibrated logits."""
+    from segkit.evaluation.logit_bias import LogitBias
+
+    bias = [2.0, -1.5, 0.25]
+    raw = with_statistics(
+        instantiate_model(compose_model_config("unet", 3, ["model.base_channels=4"]))
+    )
+    model = LogitBias(raw, bias).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert report.passed, report.format()
+    x = torch.randn(1, 3, *EXPORT_HW)
+    with torch.no_grad():
+        shift = OnnxModel(path)(x)["out"] - raw(x)["out"]
+    assert shift.mean((0, 2, 3)).tolist() == pytest.approx(bias, abs=1e-4)
+
+
+def test_parity_fails_on_a_python_shape_branch(tmp_path):
+    model = OldPadUNet().eval()
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW)  # torch.export, dynamic shapes
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS, export_hw=EXPORT_HW)
+    assert not report.passed
+    ok = {r.size: report.row_ok(r) for r in report.rows}
+    assert ok[EXPORT_HW] and ok[(96, 80)]  # multiples of 16: the frozen branch happens to fit
+    assert not ok[(50, 75)] and not ok[(37, 29)]
+    bad = report.rows[1]
+    assert bad.max_abs > 1e-2 and bad.argmax_share > 1e-3
+    assert "FAIL" in report.format() and "(export size)" in report.format()
+
+
+def test_parity_fails_on_a_static_export(tmp_path):
+    model = with_statistics(UNet(3, base_channels=4))
+    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy", dynamic=False)
+    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
+    assert not report.passed
+    assert report.row_ok(report.rows[0]) and report.rows[0].max_abs < 1e-4
+    assert all("cannot run at this size" in r.error for r in report.rows[1:])

@@ -1,0 +1,256 @@
+"""Training in-process: a CPU run produces its files and resumes exactly (eval.py on the run:
+tests/e2e/test_eval_cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit import dist
+from segkit.io import checkpoint as ck
+from segkit.run import train_rank
+from tests.conftest import TINY, compose_train
+from tests.faults import failing
+
+
+def _tags(run_dir: Path) -> dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard events in {run_dir / 'tb'}"
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+@pytest.fixture
+def trained(tiny_run: Path) -> Path:
+    """``TINY`` trained once per session (tests/conftest.py)."""
+    return tiny_run
+
+
+def test_run_writes_config_log_checkpoints_events_result(trained):
+    assert (trained / "config.yaml").is_file()
+    result = json.loads((trained / "result.json").read_text())
+    assert result["epochs"] == 2 and result["steps"] == 2 * (24 // 4)
+    assert 0.0 <= result["best_miou"] <= 1.0 and result["best_epoch"] in (1, 2)
+    assert result["complexity"]["params_total"] > 0
+    ckpt = ck.load(trained / "checkpoints" / "last.pt")
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "best_miou",
+        "rng",
+        "config",
+        "class_names",
+        "palette",
+        "metrics",
+    ):
+        assert key in ckpt, key
+    assert ckpt["class_names"][1] == "circle" and len(ckpt["palette"]) == 5
+    assert ckpt["config"]["model"]["_target_"].endswith("UNet")
+    best = ck.load(trained / "checkpoints" / "best.pt")
+    assert best["metrics"]["miou"] == pytest.approx(result["best_miou"])
+
+
+def test_tensorboard_has_every_panel(trained):
+    tags = _tags(trained)
+    scalars = set(tags["scalars"])
+    assert {"train/loss", "train/lr", "val/loss", "val/mIoU", "val/pixel_acc"} <= scalars
+    assert any(t.startswith("val_iou/") for t in scalars)
+    assert "val/best_mIoU" in scalars and not any(t.startswith("hparam/") for t in scalars)
+    assert {"val/image|label|pred", "val/confusion"} <= set(tags["images"])
+
+
+def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
+    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=1"]  # a train/loss every step
+    straight = tmp_path / "straight"
+    train_rank(compose_train(*three), straight)
+    crashed = tmp_path / "crashed"
+    # 6 steps per epoch: step 9 is the middle of epoch 2, after epoch 1's checkpoint
+    with pytest.raises(RuntimeError, match="injected failure at training step 9"):
+        train_rank(compose_train(*three, *failing(9)), crashed)
+    assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
+    train_rank(compose_train(*three, "trainer.resume=auto"), crashed)
+    a = ck.load(straight / "checkpoints" / "last.pt")
+    b = ck.load(crashed / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 18
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+    assert a["history"] == b["history"]
+    # the resumed curve continues without overlap: one value per step
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(crashed / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == list(range(1, 19))
+
+
+def test_periodic_checkpoints_record_the_position(tmp_path):
+    args = [*TINY, "trainer.max_epochs=1", "trainer.log_every=1", "dataset.check=off"]
+    every_4 = [*args, "trainer.checkpoint_every_steps=4"]
+    # dies in the last step of the epoch (6 steps), after the step-4 save
+    with pytest.raises(RuntimeError, match="injected failure at training step 6"):
+        train_rank(compose_train(*every_4, *failing(6)), tmp_path / "r")
+    mid = ck.load(tmp_path / "r" / "checkpoints" / "periodic.pt")
+    assert mid["step"] == 4 and mid["epoch"] == 0 and mid["epoch_step"] == 4
+
+
+def test_resume_from_missing_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ck.CheckpointError, match="nowhere.pt"):
+        train_rank(
+            compose_train(*TINY, f"trainer.resume={tmp_path / 'nowhere.pt'}"), tmp_path / "r"
+        )
+
+
+ONE = [*TINY, "trainer.max_epochs=1", "dataset.check=off"]
+
+
+def test_frozen_encoder_keeps_weights_and_batchnorm_statistics(tmp_path):
+    from segkit.run import build_model, seed_everything
+
+    cfg = compose_train(*ONE, "trainer.freeze_epochs=1")
+    seed_everything(cfg.seed)
+    initial = build_model(cfg, dist.DistInfo()).state_dict()
+    train_rank(cfg, tmp_path)
+    trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
+    encoder = [k for k in initial if k.startswith("encoder.")]
+    decoder = [k for k in initial if not k.startswith("encoder.") and k.endswith("weight")]
+    assert encoder and decoder
+    for k in encoder:  # weights AND running_mean / running_var / num_batches_tracked
+        assert torch.equal(initial[k], trained[k]), k
+    assert any(not torch.equal(initial[k], trained[k]) for k in decoder)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    from segkit.run import build_model, seed_everything
+
+    clip, lr = 1e-3, 1.0
+    cfg = compose_train(
+        *ONE,
+        "optimizer=sgd",
+        f"optimizer.lr={lr}",
+        "optimizer.momentum=0",
+        "optimizer.nesterov=false",
+        "optimizer.weight_decay=0",
+        "scheduler.warmup_epochs=0",
+        f"trainer.grad_clip={clip}",
+        "trainer.limit_train_batches=1",
+        "trainer.max_epochs=1",
+        "scheduler.eta_min=1.0",
+    )
+    seed_everything(cfg.seed)
+    initial = build_model(cfg, dist.DistInfo()).state_dict()
+    train_rank(cfg, tmp_path)
+    trained = ck.load(tmp_path / "checkpoints" / "last.pt")["model"]
+    sq = sum(
+        (trained[k].double() - initial[k].double()).pow(2).sum()
+        for k in initial
+        if initial[k].is_floating_point() and "running" not in k
+    )
+    # one plain SGD step: |delta| = lr * |clipped grad| <= lr * clip
+    assert 0 < sq.sqrt().item() <= lr * clip * (1 + 1e-4)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    train_rank(
+        compose_train(*ONE, "trainer.precision=bf16", "trainer.limit_train_batches=2"), tmp_path
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["steps"] == 2 and 0.0 <= result["best_miou"] <= 1.0
+    hist = ck.load(tmp_path / "checkpoints" / "last.pt")["history"]
+    assert np.isfinite(hist[0]["train_loss"]) and np.isfinite(hist[0]["val_loss"])
+
+
+def test_init_from_loads_matching_weights_and_fails_on_nothing(trained, tmp_path):
+    from segkit.run import build_model
+
+    source = trained / "checkpoints" / "best.pt"
+    model = build_model(compose_train(*ONE, f"model.init_from={source}"), dist.DistInfo())
+    stored = ck.load(source)["model"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, stored[k]), k
+    other = tmp_path / "other.pt"
+    torch.save({"head.weight": torch.zeros(3, 3)}, other)
+    with pytest.raises(RuntimeError, match="parameters match"):
+        build_model(compose_train(*ONE, f"model.init_from={other}"), dist.DistInfo())
+
+
+def _voc(root: Path, n: int, bad: set[int]) -> Path:
+    """A tiny VOC folder; masks listed in ``bad`` hold an out-of-range class id (9)."""
+    voc = root / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"img{i:02d}" for i in range(n)]
+    for i, name in enumerate(names):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8)).save(
+            voc / "JPEGImages" / f"{name}.jpg"
+        )
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4:12, 4:12] = 9 if i in bad else 1
+        Image.fromarray(mask).save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[: n - 4]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[n - 4 :]) + "\n")
+    return root / "VOCdevkit"
+
+
+VOC = [
+    "dataset=voc",
+    "dataset.num_classes=2",
+    "dataset.class_names=[bg,fg]",
+    "dataset.input_shape=[24,24]",
+    "model=unet",
+    "model.base_channels=4",
+    "loader.batch_size=2",
+    "loader.num_workers=0",
+    "trainer.max_epochs=1",
+    "trainer.progress_bar=false",
+    "trainer.accelerator=cpu",
+]
+
+
+def test_on_bad_sample_skip_finishes_and_lists_what_it_skipped(tmp_path):
+    root = _voc(tmp_path / "data", 12, bad={2})
+    skip = ["dataset.on_bad_sample=skip", "dataset.max_bad_fraction=0.2"]
+    train_rank(compose_train(*VOC, f"dataset.root={root}", *skip), tmp_path / "run")
+    listed = (tmp_path / "run" / "bad_samples.txt").read_text()
+    assert "img02.png" in listed and "img01" not in listed
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3  # 7 // 2
+
+
+def test_out_of_range_label_stops_before_the_first_step(tmp_path):
+    from segkit.errors import DataError
+
+    root = _voc(tmp_path / "data", 12, bad={3})
+    with pytest.raises(DataError, match=r"img03\.png") as e:
+        train_rank(compose_train(*VOC, f"dataset.root={root}"), tmp_path / "run")
+    assert "9" in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_metrics_csv_has_one_row_per_epoch_equal_to_tensorboard(trained):
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with open(trained / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    acc = EventAccumulator(str(trained / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tb = {e.step: e.value for e in acc.Scalars("val/mIoU")}
+    for r in rows:
+        assert float(r["miou"]) == pytest.approx(tb[int(r["step"])], rel=1e-6)
+        assert float(r["iou/circle"]) >= 0.0 and float(r["epoch_time_s"]) > 0
