@@ -329,7 +329,7 @@ def compose(root: Path, args: argparse.Namespace, *overrides: str):
                 f"loader.batch_size={args.batch_size}",
                 f"loader.num_workers={args.workers}",
                 "trainer.progress_bar=false",
-                f"trainer.accelerator={args.device}",
+                f"launch.accelerator={args.device}",
                 f"trainer.precision={args.precision}",
                 f"trainer.channels_last={memory_format(args.channels_last)}",
                 *overrides,

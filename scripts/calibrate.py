@@ -5,7 +5,7 @@
     python scripts/calibrate.py best.pt best_calibrated.pt --max-images 96   # faster on a CPU
     python scripts/calibrate.py best.pt best_calibrated.pt --precision auto  # bf16 if native
 
-What ``trainer.calibrate=true`` does at the end of training, for a checkpoint trained without
+What ``calibrate.enabled=true`` does at the end of training, for a checkpoint trained without
 it (segkit.evaluation.logit_bias): the model runs on the train images in each of its recipe's
 evaluation modes (``whole`` and ``eval.modes``), one bias per class and mode is fitted so that it
 predicts each class as often as the train labels hold it, the val split is scored whole

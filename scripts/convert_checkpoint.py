@@ -10,7 +10,7 @@ on a file you trust; without ``--trust`` it lists what IN would import and stops
 
 OUT holds only tensors and plain data: a pickled ``nn.Module`` becomes its state dict (use it as
 ``model.init_from=OUT``); a segkit checkpoint keeps every entry, RNG states converted, so
-``trainer.resume=OUT`` continues exactly; numpy values become tensors / numbers, and anything
+``resume=OUT`` continues exactly; numpy values become tensors / numbers, and anything
 else that is not plain data is dropped and listed. OUT is checked to load with
 ``weights_only=True`` before the script reports success.
 """

@@ -34,11 +34,19 @@ from tqdm import tqdm
 
 from segkit import dist
 from segkit import precision as prec
+from segkit.config.checks import check_command_line
 from segkit.data.base import LabelSpace
 from segkit.data.io import VIDEO_SUFFIXES, list_inputs, read_image
-from segkit.errors import CheckpointError, ConfigError, DataError, run_task
+from segkit.errors import CheckpointError, ConfigError, DataError, exit_on_error, run_task
 from segkit.evaluation.logit_bias import stored_biases, with_bias
-from segkit.evaluation.predictors import full_input, letterbox_input, make_predictor, restore_logits
+from segkit.evaluation.predictors import (
+    check_scales,
+    full_input,
+    letterbox_input,
+    parse_mode,
+    predictor_for,
+    restore_logits,
+)
 from segkit.run.models import checkpoint_input_shape, checkpoint_labels, load_model
 
 log = logging.getLogger("segkit")
@@ -68,25 +76,32 @@ def load(ckpt: str, spec: str = "whole") -> tuple[nn.Module, LabelSpace, tuple[i
 
 
 def mode_spec(cfg: DictConfig) -> str:
-    """The evaluation-mode name of ``mode`` / ``tta`` (``whole``, ``slide+flip+ms``, ...)."""
-    flip = "+flip" if cfg.tta.flip else ""
-    return f"{cfg.mode}{flip}{'+ms' if list(cfg.tta.scales) != [1.0] else ''}"
+    """The one evaluation mode of ``eval.modes`` (``whole``, ``slide+flip+ms``, ...), checked
+    with its ``eval.tta.scales``: predict writes one mask per image."""
+    modes = cfg.eval.modes
+    if isinstance(modes, str) or len(modes) != 1:
+        raise ConfigError(
+            f"eval.modes={modes}: predict runs one evaluation mode, e.g. eval.modes=[whole+flip]"
+        )
+    parse_mode(modes[0], "eval.modes")
+    check_scales(cfg.eval.tta.scales, "eval.tta.scales")
+    return str(modes[0])
 
 
 def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, device) -> Segmenter:
     """images ((H,W,3) uint8 RGB) -> (H,W) uint8 class-id masks at each image's size."""
-    predictor = make_predictor(
+    predictor = predictor_for(
+        mode_spec(cfg),
         model.to(device),
-        cfg.mode,
-        window=cfg.window or input_shape,
-        overlap=cfg.overlap,
-        flip=cfg.tta.flip,
-        scales=tuple(cfg.tta.scales),
-        batch=cfg.batch_size,
+        window=cfg.eval.slide.window or input_shape,
+        overlap=cfg.eval.slide.overlap,
+        scales=tuple(cfg.eval.tta.scales),
+        batch=cfg.loader.batch_size,
     )
     precision = prec.resolve_precision(cfg.precision, device)
     prec.warn_emulated_bf16(precision, device, "precision")
     amp = prec.amp_dtype(precision)
+    whole = mode_spec(cfg).startswith("whole")
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +109,7 @@ def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, devic
             return predictor(x.to(device))["out"].float()
 
     def segment(images: list[np.ndarray]) -> list[np.ndarray]:
-        if cfg.mode == "whole":  # one batch, letterboxed as in training, then undone
+        if whole:  # one batch, letterboxed as in training, then undone
             x = torch.stack(
                 [letterbox_input(im, input_shape, labels.mean, labels.std) for im in images]
             )
@@ -230,7 +245,7 @@ def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def run_images(files: list[Path], names: dict, segment: Segmenter, outputs: Outputs, cfg) -> None:
     """Read (skipping unreadable files), segment in batches of ``batch_size``, write."""
-    per_call = cfg.batch_size if cfg.mode == "whole" else 1
+    per_call = cfg.loader.batch_size if mode_spec(cfg).startswith("whole") else 1
     bar = tqdm(total=len(files), desc="images", unit="img", disable=not cfg.progress_bar)
     for chunk in chunks(files, per_call):
         loaded = []
@@ -270,7 +285,8 @@ def run_video(path: Path, name: str, segment: Segmenter, outputs: Outputs, cfg) 
     target.parent.mkdir(parents=True, exist_ok=True)
     writer, index, every = None, 0, int(cfg.video.mask_every)
     bar = tqdm(total=total, desc=name, unit="frame", disable=not cfg.progress_bar)
-    while frames := read_frames(cap, cfg.batch_size if cfg.mode == "whole" else 1):
+    per_call = cfg.loader.batch_size if mode_spec(cfg).startswith("whole") else 1
+    while frames := read_frames(cap, per_call):
         for frame, ids in zip(frames, segment(frames)):
             if writer is None:
                 size = (frame.shape[1], frame.shape[0])
@@ -299,7 +315,7 @@ def predict(cfg: DictConfig) -> int:
     check_out(out, roots)
     model, labels, input_shape = load(str(cfg.ckpt), mode_spec(cfg))
     onnx = Path(cfg.ckpt).suffix.lower() == ".onnx"  # ONNX Runtime runs on the CPU here
-    device = torch.device("cpu") if onnx else dist.select_device(cfg.accelerator, 0)
+    device = torch.device("cpu") if onnx else dist.select_device(cfg.launch.accelerator, 0)
     segment = make_segmenter(cfg, model, labels, input_shape, device)
     names = output_names(files, roots)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
@@ -330,4 +346,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_error(check_command_line, "predict", sys.argv[1:])
     main()

@@ -1,7 +1,7 @@
 """Processes and ranks: the one place that knows about them.
 
-segkit runs as one process (``trainer.devices=1``), as N processes it starts itself
-(``trainer.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
+segkit runs as one process (``launch.devices=1``), as N processes it starts itself
+(``launch.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
 (rank/world read from the environment). This module resolves devices, joins and leaves the
 process group, wraps models in DDP, and holds the collectives and the samplers (the resumable
 training sampler, the validation shard sampler). Everything else asks it; spawning the workers
@@ -59,12 +59,12 @@ def select_device(accelerator: str, local_rank: int) -> torch.device:
     if accelerator == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
-                "trainer.accelerator=cuda but no CUDA device is visible; "
-                "use trainer.accelerator=cpu (or auto), or check CUDA_VISIBLE_DEVICES"
+                "launch.accelerator=cuda but no CUDA device is visible; "
+                "use launch.accelerator=cpu (or auto), or check CUDA_VISIBLE_DEVICES"
             )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if accelerator != "cpu":
-        raise ConfigError(f"trainer.accelerator={accelerator!r}: expected auto, cpu or cuda")
+        raise ConfigError(f"launch.accelerator={accelerator!r}: expected auto, cpu or cuda")
     return torch.device("cpu")
 
 
@@ -177,7 +177,7 @@ class ShardSampler(Sampler[int]):
 
 # --------------------------------------------------------------------------- devices, autocast
 def resolve_devices(devices: Any, accelerator: str) -> int:
-    """``trainer.devices``: an int, or ``auto`` = every visible GPU (1 on CPU)."""
+    """``launch.devices``: an int, or ``auto`` = every visible GPU (1 on CPU)."""
     if devices == "auto":
         use_cuda = accelerator in ("auto", "cuda") and torch.cuda.is_available()
         return torch.cuda.device_count() if use_cuda else 1
@@ -185,14 +185,14 @@ def resolve_devices(devices: Any, accelerator: str) -> int:
         n = int(devices)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"trainer.devices={devices!r}: expected a positive int or 'auto'"
+            f"launch.devices={devices!r}: expected a positive int or 'auto'"
         ) from None
     if n < 1:
-        raise ConfigError(f"trainer.devices={n}: expected >= 1")
+        raise ConfigError(f"launch.devices={n}: expected >= 1")
     if accelerator == "cuda" and n > torch.cuda.device_count():
         raise ConfigError(
-            f"trainer.devices={n} but only {torch.cuda.device_count()} CUDA devices are visible "
-            "(CUDA_VISIBLE_DEVICES); lower trainer.devices"
+            f"launch.devices={n} but only {torch.cuda.device_count()} CUDA devices are visible "
+            "(CUDA_VISIBLE_DEVICES); lower launch.devices"
         )
     return n
 

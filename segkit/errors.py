@@ -67,7 +67,7 @@ class StorageError(UserError, OSError):
 
 class Interrupted(UserError):
     """SIGINT / SIGTERM: the run stopped after its current step and saved an ``interrupt``
-    checkpoint; ``trainer.resume=auto`` continues from it."""
+    checkpoint; ``resume=auto`` continues from it."""
 
     exit_code = 130
 

@@ -14,6 +14,7 @@ expected, what was found and a fix (with a did-you-mean where a name is close to
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -26,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segkit.config import schema
 from segkit.config.keys import (
     CONF_DIR,
     DATASET_RUN_KEYS,
@@ -176,73 +178,100 @@ def check_components(cfg: DictConfig) -> None:
 # --------------------------------------------------------------------------- values
 @dataclass(frozen=True)
 class Rule:
-    """``key`` must be an int (``integer``) or a number, within [lo, hi]; None allowed when
-    ``nullable``; an absent key is fine (a component that does not take it)."""
+    """``key`` must lie within [lo, hi]. A plain node's key (``trainer``, ``launch``,
+    ``loader``, ``calibrate``) takes its type from `segkit.config.schema`; a component's key
+    states it here (``integer``, ``nullable``). An absent key is fine (a component that does not
+    take it)."""
 
     key: str
-    integer: bool
     lo: float | None = None
     hi: float | None = None
+    integer: bool = False
     nullable: bool = False
 
 
 RULES = (
-    Rule("seed", True),
-    Rule("loader.batch_size", True, 1),
-    Rule("loader.val_batch_size", True, 1),
-    Rule("loader.num_workers", True, 0),
-    Rule("trainer.max_epochs", True, 1),
-    Rule("trainer.val_every", True, 1),
-    Rule("trainer.log_every", True, 1),
-    Rule("trainer.num_vis", True, 0),
-    Rule("trainer.freeze_epochs", True, 0),
-    Rule("trainer.grad_clip", False, 1e-12, nullable=True),
-    Rule("trainer.early_stop_patience", True, 1, nullable=True),
-    Rule("trainer.limit_train_batches", True, 1, nullable=True),
-    Rule("trainer.limit_val_batches", True, 1, nullable=True),
-    Rule("trainer.max_nonfinite_steps", True, 1, nullable=True),
-    Rule("trainer.checkpoint_every_steps", True, 1, nullable=True),
-    Rule("trainer.max_time_min", False, 1e-12, nullable=True),
-    Rule("trainer.ema_decay", False, 1e-12, 0.999999, nullable=True),
-    Rule("trainer.calibrate_images", True, 1, nullable=True),
-    Rule("dataset.augment.class_crop", False, 0, 1),
-    Rule("dataset.augment.copy_paste", False, 0, 1),
-    Rule("trainer.dist_timeout_s", False, 1),
-    Rule("loader.prefetch_factor", True, 1),
-    Rule("optimizer.lr", False, 1e-300),
-    Rule("optimizer.weight_decay", False, 0),
-    Rule("optimizer.momentum", False, 0, 1),
-    Rule("scheduler.warmup_epochs", False, 0),
-    Rule("scheduler.eta_min", False, 0),
-    Rule("dataset.num_classes", True, 1, 255),
-    Rule("dataset.ignore_index", True, 0, 255),
+    Rule("seed", integer=True),
+    Rule("loader.batch_size", 1),
+    Rule("loader.val_batch_size", 1),
+    Rule("loader.num_workers", 0),
+    Rule("loader.prefetch_factor", 1),
+    Rule("trainer.max_epochs", 1),
+    Rule("trainer.val_every", 1),
+    Rule("trainer.log_every", 1),
+    Rule("trainer.num_vis", 0),
+    Rule("trainer.freeze_epochs", 0),
+    Rule("trainer.grad_clip", 1e-12),
+    Rule("trainer.early_stop_patience", 1),
+    Rule("trainer.limit_train_batches", 1),
+    Rule("trainer.limit_val_batches", 1),
+    Rule("trainer.max_nonfinite_steps", 1),
+    Rule("trainer.checkpoint_every_steps", 1),
+    Rule("trainer.max_time_min", 1e-12),
+    Rule("trainer.ema_decay", 1e-12, 0.999999),
+    Rule("launch.dist_timeout_s", 1),
+    Rule("calibrate.max_images", 1),
+    Rule("dataset.augment.class_crop", 0, 1),
+    Rule("dataset.augment.copy_paste", 0, 1),
+    Rule("optimizer.lr", 1e-300),
+    Rule("optimizer.weight_decay", 0),
+    Rule("optimizer.momentum", 0, 1),
+    Rule("scheduler.warmup_epochs", 0),
+    Rule("scheduler.eta_min", 0),
+    Rule("dataset.num_classes", 1, 255, integer=True),
+    Rule("dataset.ignore_index", 0, 255, integer=True),
 )
-CHOICES = {
-    "trainer.precision": ("auto", "fp32", "fp16", "bf16"),
-    "trainer.accelerator": ("auto", "cpu", "cuda"),
-    "trainer.channels_last": ("auto", True, False),
-    "trainer.calibrate": (True, False),
-    "dataset.check": ("off", "quick", "full"),
-}
+CHOICES = {"dataset.check": ("off", "quick", "full")}
+
+
+def numeric_kind(rule: Rule) -> tuple[bool, bool]:
+    """(integer, nullable) of a rule's key: from the schema for plain nodes, else the rule's."""
+    tp = schema.field_type(rule.key)
+    if tp is None:
+        return rule.integer, rule.nullable
+    alts = schema.alternatives(tp)
+    return float not in alts, type(None) in alts
 
 
 def check_value(cfg: DictConfig, rule: Rule) -> None:
     if OmegaConf.select(cfg, rule.key, default="<absent>", throw_on_missing=False) == "<absent>":
         return
     value = OmegaConf.select(cfg, rule.key)
-    if value is None and rule.nullable:
+    integer, nullable = numeric_kind(rule)
+    if value is None and nullable:
         return
-    kind = "an integer" if rule.integer else "a number"
-    ok_type = isinstance(value, int) if rule.integer else isinstance(value, int | float)
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
     bounds = _bounds(rule)
     if ok_type and not isinstance(value, bool):
         if (rule.lo is None or value >= rule.lo) and (rule.hi is None or value <= rule.hi):
             return
     found = f"{type(value).__name__} {value!r}"
     raise ConfigError(
-        f"{rule.key}={value!r}: expected {kind}{bounds}{' or null' if rule.nullable else ''}, "
+        f"{rule.key}={value!r}: expected {kind}{bounds}{' or null' if nullable else ''}, "
         f"found {found}; fix: e.g. {rule.key}={_example(rule)}"
     )
+
+
+def check_plain_types(cfg: DictConfig) -> None:
+    """Every key of a plain node has its schema's type (numbers also get their RULES range)."""
+    for node in schema.PLAIN_NODES:
+        for key, value in (OmegaConf.select(cfg, node, default=None) or {}).items():
+            full = f"{node}.{key}"
+            tp = schema.field_type(full)
+            value = OmegaConf.select(cfg, full)
+            if tp is not None and not schema.matches(value, tp):
+                raise ConfigError(
+                    f"{full}={value!r}: expected {schema.describe(tp)}, found "
+                    f"{type(value).__name__} {value!r}; fix: e.g. {full}={_default(full)}"
+                )
+
+
+def _default(key: str) -> str:
+    node, _, name = key.partition(".")
+    field = {f.name: f for f in dataclasses.fields(schema.PLAIN_NODES[node])}.get(name)
+    value = field.default if field is not None else None
+    return {True: "true", False: "false", None: "null"}.get(value, str(value))
 
 
 def _bounds(rule: Rule) -> str:
@@ -263,16 +292,17 @@ def _example(rule: Rule) -> str:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Types and ranges (RULES), choices, devices and class_weights length."""
+    """Types and ranges (RULES, the schema), choices, devices and class_weights length."""
     for rule in RULES:
         check_value(cfg, rule)
+    check_plain_types(cfg)
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in choices:
             raise ConfigError(f"{key}={value!r}: expected one of {list(choices)}")
-    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    devices = OmegaConf.select(cfg, "launch.devices", default=1)
     if devices != "auto" and (not isinstance(devices, int) or devices < 1):
-        raise ConfigError(f"trainer.devices={devices!r}: expected an int >= 1 or auto")
+        raise ConfigError(f"launch.devices={devices!r}: expected an int >= 1 or auto")
     check_class_weights(cfg)
     check_channels(cfg)
     check_eval_modes(cfg)
@@ -337,7 +367,7 @@ def check_train_config(cfg: DictConfig) -> None:
     """Everything above, for ``train.py``."""
     check_renamed(cfg)
     check_missing(cfg)
-    check_known_keys(cfg, "train", ("trainer", "loader", "eval"))
+    check_known_keys(cfg, "train", ("trainer", "launch", "loader", "calibrate", "eval"))
     check_components(cfg)
     check_values(cfg)
 
@@ -345,8 +375,10 @@ def check_train_config(cfg: DictConfig) -> None:
 def check_eval_config(cfg: DictConfig) -> None:
     """Old and unknown keys, for ``eval.py`` (the model and data come from the checkpoint)."""
     check_renamed(cfg)
-    check_known_keys(cfg, "eval", ("loader",))
+    check_known_keys(cfg, "eval", ("launch", "loader", "eval"))
     check_components(cfg)
+    check_plain_types(cfg)
+    check_eval_modes(cfg)
     flag = cfg.get("logit_bias", True)
     if not isinstance(flag, bool):
         raise ConfigError(

@@ -28,17 +28,35 @@ RENAMED_KEYS: dict[str, str | None] = {
     "num_workers": "loader.num_workers",  # eval.py
     "trainer.fail_at_step": None,
     "dataset.one_hot": None,
+    # segkit 0.2: one launch block, resume and calibration out of the loop keys, one eval node
+    "trainer.accelerator": "launch.accelerator",
+    "trainer.devices": "launch.devices",
+    "trainer.dist_timeout_s": "launch.dist_timeout_s",
+    "trainer.sync_bn": "launch.sync_bn",
+    "trainer.compile": "launch.compile",
+    "trainer.resume": "resume",
+    "trainer.calibrate": "calibrate.enabled",
+    "trainer.calibrate_images": "calibrate.max_images",
+    "accelerator": "launch.accelerator",  # eval.py, predict.py
+    "modes": "eval.modes",  # eval.py
+    "mode": "eval.modes",  # predict.py
+    "tta.scales": "eval.tta.scales",  # eval.py, predict.py
+    "tta.flip": None,  # predict.py
+    "slide.window": "eval.slide.window",  # eval.py
+    "slide.overlap": "eval.slide.overlap",  # eval.py
+    "window": "eval.slide.window",  # predict.py
+    "overlap": "eval.slide.overlap",  # predict.py
 }
 REMOVED_KEYS = {
     "trainer.fail_at_step": "fault injection is test machinery and lives in the tests now",
     "dataset.one_hot": "losses that need one-hot targets build them on the device",
+    "tta.flip": "a mode says it: eval.modes=[whole+flip] (or slide+flip)",
 }
 
 
 HINTS = {
-    "ckpt_path": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
-    "ckpt": "trainer.resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
-    "resume": "trainer.resume=PATH",
+    "ckpt_path": "resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
+    "ckpt": "resume=PATH (continue a run) or model.init_from=PATH (fine-tune)",
     "epochs": "trainer.max_epochs",
     "lr": "optimizer.lr",
     "batch_size": "loader.batch_size",

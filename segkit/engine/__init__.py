@@ -6,5 +6,5 @@
 - ``ema``: the exponential moving average of the weights;
 - ``signals``: SIGINT / SIGTERM / submitit's preemption signal -> a clean stop and requeue;
 - ``loader``: the DataLoader whose workers survive stop signals;
-- ``spawn``: starting the ranks of ``trainer.devices=N``, worker logging, the job's run directory.
+- ``spawn``: starting the ranks of ``launch.devices=N``, worker logging, the job's run directory.
 """

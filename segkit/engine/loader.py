@@ -26,7 +26,7 @@ class StopSafeLoader(DataLoader):
     every process of the job; a worker killed by one would fail the run (and look like an
     out-of-memory kill) instead of letting the main process finish its step, save and stop
     (:class:`StopRequest`). Workers start with the signals blocked (a spawned worker, as in the
-    ranks of ``trainer.devices=N``, imports torch for seconds before its ``worker_init_fn``
+    ranks of ``launch.devices=N``, imports torch for seconds before its ``worker_init_fn``
     runs), ignore them from :func:`seed_worker` on, and are ended by the main process at exit
     (:func:`end_worker_processes`); a worker whose main process was killed outright ends by
     itself (torch's watchdog, within 5 s). A signal sent while workers start reaches the main

@@ -1,4 +1,4 @@
-"""Starting and ending processes: spawning the workers of ``trainer.devices=N`` (passing the stop
+"""Starting and ending processes: spawning the workers of ``launch.devices=N`` (passing the stop
 signals on to them) and reporting their errors, worker logging, the job's one run directory
 (torchrun, elastic restarts). Signals themselves are ``segkit.engine.signals``; ranks,
 collectives, samplers and devices are ``segkit.dist``."""
@@ -66,7 +66,7 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
             raise Interrupted(
                 f"interrupted by {e.signal_name} while rank {e.error_index} was starting or "
                 "finishing (outside training, where it cannot save); the last checkpoint is "
-                "intact: run the command again with trainer.resume=auto (without it if the run "
+                "intact: run the command again with resume=auto (without it if the run "
                 "had no checkpoint yet)",
                 e.signal_name,
             ) from None
@@ -117,12 +117,12 @@ def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) ->
         return err
     if code in (130, 143):
         name = "SIGTERM" if code == 143 else "SIGINT"
-        return errs.Interrupted(f"interrupted by {name}; resume with trainer.resume=auto", name)
+        return errs.Interrupted(f"interrupted by {name}; resume with resume=auto", name)
     if signal_name:
         return errs.DistributedError(
             f"rank {rank} was killed by {signal_name}; likely cause: the host ran out of memory "
             "(check `dmesg`; lower loader.batch_size or loader.num_workers) or a scheduler "
-            "killed it; the other ranks were stopped. Resume with trainer.resume=auto"
+            "killed it; the other ranks were stopped. Resume with resume=auto"
         )
     return errs.DistributedError(f"rank {rank} exited with status {code}; see train.log")
 
@@ -213,7 +213,7 @@ def elastic_restarts() -> int:
 
 def first_attempt_dir(run_dir: Path) -> Path:
     """Under torchrun, the run directory of the job's first attempt (restarts continue there,
-    so ``trainer.resume=auto`` finds its checkpoints): a marker named after torchrun's run id
+    so ``resume=auto`` finds its checkpoints): a marker named after torchrun's run id
     in the runs folder remembers it. The directory a restart's Hydra made is removed."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if not run_id or run_id == "none":

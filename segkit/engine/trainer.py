@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -66,11 +66,12 @@ class TrainState:
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """The loop keys of ``conf/trainer/default.yaml`` (its comments say what each does)."""
+    """The loop keys of ``conf/trainer/default.yaml`` (its comments say what each does); the
+    types ``segkit.config.checks`` checks a config against."""
 
     max_epochs: int
     val_every: int
-    precision: str
+    precision: Literal["auto", "fp32", "fp16", "bf16"]
     grad_clip: float | None
     freeze_epochs: int
     log_every: int
@@ -80,7 +81,7 @@ class LoopOptions:
     limit_train_batches: int | None
     limit_val_batches: int | None
     max_nonfinite_steps: int | None
-    channels_last: bool | str
+    channels_last: bool | Literal["auto"]
     cudnn_benchmark: bool
     tf32: bool
     checkpoint_every_steps: int | None
@@ -319,7 +320,7 @@ class Trainer:
         self.tracker.close()
         raise Interrupted(
             f"interrupted by {name} at step {self.state.step} (epoch {epoch + 1}, batch {done}); "
-            f"saved {path or 'the interrupt checkpoint'}; continue with trainer.resume=auto",
+            f"saved {path or 'the interrupt checkpoint'}; continue with resume=auto",
             name,
         )
 

@@ -21,7 +21,7 @@ already evens the classes out, so the whole-image biases over-correct there (Cam
 63.8 -> 63.4 mIoU with them, 64.9 with biases fitted in that mode). So one set is fitted per
 evaluation mode, and a mode gets only its own.
 
-``trainer.calibrate=true`` fits the biases of ``best.pt`` at the end of training, for
+``calibrate.enabled=true`` fits the biases of ``best.pt`` at the end of training, for
 ``whole`` and each of the recipe's ``eval.modes``, and stores them in the checkpoint
 (``logit_bias``: mode -> one float per class) and its weights file; eval.py and predict apply
 the ones of the mode they run, export the ``whole`` ones; ``eval.py logit_bias=false`` scores

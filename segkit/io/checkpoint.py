@@ -87,7 +87,7 @@ def _storage_error(path: Path, e: OSError, nbytes: int) -> StorageError:
     return StorageError(
         f"could not write {path.name} in {path.parent}: {e.strerror or e} "
         f"({free / 1e6:.1f} MB free there, the file needs about {nbytes / 1e6:.1f} MB); free "
-        "some space or fix the permissions, then resume with trainer.resume=auto (the previous "
+        "some space or fix the permissions, then resume with resume=auto (the previous "
         "checkpoints are untouched)"
     )
 
@@ -166,7 +166,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """Turn ``trainer.resume`` into a checkpoint path, or None for a fresh start.
+    """Turn ``resume`` into a checkpoint path, or None for a fresh start.
 
     ``None``/``""``: fresh. ``auto``: the newest loadable checkpoint in ``run_dir`` if any
     checkpoint exists there, else fresh; an unsafe file stops it rather than being skipped.
@@ -189,15 +189,15 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
                 log.warning("skipping unusable checkpoint: %s", e)
         if candidates:
             names = ", ".join(str(c) for c in candidates)
-            raise CheckpointError(f"trainer.resume=auto: no loadable checkpoint among {names}")
+            raise CheckpointError(f"resume=auto: no loadable checkpoint among {names}")
         return None
     path = Path(resume).expanduser()
     if path.is_dir():
         path = path / CKPT_DIR / LAST
     if not path.is_file():
         raise CheckpointError(
-            f"trainer.resume={resume}: {path} does not exist; pass a checkpoint file, a run "
-            "directory, or trainer.resume=auto"
+            f"resume={resume}: {path} does not exist; pass a checkpoint file, a run "
+            "directory, or resume=auto"
         )
     return path
 

@@ -2,7 +2,7 @@
 
 After each job (and so also when a later job fails or the sweep is interrupted) the
 sweep folder holds ``summary.csv`` and ``summary.md``: one row per job with its overrides,
-best val mIoU (and, with ``trainer.calibrate``, the calibrated one), epoch of best, duration
+best val mIoU (and, with ``calibrate.enabled``, the calibrated one), epoch of best, duration
 and status (and the error of a failed job). A relaunched sweep (same ``hydra.sweep.dir``)
 keeps one row per job: the job's latest.
 """
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 COLUMNS = ("job", "overrides", "status", "best_miou", "best_epoch", "duration_s", "error")
-CALIBRATED = "calibrated_miou"  # trainer.calibrate: shown after best_miou when a job has it
+CALIBRATED = "calibrated_miou"  # calibrate.enabled: shown after best_miou when a job has it
 ROWS_FILE = "summary_rows.jsonl"
 
 

@@ -4,7 +4,7 @@
 - ``building``: config nodes -> datasets, loaders, loss, optimizer, schedule, Trainer;
 - ``training``: the train task of ``train.py`` (spawning, resume, status, result files);
 - ``evaluation``: the evaluate task of ``eval.py`` (evaluation modes, metrics files);
-- ``calibration``: fitting and scoring a checkpoint's logit biases (``trainer.calibrate``).
+- ``calibration``: fitting and scoring a checkpoint's logit biases (``calibrate.enabled``).
 
 The submodules are imported on first use (``from segkit.run import train``), so loading a model
 for prediction does not import the training stack.
@@ -25,7 +25,6 @@ _HOME = {
     ),
     "building": (
         "DATASET_RUN_KEYS",
-        "LAUNCH_KEYS",
         "build_datasets",
         "build_loaders",
         "build_loss",

@@ -35,18 +35,6 @@ from segkit.run.models import instantiate_model
 log = logging.getLogger("segkit")
 
 
-LAUNCH_KEYS = (
-    "accelerator",
-    "devices",
-    "dist_timeout_s",
-    "sync_bn",
-    "compile",
-    "resume",
-    "calibrate",
-    "calibrate_images",
-)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -54,9 +42,8 @@ def seed_everything(seed: int) -> None:
 
 
 def loop_options(cfg: DictConfig, show_progress: bool) -> LoopOptions:
-    """The Trainer's loop keys: ``cfg.trainer`` without the launch keys."""
+    """The Trainer's loop keys: ``cfg.trainer`` (the progress bar only where it is shown)."""
     loop = OmegaConf.to_container(cfg.trainer, resolve=True)
-    loop = {k: v for k, v in loop.items() if k not in LAUNCH_KEYS}
     loop["progress_bar"] = bool(loop["progress_bar"]) and show_progress
     return LoopOptions(**loop)
 
@@ -139,21 +126,21 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
 def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
     """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn)."""
     model = instantiate_model(cfg.model)
-    if cfg.trainer.sync_bn and info.distributed:
+    if cfg.launch.sync_bn and info.distributed:
         if info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
-            log.info("trainer.sync_bn: skipped, SyncBatchNorm needs CUDA (device %s)", info.device)
+            log.info("launch.sync_bn: skipped, SyncBatchNorm needs CUDA (device %s)", info.device)
     return model.to(info.device)
 
 
 def compile_and_wrap(model: nn.Module, cfg: DictConfig, info: dist.DistInfo, unused: bool):
-    """``torch.compile`` when ``trainer.compile``, then DDP when the job has several ranks.
+    """``torch.compile`` when ``launch.compile``, then DDP when the job has several ranks.
     ``unused``: some parameters get no gradient (a head the loss ignores, a frozen encoder):
     DDP must not wait for them."""
     if precision.use_channels_last(cfg.trainer.channels_last, info.device):
         model = model.to(memory_format=torch.channels_last)  # before compile and DDP
-    if cfg.trainer.compile:
+    if cfg.launch.compile:
         model = torch.compile(model)
     unused = unused or cfg.trainer.freeze_epochs > 0
     return dist.wrap_ddp(model, info, find_unused_parameters=unused)
@@ -210,15 +197,15 @@ def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
     n_old, n_new = old.get("num_classes"), new.get("num_classes")
     if old.get("_target_") != new.get("_target_") or n_old != n_new:
         raise CheckpointError(
-            f"trainer.resume={path}: the checkpoint holds {old.get('_target_')} with {n_old} "
+            f"resume={path}: the checkpoint holds {old.get('_target_')} with {n_old} "
             f"classes, the config {new.get('_target_')} with {n_new}; resuming continues the "
             f"same run: to fine-tune from it instead use model.init_from={path}"
         )
 
 
 def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> None:
-    """``trainer.resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
-    path = ckpt_io.resolve_resume(cfg.trainer.resume, run_dir)
+    """``resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
+    path = ckpt_io.resolve_resume(cfg.resume, run_dir)
     if path is not None:
         ckpt = ckpt_io.load(path, map_location=info.device)
         check_resume_fits(ckpt["config"], cfg, path)

@@ -1,4 +1,4 @@
-"""Calibrating a checkpoint (``trainer.calibrate=true``, ``scripts/calibrate.py``): fit its
+"""Calibrating a checkpoint (``calibrate.enabled=true``, ``scripts/calibrate.py``): fit its
 per-class logit biases on the train split (`segkit.evaluation.logit_bias`), score the val
 split without and with them, and store them in the checkpoint."""
 

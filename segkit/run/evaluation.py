@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     check_eval_config(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    device = dist.select_device(cfg.accelerator, 0)
+    device = dist.select_device(cfg.launch.accelerator, 0)
     model, ckpt = load_model(cfg.ckpt, map_location="cpu")
     precision = eval_precision(cfg.precision, ckpt, device)
     ds_cfg = eval_dataset_config(cfg, ckpt["config"]["dataset"], str(cfg.ckpt))
@@ -54,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
     loader = original_size_loader(ds, cfg.loader.batch_size, cfg.loader.num_workers)
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
-    window = cfg.slide.window or checkpoint_input_shape(ckpt)
+    window = cfg.eval.slide.window or checkpoint_input_shape(ckpt)
     modes, scales = eval_modes(cfg, ckpt)
     biases = stored_biases(ckpt, ds.num_classes, str(cfg.ckpt)) if cfg.logit_bias else {}
     if biases:
@@ -103,7 +103,7 @@ def score_mode(
         spec,
         model,
         window=window,
-        overlap=cfg.slide.overlap,
+        overlap=cfg.eval.slide.overlap,
         scales=scales,
         batch=cfg.loader.batch_size,
     )
@@ -120,13 +120,14 @@ def score_mode(
 
 
 def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...]]:
-    """The evaluation modes and ``+ms`` scales: ``modes`` / ``tta.scales`` of the command line,
+    """The evaluation modes and ``+ms`` scales: ``eval.modes`` / ``eval.tta.scales`` of the
+    command line,
     else the ones the checkpoint's recipe chose (its ``eval.modes`` / ``eval.tta.scales``),
     else ``[whole]`` / ``inference.DEFAULT_SCALES``. Each is checked: the stored ones are data
     from a file, and a bad one must not cost a long evaluation first."""
 
-    if cfg.modes:
-        modes, key = cfg.modes, "modes"
+    if cfg.eval.modes:
+        modes, key = cfg.eval.modes, "eval.modes"
     else:
         modes, key = (
             stored(ckpt, "config", "eval", "modes") or ["whole"],
@@ -136,8 +137,8 @@ def eval_modes(cfg: DictConfig, ckpt: dict) -> tuple[list[str], tuple[float, ...
         raise ConfigError(f"{key}: expected a list of evaluation modes, found {modes!r}")
     for spec in modes:
         parse_mode(spec, key)
-    if cfg.tta.scales:
-        scales, key = cfg.tta.scales, "tta.scales"
+    if cfg.eval.tta.scales:
+        scales, key = cfg.eval.tta.scales, "eval.tta.scales"
     else:
         scales = stored(ckpt, "config", "eval", "tta", "scales") or DEFAULT_SCALES
         key = f"eval.tta.scales in {cfg.ckpt}"

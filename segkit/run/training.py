@@ -1,4 +1,4 @@
-"""The train task: ``train(cfg)`` runs here or in ``trainer.devices`` spawned workers; each rank
+"""The train task: ``train(cfg)`` runs here or in ``launch.devices`` spawned workers; each rank
 runs :func:`train_rank`: seed -> data -> model -> Trainer.fit -> files."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segkit import dist
+from segkit.config import schema
 from segkit.config.checks import check_train_config
 from segkit.engine import signals
 from segkit.engine import spawn as launch
@@ -48,9 +49,9 @@ def train(cfg: DictConfig) -> float:
         if done is not None:
             log.info("job already finished in %s (best mIoU %.4f)", run_dir, done["best_miou"])
             return done["best_miou"]
-        if cfg.trainer.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
-            cfg.trainer.resume = "auto"
-    devices = dist.resolve_devices(cfg.trainer.devices, cfg.trainer.accelerator)
+        if cfg.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
+            cfg.resume = "auto"
+    devices = dist.resolve_devices(cfg.launch.devices, cfg.launch.accelerator)
     try:
         if devices > 1 and not dist.launched_by_torchrun():
             plain = OmegaConf.to_container(cfg, resolve=True)  # ${hydra:...} only resolves here
@@ -70,16 +71,16 @@ def _train_plain(plain: dict, run_dir: Path) -> float:
 
 def train_rank(cfg: DictConfig, run_dir: Path) -> float:
     """Train in this process: one rank of a DDP job, or the only process."""
-    info = dist.init(cfg.trainer.accelerator, timeout_s=cfg.trainer.dist_timeout_s)
+    info = dist.init(cfg.launch.accelerator, timeout_s=cfg.launch.dist_timeout_s)
     out_dir = None  # rank 0 alone writes the run's files
     try:
         run_dir = launch.shared_run_dir(run_dir, info)
         out_dir = run_dir if info.is_main else None
-        if launch.elastic_restarts() and cfg.trainer.resume is None:  # torchrun --max-restarts
+        if launch.elastic_restarts() and cfg.resume is None:  # torchrun --max-restarts
             log.warning(
                 "elastic restart %d: resuming from the newest checkpoint", launch.elastic_restarts()
             )
-            cfg.trainer.resume = "auto"
+            cfg.resume = "auto"
         return _train(cfg, run_dir, out_dir, info)
     except Exception as e:
         if out_dir is not None and out_dir.is_dir():
@@ -157,17 +158,18 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
 
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
-    """Rank 0 at the end: with ``trainer.calibrate``, the logit biases of ``best.pt``
+    """Rank 0 at the end: with ``calibrate.enabled``, the logit biases of ``best.pt``
     (`segkit.run.calibration`); hparams, plots and result.json (tracker), ``best.safetensors``
     (the best weights to share), status.json."""
     best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
-    if run_config["trainer"].get("calibrate") and best.is_file():
+    calibrate = schema.build(schema.CalibrateOptions, run_config.get("calibrate"))
+    if calibrate.enabled and best.is_file():
         record = calibrate_checkpoint(
             best,
             trainer.info.device,
             batch_size=run_config["loader"].get("val_batch_size") or 4,
             num_workers=run_config["loader"]["num_workers"],
-            max_images=run_config["trainer"].get("calibrate_images"),
+            max_images=calibrate.max_images,
         )
         result["calibrated_val_miou"] = record["val_miou"]
     overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
