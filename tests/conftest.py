@@ -39,7 +39,7 @@ TINY = [
     "loader.num_workers=0",
     "trainer.max_epochs=2",
     "trainer.progress_bar=false",
-    "trainer.accelerator=cpu",
+    "launch.accelerator=cpu",
     "trainer.num_vis=2",
 ]
 
@@ -146,11 +146,11 @@ def tiny_run(tmp_path_factory, segkit_cache) -> Path:
     )
 
 
-# trainer.calibrate: a run whose best checkpoint holds logit biases for the recipe's modes
+# calibrate.enabled: a run whose best checkpoint holds logit biases for the recipe's modes
 CALIBRATED = [
     *TINY,
     "dataset.val_original_size=true",
-    "trainer.calibrate=true",
+    "calibrate.enabled=true",
     "eval.modes=[whole+flip,whole]",  # the recipe's modes: whole+flip gets its own biases
 ]
 

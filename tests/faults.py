@@ -104,7 +104,7 @@ class ConfigEditingLoss(CrossEntropyLoss):
 
 class SignalingCrossEntropy(CrossEntropyLoss):
     """Cross-entropy that sends a real ``SIGTERM`` on training call ``signal_at_step``: to its
-    own process (``to_parent=False``) or to its parent (the launcher of ``trainer.devices=N``,
+    own process (``to_parent=False``) or to its parent (the launcher of ``launch.devices=N``,
     which passes it on to every rank), like a cluster scheduler would; ``to_group``: to every
     process of its process group, DataLoader workers included, from another process
     (``kill -- -PGID``, SLURM's ``scancel``, ``pkill -f train.py``; torch's workers take a
@@ -136,7 +136,7 @@ class PreemptedCrossEntropy(CrossEntropyLoss):
     scheduler preempts (``["SIGTERM", "SIGUSR2"]``, as ``SlurmJob._interrupt()`` does) or
     signals before its time limit (``["SIGUSR2"]``) on its first attempt only. ``None``:
     never. To its own process, or (``to_parent``, rank 0) to the launcher of
-    ``trainer.devices=N``, the process submitit signals."""
+    ``launch.devices=N``, the process submitit signals."""
 
     def __init__(
         self,

@@ -146,7 +146,7 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
     """Bilinear resize (align_corners=False) to ``size``; exact identity at the same size.
 
     No Python test of ``x.shape`` here: traced or exported, it would freeze the branch taken
-    at the example's size (see tests/test_export.py)."""
+    at the example's size (see tests/unit/test_export.py)."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 

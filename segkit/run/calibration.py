@@ -51,7 +51,7 @@ def calibrate_checkpoint(
     model, ckpt = load_model(path, map_location="cpu")
     model = model.to(device)
     # what eval.py does without options: the stored dataset (root replaced), recipe's modes
-    request = {"ckpt": str(path), "modes": None, "tta": {"scales": None}, "dataset": None}
+    request = {"ckpt": str(path), "eval": {"modes": None, "tta": {"scales": None}}, "dataset": None}
     request = OmegaConf.create({**request, "dataset_root": root})
     ds_cfg = eval_dataset_config(request, ckpt["config"]["dataset"], str(path))
     shape = checkpoint_input_shape(ckpt)

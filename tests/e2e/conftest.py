@@ -25,7 +25,7 @@ def one_run_dir(root: Path) -> Path:
 
 # ddp_run: 2 epochs of 3 steps (24 images, 2 x 4 per step); a train/loss every step (with 2
 # processes a SIGTERM is acted on at logging points: the interrupt tests log every step too)
-DDP_RUN = [*DDP_ARGS, "trainer.devices=2", "trainer.log_every=1"]
+DDP_RUN = [*DDP_ARGS, "launch.devices=2", "trainer.log_every=1"]
 
 
 def _train_ddp(root: Path) -> None:

@@ -18,7 +18,7 @@ def test_a_kill_during_the_first_best_write_ends_with_a_matching_best(tmp_path):
     assert killed.returncode == -9  # SIGKILL inside the first best.pt write
     ckpts = tmp_path / "run" / "checkpoints"
     assert not (ckpts / "best.pt").exists() and list(ckpts.glob(".best.pt.tmp-*"))
-    resumed = run_cli("train.py", *args, "trainer.resume=auto", cwd=tmp_path)
+    resumed = run_cli("train.py", *args, "resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(ckpts.glob(".*.tmp-*"))
     last, best = ck.load(ckpts / "last.pt"), ck.load(ckpts / "best.pt")

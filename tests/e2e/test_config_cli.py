@@ -22,7 +22,7 @@ def test_debug_smoke_run_through_train_py(tmp_path: Path):
         "dataset.num_train=8",
         "dataset.num_val=4",
         "dataset.image_size=[32,32]",
-        "trainer.accelerator=cpu",
+        "launch.accelerator=cpu",
         "hydra.run.dir=run",
         cwd=tmp_path,
     )

@@ -1,4 +1,4 @@
-"""Multi-process training on CPU (gloo), the way users launch it: `trainer.devices=2` and
+"""Multi-process training on CPU (gloo), the way users launch it: `launch.devices=2` and
 torchrun. Each job must make one run directory with one config snapshot and one event
 stream, and its val metrics must equal a single-process evaluation of its checkpoint."""
 
@@ -43,7 +43,7 @@ def _assert_metrics_match_single_process(run: Path) -> None:
 
 
 def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(ddp_run):
-    """``python train.py trainer.devices=2`` (the session's ddp_run, tests/e2e/conftest.py)."""
+    """``python train.py launch.devices=2`` (the session's ddp_run, tests/e2e/conftest.py)."""
     run = one_run_dir(ddp_run)
     log = (run / "train.log").read_text()
     assert "starting 2 worker processes" in log and "world size 2, backend gloo" in log
@@ -72,7 +72,7 @@ def test_a_failing_rank_stops_the_whole_job_with_its_error(tmp_path):
     proc = run_cli(
         "train.py",
         *DDP_ARGS,
-        "trainer.devices=2",
+        "launch.devices=2",
         *failing(2),
         cwd=tmp_path,
         timeout=180,
@@ -87,7 +87,7 @@ def test_resume_with_a_different_world_size(ddp_run, tmp_path):
         "train.py",
         *DDP_ARGS,
         "trainer.max_epochs=3",
-        "trainer.resume=auto",
+        "resume=auto",
         "hydra.run.dir=run",
         cwd=tmp_path,
     )
@@ -105,7 +105,7 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
         "-m",
         *DDP_ARGS,
         "trainer.max_epochs=1",
-        "trainer.devices=2",
+        "launch.devices=2",
         "loss._target_=tests.faults.FailingCrossEntropy",
         "+loss.fail_at_step=null,2,null",
         f"hydra.sweep.dir={sweep}",

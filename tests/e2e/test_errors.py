@@ -13,7 +13,7 @@ from PIL import Image
 from tests.conftest import TINY, run_cli
 from tests.unit.test_errors import BEFORE_HYDRA
 
-CPU = [*TINY, "trainer.accelerator=cpu", "dataset.check=off"]
+CPU = [*TINY, "launch.accelerator=cpu", "dataset.check=off"]
 
 
 def _one_message(proc, code: int, text: str) -> None:
@@ -51,7 +51,7 @@ def test_the_same_message_with_two_processes(tmp_path):
     """Bad values are refused before the workers start, whichever the value (all of them:
     tests/unit/test_errors.py): the one message is printed once with 2 processes too."""
     override = "model._target_=no_such_pkg.Model"
-    proc = run_cli("train.py", *CPU, "trainer.devices=2", override, cwd=tmp_path, timeout=120)
+    proc = run_cli("train.py", *CPU, "launch.devices=2", override, cwd=tmp_path, timeout=120)
     _one_message(proc, 2, "no module named 'no_such_pkg'")
 
 
@@ -80,7 +80,7 @@ def _voc_with_a_bad_mask(root: Path) -> Path:
 def test_a_data_error_in_a_rank_is_one_message_exit_3(tmp_path, devices):
     root = _voc_with_a_bad_mask(tmp_path / "voc")
     args = [
-        "trainer.accelerator=cpu",
+        "launch.accelerator=cpu",
         "trainer.max_epochs=1",
         "loader.num_workers=0",
         "dataset.check=off",
@@ -90,7 +90,7 @@ def test_a_data_error_in_a_rank_is_one_message_exit_3(tmp_path, devices):
         "dataset.class_names=[a,b,c]",
         "dataset.input_shape=[16,16]",
         "loader.batch_size=2",
-        f"trainer.devices={devices}",
+        f"launch.devices={devices}",
     ]
     proc = run_cli("train.py", *args, cwd=tmp_path, timeout=180)
     _one_message(proc, 3, "s5.png")
@@ -100,7 +100,7 @@ def test_resume_with_another_model_names_init_from(tiny_run, tmp_path):
     ckpt = tmp_path / "last.pt"  # a UNet's (TINY, trained once per session)
     shutil.copyfile(tiny_run / "checkpoints" / "last.pt", ckpt)
     args = [a for a in CPU if not a.startswith("model")]
-    proc = run_cli("train.py", *args, "model=bisenetv1", f"trainer.resume={ckpt}", cwd=tmp_path)
+    proc = run_cli("train.py", *args, "model=bisenetv1", f"resume={ckpt}", cwd=tmp_path)
     _one_message(proc, 2, f"model.init_from={ckpt}")
 
 
@@ -114,7 +114,7 @@ def test_run_dir_that_cannot_be_created_is_a_storage_error(tmp_path):
 @pytest.mark.slow
 def test_stdc_with_a_loss_that_ignores_its_detail_head_trains_under_ddp(tmp_path):
     args = [a for a in CPU if not a.startswith("model")]
-    stdc = ["model=stdc1", "loss=ce", "trainer.devices=2", "trainer.max_epochs=1"]
+    stdc = ["model=stdc1", "loss=ce", "launch.devices=2", "trainer.max_epochs=1"]
     proc = run_cli("train.py", *args, *stdc, "hydra.run.dir=run", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "run" / "train.log").read_text()

@@ -45,7 +45,7 @@ def test_eval_cli_reports_every_mode_in_one_table(tiny_run, tmp_path):
     proc = run_cli(
         "eval.py",
         f"ckpt={tiny_run / 'checkpoints' / 'best.pt'}",
-        "modes=[whole,slide,whole+flip]",
+        "eval.modes=[whole,slide,whole+flip]",
         "loader.num_workers=0",
         f"hydra.run.dir={out}",
         cwd=tmp_path,

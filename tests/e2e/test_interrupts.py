@@ -15,7 +15,7 @@ from tests.e2e.conftest import one_run_dir
 
 # 6 steps per epoch with 1 process (24 images, batch 4), 3 with 2; log every step. Straight
 # through, BASE is the session's tiny_run (tests/conftest.py; TINY gives the same weights) and,
-# with trainer.devices=2, its ddp_run (tests/e2e/conftest.py): the references of the exact resumes.
+# with launch.devices=2, its ddp_run (tests/e2e/conftest.py): the references of the exact resumes.
 BASE = [*TINY, "trainer.max_epochs=2", "trainer.log_every=1", "dataset.check=off"]
 
 
@@ -41,13 +41,13 @@ def _interrupted_then_resumed(
     )
     assert first.returncode == 143, first.stderr[-3000:]
     assert first.stderr.count("segkit: error:") == 1 and "Traceback" not in first.stderr
-    assert "trainer.resume=auto" in first.stderr
+    assert "resume=auto" in first.stderr
     ckpts = tmp_path / "interrupted" / "checkpoints"
     mid = ck.load(ckpts / "interrupt.pt")
     assert mid["epoch"] == 1 and mid["epoch_step"] > 0  # inside epoch 2
     status = json.loads((tmp_path / "interrupted" / "status.json").read_text())
     assert status["status"] == "interrupted" and "SIGTERM" in status["reason"]
-    resume = [*run, "trainer.resume=auto"]
+    resume = [*run, "resume=auto"]
     again = run_cli("train.py", *BASE, *extra, *signal, *resume, cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (ckpts / "interrupt.pt").exists()  # superseded by the epoch's last.pt
@@ -70,7 +70,7 @@ def test_sigterm_mid_epoch_then_resume_gives_identical_weights(tiny_run, tmp_pat
 
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_of_two_processes_then_resume(ddp_run, tmp_path):
-    two = ["trainer.devices=2"]
+    two = ["launch.devices=2"]
     resumed = _interrupted_then_resumed(tmp_path, two, _signal_at(5, to_parent=True))
     _same_weights(_weights(one_run_dir(ddp_run)), _weights(resumed))  # straight through
 
@@ -100,11 +100,11 @@ def test_sigterm_to_every_process_with_loader_workers_then_resume(tiny_run, tmp_
 
 @pytest.mark.slow
 def test_sigterm_to_every_process_of_two_ranks_with_loader_workers(tmp_path):
-    """The same with ``trainer.devices=2``, whose ranks start their workers by spawn and end
+    """The same with ``launch.devices=2``, whose ranks start their workers by spawn and end
     without atexit: an interrupt (143) with its checkpoint, no process left behind. No resume
     here, so the signal comes in epoch 1 (step 2 of 3): every spawn of the loader workers of a
     later epoch (and of validation) would only add time."""
-    args = [*BASE, "loader.num_workers=2", "trainer.devices=2", *_signal_at(2, to_group=True)]
+    args = [*BASE, "loader.num_workers=2", "launch.devices=2", *_signal_at(2, to_group=True)]
     proc = run_cli(
         "train.py", *args, "hydra.run.dir=r", cwd=tmp_path, timeout=180, new_session=True
     )

@@ -56,7 +56,7 @@ def test_two_node_torchrun_on_localhost_is_one_job(tmp_path):
 
 
 def test_torchrun_restart_after_a_rank_failure_resumes_to_the_same_weights(ddp_run, tmp_path):
-    """Against the same 2 epochs with ``trainer.devices=2`` straight through (the session's
+    """Against the same 2 epochs with ``launch.devices=2`` straight through (the session's
     ddp_run, tests/e2e/conftest.py)."""
     import json
 

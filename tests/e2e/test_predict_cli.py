@@ -97,10 +97,9 @@ def check_outputs(out: Path, sizes: dict[str, tuple[int, int]]) -> None:
     [
         (),
         (
-            "mode=slide",
-            "window=[24,24]",
-            "tta.flip=true",
-            "tta.scales=[0.75,1.0]",
+            "eval.modes=[slide+flip+ms]",
+            "eval.slide.window=[24,24]",
+            "eval.tta.scales=[0.75,1.0]",
             "precision=auto",
         ),
     ],
@@ -111,7 +110,7 @@ def test_predict_folder_of_mixed_images(demo_ckpt, tmp_path, options):
     before = snapshot(images)
     out = tmp_path / "pred"
     args = [f"ckpt={demo_ckpt}", f"input={images}", f"out={out}", "progress_bar=false"]
-    result = run_cli("scripts/predict.py", *args, *options, "batch_size=3", cwd=tmp_path)
+    result = run_cli("scripts/predict.py", *args, *options, "loader.batch_size=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr + result.stdout and "broken.png" in result.stdout
     check_outputs(out, sizes)

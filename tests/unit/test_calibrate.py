@@ -1,4 +1,4 @@
-"""Calibration of the class priors (segkit.evaluation.logit_bias, trainer.calibrate): the fitted
+"""Calibration of the class priors (segkit.evaluation.logit_bias, calibrate.enabled): the fitted
 biases against hand-computed thresholds, the pixels collected, the wrapper, and a calibrated run
 (eval.py and scripts/calibrate.py on it: tests/e2e/test_calibrate_cli.py)."""
 
@@ -209,8 +209,8 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
 
 
 def test_trainer_calibrate_must_be_a_boolean():
-    with pytest.raises(ConfigError, match="trainer.calibrate"):
-        check_train_config(compose_train(*TINY, "trainer.calibrate=sometimes"))
+    with pytest.raises(ConfigError, match="calibrate.enabled"):
+        check_train_config(compose_train(*TINY, "calibrate.enabled=sometimes"))
 
 
 @pytest.mark.parametrize(
@@ -243,8 +243,8 @@ def test_calibrate_images_fits_on_that_many_train_images(calibrated_run, tmp_pat
 
 
 def test_calibrate_images_and_max_images_must_be_positive(capsys):
-    with pytest.raises(ConfigError, match="trainer.calibrate_images"):
-        check_train_config(compose_train(*TINY, "trainer.calibrate_images=0"))
+    with pytest.raises(ConfigError, match="calibrate.max_images"):
+        check_train_config(compose_train(*TINY, "calibrate.max_images=0"))
     with pytest.raises(SystemExit) as exit_info:
         _load_script("calibrate").parse_args(["a.pt", "b.pt", "--max-images", "0"])
     assert exit_info.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err

@@ -169,6 +169,6 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial(tmp_path, monkey
     monkeypatch.undo()
     message = str(e.value)
     assert "No space left on device" in message and str(path.parent) in message
-    assert "the file needs about 0.0 MB" in message and "trainer.resume=auto" in message
+    assert "the file needs about 0.0 MB" in message and "resume=auto" in message
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
     assert ck.load(path)["epoch"] == 1

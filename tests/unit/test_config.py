@@ -6,6 +6,7 @@ tests/e2e/test_errors.py)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from segkit.config.checks import check_train_config
+from segkit.config.checks import check_command_line, check_train_config
 from segkit.dist import DistInfo
 from segkit.errors import ConfigError
 from segkit.optim import param_groups
@@ -75,21 +76,57 @@ def test_unknown_option_names_the_group():
     assert "model/unett" in str(e.value) or "unett" in str(e.value)
 
 
-def test_trainer_yaml_is_the_schema_of_the_loop_and_launch_keys():
-    """Every LoopOptions field is in conf/trainer/default.yaml, and every key there is either a
-    loop option or a launch key read by segkit.run: no default is written twice."""
-    from segkit.engine.trainer import LoopOptions
-    from segkit.run import LAUNCH_KEYS, loop_options
+def test_each_plain_node_is_its_schema():
+    """``trainer``, ``launch``, ``loader`` and ``calibrate`` hold exactly the fields of their
+    dataclasses in segkit.config.schema (the one place their types are written)."""
+    from segkit.config import schema
+    from segkit.run import loop_options
 
-    fields = {f.name: f for f in dataclasses.fields(LoopOptions)}
     cfg = compose_train()
+    for node, dataclass in schema.PLAIN_NODES.items():
+        assert set(cfg[node]) == {f.name for f in dataclasses.fields(dataclass)}, node
+        built = schema.build(dataclass, cfg[node])
+        for key in cfg[node]:
+            assert schema.matches(getattr(built, key), schema.field_type(f"{node}.{key}")), key
     options = loop_options(cfg, show_progress=True)
-    assert set(cfg.trainer) == set(fields) | set(LAUNCH_KEYS)
-    assert not set(fields) & set(LAUNCH_KEYS)
-    assert all(f.default is dataclasses.MISSING for f in fields.values())
     assert options.max_epochs == cfg.trainer.max_epochs
     assert options.precision == cfg.trainer.precision
     assert not loop_options(cfg, show_progress=False).progress_bar
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("launch.devices=two", "launch.devices='two': expected an integer or 'auto'"),
+        ("launch.sync_bn=yes", "launch.sync_bn='yes': expected true or false, found str"),
+        ("launch.accelerator=tpu", "launch.accelerator='tpu': expected 'auto' or 'cpu' or 'cuda'"),
+        ("calibrate.enabled=1", "calibrate.enabled=1: expected true or false, found int 1"),
+        ("trainer.precision=fp8", "trainer.precision='fp8': expected 'auto' or 'fp32'"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an integer >= 1, found float"),
+        ("calibrate.max_images=0", "calibrate.max_images=0: expected an integer >= 1 or null"),
+    ],
+)
+def test_plain_node_types_come_from_the_schema(override, message):
+    with pytest.raises(ConfigError) as e:
+        check_train_config(compose_train(*TINY, override))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("trainer.devices=2", "launch.devices"),
+        ("trainer.resume=auto", "resume"),
+        ("trainer.calibrate=true", "calibrate.enabled"),
+        ("trainer.calibrate_images=8", "calibrate.max_images"),
+        ("modes=[whole]", "eval.modes"),
+        ("tta.scales=[1.0]", "eval.tta.scales"),
+        ("accelerator=cpu", "launch.accelerator"),
+    ],
+)
+def test_keys_renamed_in_0_2_stop_with_their_new_name(old, new):
+    with pytest.raises(ConfigError, match=f"-> {re.escape(new)}\\)"):
+        check_command_line("train", [old])
 
 
 def test_no_test_machinery_in_user_config():

@@ -11,7 +11,7 @@ from segkit.errors import exit_on_error, run_task
 from segkit.run import train
 from tests.conftest import TINY, compose_train
 
-CPU = [*TINY, "trainer.accelerator=cpu", "dataset.check=off"]
+CPU = [*TINY, "launch.accelerator=cpu", "dataset.check=off"]
 
 # (override, exit code, the text(s) the one message must hold)
 BAD_VALUES = [
@@ -23,7 +23,7 @@ BAD_VALUES = [
     ("loss.class_weights=[1,2]", 2, "loss.class_weights has 2 values but dataset.num_classes=5"),
     ("dataset=voc", 2, "dataset.root not set"),
     ("model._target_=no_such_pkg.Model", 2, "no module named 'no_such_pkg'"),
-    ("+ckpt_path=x.pt", 2, "trainer.resume=PATH"),
+    ("+ckpt_path=x.pt", 2, "resume=PATH"),
     (
         "trainer.max_epoch=3",
         2,
@@ -49,7 +49,7 @@ BEFORE_HYDRA = {
 
 
 def args_for(override: str) -> list[str]:
-    return [*(CPU if override != "dataset=voc" else ["trainer.accelerator=cpu"]), override]
+    return [*(CPU if override != "dataset=voc" else ["launch.accelerator=cpu"]), override]
 
 
 @pytest.mark.parametrize(("override", "code", "text"), BAD_VALUES)

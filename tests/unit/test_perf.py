@@ -115,7 +115,7 @@ def test_native_bf16_does_not_warn(monkeypatch, caplog):
     "backend",
     [
         "aot_eager",  # dynamo capture + AOT autograd: guards and recompiles, in seconds
-        # inductor (what trainer.compile=true uses) compiles for minutes with a cold cache on 2
+        # inductor (what launch.compile=true uses) compiles for minutes with a cold cache on 2
         # cores: run it with SEGKIT_TEST_INDUCTOR=1 (it passed here, ~2.4 min cold)
         pytest.param(
             "inductor",
@@ -126,7 +126,7 @@ def test_native_bf16_does_not_warn(monkeypatch, caplog):
     ],
 )
 def test_compile_matches_eager_loss_and_evaluation_does_not_recompile(backend):
-    """What ``trainer.compile=true`` does (``torch.compile(model)``, inductor by default): the
+    """What ``launch.compile=true`` does (``torch.compile(model)``, inductor by default): the
     same losses as eager, and after the first epoch (train graph + eval graph) neither
     training nor evaluation compiles anything again."""
     from torch._dynamo.utils import counters

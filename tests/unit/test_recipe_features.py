@@ -246,7 +246,9 @@ def test_eval_modes_default_to_the_recipes_own():
     from segkit.run.evaluation import eval_modes
 
     def cli(modes=None, scales=None):
-        return OmegaConf.create({"ckpt": "r.pt", "modes": modes, "tta": {"scales": scales}})
+        return OmegaConf.create(
+            {"ckpt": "r.pt", "eval": {"modes": modes, "tta": {"scales": scales}}}
+        )
 
     recipe = {"config": {"eval": {"modes": ["whole+flip+ms"], "tta": {"scales": [0.5, 2]}}}}
     assert eval_modes(cli(), recipe) == (["whole+flip+ms"], (0.5, 2.0))
@@ -324,7 +326,7 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
     crashed = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="injected failure"):
         train_rank(compose_train(*ema, "+loss.fail_at_step=9"), crashed)
-    train_rank(compose_train(*ema, "+loss.fail_at_step=null", "trainer.resume=auto"), crashed)
+    train_rank(compose_train(*ema, "+loss.fail_at_step=null", "resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
     assert a["ema_updates"] == b["ema_updates"] == a["step"] == 18
@@ -462,7 +464,7 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
     cfg = compose_train(
         f"experiment={experiment}", f"dataset.root={root}", "model.pretrained=false",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.precision=fp32",
+        "trainer.progress_bar=false", "launch.accelerator=cpu", "trainer.precision=fp32",
         "loader.batch_size=2", "loader.num_workers=0", "dataset.input_shape=[64,64]",
         "dataset.val_input_shape=[64,64]", *extra,  # validation and calibration at 64x64 too
     )  # fmt: skip
@@ -471,5 +473,5 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
     train_rank(cfg, run)
     best = ck.load(run / "checkpoints" / "best.pt")
     assert best["step"] == 2 and math.isfinite(best["metrics"]["miou"])
-    if cfg.trainer.calibrate:  # the recipe's own modes got their biases
+    if cfg.calibrate.enabled:  # the recipe's own modes got their biases
         assert set(best["logit_bias"]) == {"whole", *cfg.eval.modes}

@@ -71,7 +71,7 @@ def test_the_crafted_checkpoint_runs_its_command_when_unpickled(crafted):
 def test_resume_refuses_it(crafted, tmp_path):
     path, marker = crafted
     with pytest.raises(UnsafeCheckpointError, match=RISK):
-        train_rank(compose_train(*ONE, f"trainer.resume={path}"), tmp_path / "resumed")
+        train_rank(compose_train(*ONE, f"resume={path}"), tmp_path / "resumed")
     assert not marker.exists()
 
 

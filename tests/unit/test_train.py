@@ -80,7 +80,7 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
     with pytest.raises(RuntimeError, match="injected failure at training step 9"):
         train_rank(compose_train(*three, *failing(9)), crashed)
     assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
-    train_rank(compose_train(*three, "trainer.resume=auto"), crashed)
+    train_rank(compose_train(*three, "resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 18
@@ -109,9 +109,7 @@ def test_periodic_checkpoints_record_the_position(tmp_path):
 
 def test_resume_from_missing_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(ck.CheckpointError, match="nowhere.pt"):
-        train_rank(
-            compose_train(*TINY, f"trainer.resume={tmp_path / 'nowhere.pt'}"), tmp_path / "r"
-        )
+        train_rank(compose_train(*TINY, f"resume={tmp_path / 'nowhere.pt'}"), tmp_path / "r")
 
 
 ONE = [*TINY, "trainer.max_epochs=1", "dataset.check=off"]
@@ -217,7 +215,7 @@ VOC = [
     "loader.num_workers=0",
     "trainer.max_epochs=1",
     "trainer.progress_bar=false",
-    "trainer.accelerator=cpu",
+    "launch.accelerator=cpu",
 ]
 
 
