@@ -1,5 +1,5 @@
 """Which config keys exist: the table of renamed and removed keys, the default config as a schema
-(read as plain yaml), and messages for unknown keys and options with a did-you-mean."""
+(composed by Hydra), and messages for unknown keys and options with a did-you-mean."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra._internal.config_loader_impl import ConfigLoaderImpl  # Hydra 1.3's loader
+from hydra._internal.utils import create_config_search_path
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.errors import ConfigError
 
@@ -96,26 +99,19 @@ def composition_error(message: str, config_name: str, chosen: tuple = ()) -> Con
 
 @cache
 def default_config(config_name: str, chosen: tuple = ()) -> DictConfig:
-    """``conf/<config_name>.yaml`` with its default group options (or those ``chosen``, pairs
-    like ``("dataset", "voc")``) merged in, read as plain yaml (no Hydra: this also runs inside
-    a Hydra app). The schema of the plain nodes."""
-    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
-    node = {k: v for k, v in raw.items() if k != "defaults"}  # unresolved: interpolations stay
-    for entry in raw.get("defaults", []):
-        for group, option in entry.items() if isinstance(entry, dict) else ():
-            group = str(group).split()[-1]  # "optional dataset" -> "dataset"
-            option = dict(chosen).get(group, option)
-            path = CONF_DIR / group / f"{option}.yaml"
-            if group.startswith("hydra") or option is None or not path.is_file():
-                continue
-            loaded = OmegaConf.to_container(OmegaConf.load(path))
-            if "_base" in str(loaded.get("defaults", "")):
-                loaded = {
-                    **OmegaConf.to_container(OmegaConf.load(path.parent / "_base.yaml")),
-                    **loaded,
-                }
-            node[group] = {k: v for k, v in loaded.items() if k != "defaults"}
-    return OmegaConf.create(node)
+    """``conf/<config_name>.yaml`` composed by Hydra's own config loader with its default group
+    options (or those ``chosen``, pairs like ``("dataset", "voc")``), without the ``hydra``
+    node; interpolations stay unresolved. The loader is built here rather than taken from the
+    running app, so this works inside a Hydra app and outside one alike."""
+    # an option that does not exist is the error being reported: compose without it
+    valid = [(g, o) for g, o in chosen if (CONF_DIR / g / f"{o}.yaml").is_file()]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    cfg = loader.load_configuration(
+        config_name, overrides=[f"{g}={o}" for g, o in valid], run_mode=RunMode.RUN
+    )
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
 
 
 def default_keys(config_name: str, parent: str, chosen: tuple = ()) -> list[str]:
