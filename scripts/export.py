@@ -91,8 +91,9 @@ def export(cfg: DictConfig) -> int:
     metadata = export_metadata(labels, input_shape, model_target(meta["config"]))
     try:
         export_onnx(
-            model, tmp, export_hw, exporter=cfg.exporter, opset=cfg.opset, metadata=metadata
-        )
+            model, tmp, export_hw, exporter=cfg.exporter, opset=cfg.opset,
+            in_channels=labels.in_channels, metadata=metadata,
+        )  # fmt: skip
         report = parity_check(
             model, OnnxModel(tmp), images, sizes, labels,
             logit_tol=pc.logit_tol, pixel_tol=pc.pixel_tol, export_hw=export_hw,

@@ -1,12 +1,13 @@
 """Export a trained model to ONNX, run the exported file, and check it against PyTorch.
 
-The exported graph maps ``images (N,3,H,W)`` float32 (normalised as in training) to
-``logits (N,C,H,W)``, with N, H and W dynamic. ``exporter="dynamo"`` goes through
-``torch.export``; ``"legacy"`` through the TorchScript tracer. Either way a model that tests a
-size in Python (``if h % 16: pad``) is silently frozen at the example's size, so every export is
-followed by :func:`parity_check` on real images at several sizes, the export size among them
-and others that are not multiples of 32. The label space and input size travel in the file's
-metadata (``segkit.*`` keys), so ``scripts/predict.py ckpt=model.onnx`` needs nothing else.
+The exported graph maps ``images (N,C_in,H,W)`` float32 (normalised as in training; C_in the
+run's ``in_channels``, 1 for gray) to ``logits (N,C,H,W)``, with N, H and W dynamic.
+``exporter="dynamo"`` goes through ``torch.export``; ``"legacy"`` through the TorchScript
+tracer. Either way a model that tests a size in Python (``if h % 16: pad``) is silently frozen
+at the example's size, so every export is followed by :func:`parity_check` on real images at
+several sizes, the export size among them and others that are not multiples of 32. The label
+space and input size travel in the file's metadata (``segkit.*`` keys), so
+``scripts/predict.py ckpt=model.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _import(name: str):
 # --------------------------------------------------------------------------- running a file
 class OnnxModel(nn.Module):
     """An exported ``.onnx`` file under ONNX Runtime (CPU) with the model contract:
-    ``forward(x (N,3,H,W)) -> {"out": (N,C,H,W) logits}`` on x's device. ``labels`` and
+    ``forward(x (N,C_in,H,W)) -> {"out": (N,C,H,W) logits}`` on x's device. ``labels`` and
     ``input_shape`` come from the file's ``segkit.*`` metadata (None when absent)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
