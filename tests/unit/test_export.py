@@ -164,7 +164,7 @@ def test_export_command_takes_the_input_channels_of_the_checkpoint(tmp_path):
     assert _load_script("export").export(cfg) == 0
     exported = OnnxModel(out)
     assert exported.session.get_inputs()[0].shape[1] == 1
-    assert exported.labels.in_channels == 1
+    assert exported.labels.in_channels == 1 and exported.window == (32, 32)  # slide default
     x = torch.randn(2, 1, 37, 29)
     with torch.no_grad():
         expected = model(x)["out"]
