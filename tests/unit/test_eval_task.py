@@ -8,9 +8,12 @@ import importlib.util
 import json
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from segkit.data.original_size import OriginalSizeMasks, original_size_loader
+from segkit.errors import DataError
 from segkit.io import checkpoint as ck
 from segkit.run.evaluation import evaluate
 from segkit.run.models import checkpoint_window
@@ -54,3 +57,26 @@ def test_slide_defaults_to_the_training_crop(tiny_run, tmp_path):
     modes = json.loads((tmp_path / "metrics.json").read_text())["modes"]
     assert report["modes"] == modes
     assert modes["slide"]["miou"] != pytest.approx(modes["whole"]["miou"], abs=1e-6), modes
+
+
+def test_original_size_masks_skip_bad_samples_like_the_dataset(tmp_path):
+    """``on_bad_sample=skip``: item i of the original-size view is the sample the dataset gives
+    for i (a corrupt mask: the next loadable sample), image and mask of the same sample."""
+    from segkit.data.voc import VOCDataset
+    from tests.unit.test_check import H, W, make_voc, path_of
+
+    root = make_voc(tmp_path, ["a"], ["b", "c", "d", "e"])
+    path_of(root, "mask", "c").write_bytes(b"not a png")
+    kw = dict(train=False, num_classes=3, input_shape=[16, 20], max_bad_fraction=0.5)
+    val = VOCDataset(root, "val", on_bad_sample="skip", **kw)
+    view = OriginalSizeMasks(val)
+    for i, used in enumerate([0, 2, 2, 3]):  # c (1) is replaced by d (2)
+        image, mask = view[i]
+        assert torch.equal(image, val[i][0]) and image.shape == (3, 16, 20)
+        assert torch.equal(mask, torch.from_numpy(val.load_raw(used)[1]))
+        assert mask.shape == (H, W)  # the original size, not the letterbox
+    images, masks = next(iter(original_size_loader(val, batch_size=4, num_workers=0)))
+    assert images.shape == (4, 3, 16, 20) and len(masks) == 4
+    strict = VOCDataset(root, "val", **kw)  # on_bad_sample=raise: one message naming the sample
+    with pytest.raises(DataError, match=r"bad sample 1 .*c\.png"):
+        OriginalSizeMasks(strict)[1]
