@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segkit import dist
 from segkit import precision as prec
-from segkit.config.checks import check_eval_config
+from segkit.config.checks import check_components, check_eval_config
 from segkit.data.original_size import original_size_loader
 from segkit.errors import ConfigError
 from segkit.evaluation.logit_bias import stored_biases, with_bias
@@ -168,14 +168,19 @@ def eval_precision(chosen: str | None, ckpt: dict, device, key: str = "precision
 
 
 def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
-    """The dataset to score: ``dataset=NAME`` if given, else the checkpoint's own config (only
-    segkit's dataset classes: a checkpoint is data, never code); ``dataset_root`` replaces its
-    root (same dataset, data somewhere else)."""
-    if cfg.get("dataset"):
-        ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    """The dataset to score: ``dataset=NAME`` (a whole config, with its ``_target_``) if given,
+    else the checkpoint's own config (only segkit's dataset classes: a checkpoint is data, never
+    code) with the keys of ``+dataset.KEY=VALUE`` overrides merged on top, each checked against
+    the dataset's arguments; ``dataset_root`` replaces its root (same dataset, data somewhere
+    else)."""
+    chosen = cfg.get("dataset") or OmegaConf.create({})
+    if "_target_" in chosen:
+        ds = OmegaConf.to_container(chosen, resolve=True)
     else:
         check_dataset_target(stored, source)
-        ds = dict(stored)
+        ds = OmegaConf.to_container(OmegaConf.merge(stored, chosen), resolve=True)
+        # the stored config is known good: a bad key can only come from the command line
+        check_components(OmegaConf.create({"dataset": ds}))
     if cfg.dataset_root:
         ds["root"] = cfg.dataset_root
     return ds

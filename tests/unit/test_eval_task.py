@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from segkit.data.demo import make_demo_dataset
 from segkit.data.original_size import OriginalSizeMasks, original_size_loader
-from segkit.errors import DataError
+from segkit.errors import ConfigError, DataError
 from segkit.io import checkpoint as ck
-from segkit.run.evaluation import evaluate
+from segkit.run.evaluation import eval_dataset_config, evaluate
 from segkit.run.models import checkpoint_window
 from tests.conftest import CONF, REPO
 
@@ -80,3 +82,26 @@ def test_original_size_masks_skip_bad_samples_like_the_dataset(tmp_path):
     strict = VOCDataset(root, "val", **kw)  # on_bad_sample=raise: one message naming the sample
     with pytest.raises(DataError, match=r"bad sample 1 .*c\.png"):
         OriginalSizeMasks(strict)[1]
+
+
+def test_a_one_key_dataset_override_applies_to_the_stored_dataset(tiny_run, tmp_path):
+    """``python eval.py ckpt=... +dataset.on_bad_sample=skip``: the key goes onto the dataset
+    config stored in the checkpoint (a corrupt val mask is then skipped), and a key the
+    dataset does not take is one message naming it."""
+    demo = make_demo_dataset(num_train=24, num_val=7, size=(32, 32)).parent  # the session's
+    shutil.copytree(demo, tmp_path / "cache" / demo.name)
+    masks = tmp_path / "cache" / demo.name / "VOCdevkit" / "VOC2007" / "SegmentationClass"
+    val = (masks.parents[1] / "VOC2007/ImageSets/Segmentation/val.txt").read_text().split()
+    (masks / f"{val[2]}.png").write_bytes(b"truncated")
+    ckpt = f"ckpt={tiny_run / 'checkpoints' / 'best.pt'}"
+    root = f"dataset_root={tmp_path / 'cache'}"
+    with pytest.raises(DataError, match=f"bad sample 2 .*{val[2]}"):
+        evaluate(eval_config(ckpt, root), tmp_path / "raise")
+    skip = ["+dataset.on_bad_sample=skip", "+dataset.max_bad_fraction=0.2"]  # 1 of 7 is bad
+    report = evaluate(eval_config(ckpt, root, *skip), tmp_path / "skip")
+    assert report["num_images"] == 7 and 0 < report["miou"] <= 1
+    stored = ck.load(tiny_run / "checkpoints" / "best.pt")["config"]["dataset"]
+    typo = eval_config(ckpt, "+dataset.on_bad_sampel=skip")
+    with pytest.raises(ConfigError, match=r"dataset\.on_bad_sampel: .*did you mean") as err:
+        eval_dataset_config(typo, stored, "best.pt")  # what evaluate() builds its dataset from
+    assert "'on_bad_sample'" in str(err.value)
