@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.data.io import ALPHA_RULE
 from segkit.data.stats import ClassCounts
 
 MAX_LISTED_VALUES = 12
@@ -33,8 +34,8 @@ ORIENTATIONS = {
 
 MODE_NOTES = {
     "L": "grayscale (mode L), replicated to 3 channels",
-    "LA": "grayscale + alpha (mode LA), alpha dropped",
-    "RGBA": "RGBA, alpha channel dropped",
+    "LA": f"grayscale + alpha (mode LA), {ALPHA_RULE}",
+    "RGBA": f"RGBA, {ALPHA_RULE}",
     "P": "palette image (mode P), expanded to RGB",
     "I;16": "16-bit (mode I;16), scaled to 8 bits",
     "I;16B": "16-bit (mode I;16B), scaled to 8 bits",
@@ -43,6 +44,13 @@ MODE_NOTES = {
     "CMYK": "CMYK, converted to RGB",
     "1": "1-bit (mode 1), expanded to RGB",
 }
+
+
+def opacity_note(alpha: np.ndarray) -> str:
+    """'; N% of the pixels are not opaque' for an (H,W) uint8 alpha channel: how much of the
+    picture `ALPHA_RULE` concerns."""
+    share = 100 * float(np.count_nonzero(alpha < 255)) / max(alpha.size, 1)
+    return f"; {share:.3g}% of the pixels are not opaque"
 
 
 def check_jpeg_end(path: str) -> None:

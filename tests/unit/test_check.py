@@ -12,6 +12,7 @@ from PIL import Image
 
 from segkit.data import doctor, problems
 from segkit.data.doctor import check_dataset, check_for_training, check_split_file
+from segkit.data.io import ALPHA_RULE
 from segkit.data.problems import CheckReport, Problem, format_warnings, write_bad_samples
 from segkit.data.stats import ClassCounts, auto_class_weights, class_pixel_counts, class_weights
 from segkit.data.voc import VOCDataset
@@ -325,6 +326,18 @@ def test_odd_image_modes_are_warnings(voc, mode, fragment):
     (warning,) = report.warnings
     assert warning.file == str(path) and fragment in warning.message
     assert "WARNING [" in report.format() and str(path) in report.format()
+    if mode == "RGBA":  # the words of the loader (segkit.data.io), with the share it affects
+        assert ALPHA_RULE in warning.message and "100% of the pixels" in warning.message
+
+
+def test_transparent_pixels_are_counted_in_the_alpha_warning(voc):
+    path = path_of(voc, "image", "b")
+    rgba = np.full((H, W, 4), 200, np.uint8)
+    rgba[..., 3] = 255
+    rgba[:3, :, 3] = 0  # 3 of 12 rows transparent
+    Image.fromarray(rgba).save(path, format="PNG")
+    (warning,) = check_dataset(*datasets(voc), level="full").warnings
+    assert warning.message == f"RGBA, {ALPHA_RULE}; 25% of the pixels are not opaque"
 
 
 def test_crlf_bom_split_file_is_accepted(voc):
