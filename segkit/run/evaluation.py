@@ -179,8 +179,8 @@ def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
     else:
         check_dataset_target(stored, source)
         ds = OmegaConf.to_container(OmegaConf.merge(stored, chosen), resolve=True)
-        # the stored config is known good: a bad key can only come from the command line
-        check_components(OmegaConf.create({"dataset": ds}))
+        if chosen:  # a key the dataset does not take: one message naming it, not a TypeError
+            check_components(OmegaConf.create({"dataset": ds}))
     if cfg.dataset_root:
         ds["root"] = cfg.dataset_root
     return ds
