@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,27 +269,49 @@ class SegmentationDataset(Dataset):
             return image, mask  # skip mode: the donor is reported when it is a sample itself
         return copy_paste(image, mask, donor, donor_mask, self.augment["paste_classes"], rng)
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """load_raw; its errors name the sample."""
         try:
-            image, mask = self.load_raw(i)
+            return self.load_raw(i)
         except (DataError, OSError) as e:
             image_path, mask_path = self.files[i]
             raise DataError(
                 f"bad sample {i} (image {image_path}, mask {mask_path}): {e}. Fix or remove it, "
                 "or set dataset.on_bad_sample=skip"
             ) from e
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
+        image, mask = self._read(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image, mask = self.paste_from_another(image, mask, i, rng)
         return self.transform(image, mask, rng)
 
-    def _load_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Skip mode: the first loadable sample from index on (wrapping), deterministic."""
+    def _load_original(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample i read once: (image (C,h,w) uint8 as `_load` makes it, mask (H0,W0) ids)."""
+        image, mask = self._read(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        image, mask = self.paste_from_another(image, mask, i, rng)
+        boxed, boxed_mask = self.transform(image, mask, rng)
+        return to_tensors(boxed, boxed_mask)[0], torch.from_numpy(mask)
+
+    def original_size_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image (C,h,w) uint8 as ``self[index]`` gives it, mask (H0,W0) uint8 ids at the
+        image's original size) of the same sample: for ``on_bad_sample="skip"`` the one that
+        replaces a bad sample in ``self[index]`` too (the next loadable one)."""
+        if self.on_bad_sample == "skip":
+            return self._load_or_skip(index, self._load_original)
+        return self._load_original(index)
+
+    def _load_or_skip(self, index: int, load: Callable[[int], Any] | None = None) -> Any:
+        """Skip mode: ``load`` (default `_load`) of the first loadable sample from index on
+        (wrapping), deterministic."""
+        load = load or self._load
         n = len(self.files)
         for k in range(n):
             i = (index + k) % n
             try:
-                return self._load(i)
+                return load(i)
             except DataError as e:
                 if i not in self._bad:  # warn once per sample and process, not every epoch
                     log.warning("skipping %s", e)

@@ -37,6 +37,7 @@ from segkit.data.problems import (
     is_lossy,
     is_lossy_rgb,
     list_values,
+    opacity_note,
     rgb_mask_hint,
     size_message,
     top_colors,
@@ -157,6 +158,7 @@ def _check_image(path: str, add: Callable[..., None]) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             mode, orientation, fmt = im.mode, exif_orientation(im), im.format
+            alpha = np.asarray(im.getchannel("A")) if mode in ("RGBA", "LA") else None
         loaded = read_image(path)
         if fmt == "JPEG":
             check_jpeg_end(path)
@@ -164,7 +166,8 @@ def _check_image(path: str, add: Callable[..., None]) -> tuple[int, int] | None:
         add(path, "unreadable_image", clean_error(e))
         return None
     if mode != "RGB":
-        add(path, "image_mode", MODE_NOTES.get(mode, f"mode {mode}"), WARNING)
+        note = MODE_NOTES.get(mode, f"mode {mode}")
+        add(path, "image_mode", note + ("" if alpha is None else opacity_note(alpha)), WARNING)
     if orientation != 1:
         add(
             path,

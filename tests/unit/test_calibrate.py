@@ -202,7 +202,7 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     # predict runs the mode it is asked for with that mode's biases (from either file)
     predict = _load_script("predict")
     for path in (best_path, weights):
-        model, _, _ = predict.load(str(path), "whole+flip")
+        model, *_ = predict.load(str(path), "whole+flip")
         assert isinstance(model, LogitBias)
         assert model.bias.tolist() == pytest.approx(biases["whole+flip"])
     assert not isinstance(predict.load(str(best_path), "slide")[0], LogitBias)

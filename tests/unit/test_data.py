@@ -97,13 +97,16 @@ def test_read_image_conversions(tmp_path):
 
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = (10, 20, 30)
-    rgba[0, :, 3] = 255  # opaque row: unchanged
-    rgba[1, 0, 3] = 0  # transparent: gray 128
-    rgba[1, 1:, 3] = 102  # 40 %: 0.4 * c + 0.6 * 128
+    rgba[0, :, 3] = 255  # opaque row
+    rgba[1, 0, 3] = 0  # transparent
+    rgba[1, 1:, 3] = 102  # 40 %
     out = read_image(save_png(tmp_path / "a.png", rgba))
-    assert out[0].tolist() == [[10, 20, 30]] * 3
-    assert out[1, 0].tolist() == [128, 128, 128]
-    assert out[1, 1].tolist() == [81, 85, 89]  # 0.4*10+76.8=80.8, 84.8, 88.8 rounded
+    assert out.tolist() == [[[10, 20, 30]] * 3] * 2  # alpha dropped: the stored colours
+    transparent = np.zeros((2, 3, 2), np.uint8)
+    transparent[..., 0] = 90  # gray + alpha 0 everywhere: still the picture, not flat gray
+    Image.fromarray(transparent, mode="LA").save(tmp_path / "la.png")
+    assert (read_image(tmp_path / "la.png") == 90).all()
+    assert (read_image(tmp_path / "la.png", channels=1) == 90).all()
 
     deep = np.array([[0, 65535, 257 * 100]], np.uint16)
     cv2.imwrite(str(tmp_path / "d.png"), deep)
