@@ -32,7 +32,6 @@ HEARTBEAT_S = 30.0
 # NFS clients may cache a file's times for up to a minute, so this is several heartbeats
 STALE_AFTER_S = 300.0
 REPLACED_DIR = "replaced"
-LOCK_FILE = ".claim.lock"
 # what an earlier run leaves that a new run would overwrite: a directory with none of these
 # (a run that failed while starting) is free
 WORK = (CKPT_DIR, RESULT_FILE, METRICS_CSV)
@@ -138,13 +137,14 @@ def describe(status: dict[str, Any] | None) -> str:
 
 @contextlib.contextmanager
 def _claim_lock(run_dir: Path) -> Iterator[None]:
-    """Two runs starting together on this host claim one after the other."""
-    with open(run_dir / LOCK_FILE, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """Two runs starting together on this host claim one after the other (a lock on the folder
+    itself: no lock file is left in it)."""
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
@@ -186,7 +186,7 @@ def move_aside(run_dir: Path) -> Path:
         dest, n = run_dir / REPLACED_DIR / f"{stamp}_{n}", n + 1
     dest.mkdir(parents=True)
     for entry in sorted(run_dir.iterdir()):
-        if entry.name not in (REPLACED_DIR, LOCK_FILE):
+        if entry.name != REPLACED_DIR:
             os.rename(entry, dest / entry.name)
     return dest
 

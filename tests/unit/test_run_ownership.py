@@ -73,7 +73,7 @@ def test_an_earlier_run_is_refused_resumed_or_moved_aside(tmp_path):
     assert moved.parent == run_dir / "replaced"
     kept = {str(p.relative_to(moved)): p.read_bytes() for p in moved.rglob("*") if p.is_file()}
     assert kept == files  # .hydra/ included: the claim comes before Hydra writes
-    assert sorted(p.name for p in run_dir.iterdir()) == [".claim.lock", "replaced", "status.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["replaced", "status.json"]
     status = read_status(run_dir)
     assert (status["status"], status["pid"]) == ("running", os.getpid())
 
