@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from segkit.errors import ConfigError, RunDirError
+from segkit.errors import ConfigError, RunDirError, StorageError
 from segkit.io.checkpoint import CKPT_DIR
 from segkit.reporting.run_files import (
     METRICS_CSV,
@@ -163,7 +163,13 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> Path | Non
             "overwrite=true moves it aside and starts over; keep one of them"
         )
     run_dir = Path(run_dir).absolute()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"cannot create the run directory {run_dir}: {e.strerror}; "
+            "set hydra.run.dir=/a/writable/path"
+        ) from None
     with _claim_lock(run_dir):
         check_not_live(run_dir)
         status, moved = read_status_safe(run_dir), None
