@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit import dist
 from segkit.config.checks import check_train_config
-from segkit.engine.spawn import elastic_restarts
+from segkit.engine.spawn import elastic_marker, elastic_restarts
 from segkit.errors import ConfigError, UserError, exit_on_error
 from segkit.reporting.run_ownership import Heartbeat, claim_run_dir
 
@@ -39,11 +39,15 @@ def overwrite_flag(cfg: DictConfig) -> bool:
 def claim(config: DictConfig) -> Heartbeat | None:
     """Claim ``hydra.run.dir`` for this run (`segkit.reporting.run_ownership.claim_run_dir`)
     and start its heartbeat. The other ranks of a torchrun job and the restarts of an elastic
-    one belong to the run that global rank 0 of the first attempt claimed: they claim nothing."""
-    if dist.launch_rank() != 0 or elastic_restarts():
+    one whose first attempt started training belong to the run that global rank 0 of that
+    attempt claimed: they claim nothing."""
+    if dist.launch_rank() != 0:
         return None
     # resolves ${now:...} once: Hydra caches it, so the run directory it makes is this one
     run_dir = Path(str(config.hydra.run.dir))
+    marker = elastic_marker(run_dir)
+    if elastic_restarts() and marker is not None and marker.is_file():
+        return None
     moved = claim_run_dir(
         run_dir, resume=config.get("resume") is not None, overwrite=overwrite_flag(config)
     )

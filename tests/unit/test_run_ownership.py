@@ -120,17 +120,23 @@ def _config(run_dir: Path, **keys) -> OmegaConf:
 
 
 def test_the_other_ranks_and_restarts_of_a_job_claim_nothing(tmp_path, monkeypatch):
-    _earlier_run(tmp_path)  # a first attempt's files: a restart continues there
+    run_dir = tmp_path / "run"
+    _earlier_run(run_dir)  # a first attempt's files: a restart continues there
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")  # rank 1 on a second node
-    assert start_checks.claim(_config(tmp_path)) is None
+    assert start_checks.claim(_config(run_dir)) is None
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert start_checks.claim(_config(tmp_path)) is None
-    assert read_status(tmp_path)["status"] == "finished"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
+    with pytest.raises(SystemExit) as end:  # its first attempt was refused: so is the restart
+        start_checks.TrainStartChecks().on_run_start(_config(run_dir))
+    assert end.value.code == 7
+    (tmp_path / ".elastic-job7").write_text(str(run_dir))  # the first attempt trained
+    assert start_checks.claim(_config(run_dir)) is None
+    assert read_status(run_dir)["status"] == "finished"
     with pytest.raises(ConfigError, match="overwrite='yes': expected true or false"):
-        start_checks.overwrite_flag(_config(tmp_path, overwrite="yes"))
+        start_checks.overwrite_flag(_config(run_dir, overwrite="yes"))
 
 
 def test_a_claim_that_ends_before_training_leaves_a_failed_status(tmp_path):
