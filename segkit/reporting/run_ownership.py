@@ -21,6 +21,7 @@ from segkit.errors import ConfigError, RunDirError, StorageError
 from segkit.io.checkpoint import CKPT_DIR
 from segkit.reporting.run_files import (
     METRICS_CSV,
+    REPLACED_DIR,
     RESULT_FILE,
     STATUS_FILE,
     read_status,
@@ -31,7 +32,6 @@ HEARTBEAT_S = 30.0
 # a run on another host whose status.json is older than this is gone (crashed host, SIGKILL);
 # NFS clients may cache a file's times for up to a minute, so this is several heartbeats
 STALE_AFTER_S = 300.0
-REPLACED_DIR = "replaced"
 # what an earlier run leaves that a new run would overwrite: a directory with none of these
 # (a run that failed while starting) is free
 WORK = (CKPT_DIR, RESULT_FILE, METRICS_CSV)
