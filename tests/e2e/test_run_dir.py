@@ -83,8 +83,8 @@ def test_a_run_dir_belongs_to_one_run(tiny_run, tmp_path):
         out = live.communicate(timeout=300)[0]
     assert live.returncode == 0, out[-3000:]
     assert "the earlier run's files are now in" in out
-    assert f"{run_dir / 'checkpoints' / 'best.pt'}" in out  # the file list at the end...
-    assert f"{run_dir / 'replaced'}/" not in out  # ...is the new run's
+    assert f"  {run_dir / 'checkpoints' / 'best.pt'}\n" in out  # the file list at the end...
+    assert f"  {run_dir / 'replaced'}/" not in out  # ...is the new run's
 
     replaced = list((run_dir / "replaced").iterdir())
     assert len(replaced) == 1 and replaced[0].name.startswith(time.strftime("%Y-%m-%d"))
