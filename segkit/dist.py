@@ -51,6 +51,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def launch_rank() -> int:
+    """The global rank torchrun gave this process (0 outside torchrun), before ``init``."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def select_device(accelerator: str, local_rank: int) -> torch.device:
     """``accelerator``: auto | cpu | cuda. ``cuda:<local_rank>`` counts only the GPUs that
     CUDA_VISIBLE_DEVICES shows."""

@@ -161,3 +161,24 @@ class PreemptedCrossEntropy(CrossEntropyLoss):
                     pid = os.getppid() if self.to_parent else os.getpid()
                     os.kill(pid, getattr(signal, name))
         return super().forward(outputs, target)
+
+
+class GatedCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy that, on training call ``wait_at_step``, creates ``gate + ".reached"`` and
+    waits until ``gate`` exists (at most ``max_wait_s``): a run a test holds live while it starts
+    another one beside it."""
+
+    def __init__(self, *args, gate: str, wait_at_step: int = 1, max_wait_s: float = 300, **kw):
+        super().__init__(*args, **kw)
+        self.gate, self.wait_at_step, self.max_wait_s = gate, wait_at_step, max_wait_s
+        self.calls = 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            if self.calls == self.wait_at_step:
+                open(self.gate + ".reached", "w").close()
+                deadline = time.monotonic() + self.max_wait_s
+                while not os.path.exists(self.gate) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        return super().forward(outputs, target)

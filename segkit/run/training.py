@@ -32,6 +32,7 @@ from segkit.reporting.run_files import (
     write_config,
     write_status,
 )
+from segkit.reporting.run_ownership import check_not_live
 from segkit.reporting.sweep_summary import finished_result
 from segkit.reporting.tracker import Tracker
 from segkit.run.building import build_trainer, resume, seed_everything
@@ -45,6 +46,7 @@ def train(cfg: DictConfig) -> float:
     check_train_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a relaunched sweep: skip or resume
+        check_not_live(run_dir)  # (a single run claimed its directory before Hydra wrote there)
         done = finished_result(run_dir)
         if done is not None:
             log.info("job already finished in %s (best mIoU %.4f)", run_dir, done["best_miou"])
@@ -107,6 +109,8 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     resume(trainer, cfg, run_dir, info)
     if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
         log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
+        if out_dir is not None:
+            write_status(out_dir, "finished", **finished_fields(trainer.state, out_dir))
         return trainer.state.best_miou
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
@@ -178,13 +182,15 @@ def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) 
     )
     if best.is_file():
         export_weights(best, best.with_suffix(".safetensors"))
-    state = trainer.state
-    write_status(
-        out_dir,
-        "finished",
-        epoch=state.epoch,
-        step=state.step,
-        best_miou=state.best_miou,
-        best_epoch=state.best_epoch,
-        best_checkpoint=best,
-    )
+    write_status(out_dir, "finished", **finished_fields(trainer.state, out_dir))
+
+
+def finished_fields(state: Any, out_dir: Path) -> dict[str, Any]:
+    """What status.json says of a finished run (``TrainState``)."""
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_miou": state.best_miou,
+        "best_epoch": state.best_epoch,
+        "best_checkpoint": out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST,
+    }
