@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from segkit import dist
 from segkit import precision as prec
-from segkit.config.checks import check_command_line
+from segkit.config.checks import check_command_line, check_slide
 from segkit.data.base import LabelSpace
 from segkit.data.io import VIDEO_SUFFIXES, list_inputs, read_image
 from segkit.errors import CheckpointError, ConfigError, DataError, exit_on_error, run_task
@@ -95,6 +95,7 @@ def mode_spec(cfg: DictConfig) -> str:
         )
     parse_mode(modes[0], "eval.modes")
     check_scales(cfg.eval.tta.scales, "eval.tta.scales")
+    check_slide(cfg)
     return str(modes[0])
 
 

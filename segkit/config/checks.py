@@ -322,6 +322,27 @@ def check_eval_modes(cfg: DictConfig) -> None:
     scales = OmegaConf.select(cfg, "eval.tta.scales", default=None)
     if scales is not None:
         check_scales(scales, "eval.tta.scales")
+    check_slide(cfg)
+
+
+def check_slide(cfg: DictConfig) -> None:
+    """``eval.slide.window`` ([H, W] or null) and ``eval.slide.overlap`` (in [0, 1))."""
+    window = OmegaConf.select(cfg, "eval.slide.window", default=None)
+    if window is not None:
+        sizes = list(window) if isinstance(window, ListConfig | list | tuple) else [window]
+        if len(sizes) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+        ):
+            raise ConfigError(
+                f"eval.slide.window={window!r}: expected [H, W], two positive integers, or "
+                "null (the training crop); fix: eval.slide.window=[512,512]"
+            )
+    overlap = OmegaConf.select(cfg, "eval.slide.overlap", default=0.5)
+    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0 <= overlap < 1:
+        raise ConfigError(
+            f"eval.slide.overlap={overlap!r}: expected a number in [0, 1) (the share of a "
+            "window that overlaps the next); fix: eval.slide.overlap=0.5"
+        )
 
 
 def check_channels(cfg: DictConfig) -> None:

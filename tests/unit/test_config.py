@@ -104,6 +104,8 @@ def test_each_plain_node_is_its_schema():
         ("trainer.precision=fp8", "trainer.precision='fp8': expected 'auto' or 'fp32'"),
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an integer >= 1, found float"),
         ("calibrate.max_images=0", "calibrate.max_images=0: expected an integer >= 1 or null"),
+        ("eval.slide.overlap=1", "eval.slide.overlap=1: expected a number in [0, 1)"),
+        ("eval.slide.window=[64]", "eval.slide.window=[64]: expected [H, W], two positive"),
     ],
 )
 def test_plain_node_types_come_from_the_schema(override, message):
