@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.data.layout import LAYOUT_KINDS
 from segkit.data.stats import ClassCounts
 
 MAX_LISTED_VALUES = 12
@@ -232,6 +233,7 @@ KINDS: dict[str, tuple[str, str]] = {
         "image has an EXIF orientation; it is rotated when loaded",
         "make sure the mask was drawn on the rotated image (or strip the EXIF tag)",
     ),
+    **LAYOUT_KINDS,  # the public datasets' layouts (segkit.data.layout)
 }
 
 
