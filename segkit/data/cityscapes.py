@@ -137,7 +137,10 @@ class CityscapesDataset(SegmentationDataset):
         files = []
         for city in cities:
             pairs = city_pairs(city, labels / city.name, annotation, "labelIds")
-            fix = f"unpack {annotation} for city {city.name} into {labels.parent.parent}"
+            fix = (
+                f"unpack the {annotation} archive (it holds {annotation}/{labels.name}/"
+                f"{city.name}/) into {labels.parent.parent}, or move {city} out of the split"
+            )
             error = missing_labels(pairs, city, fix)
             if error is not None:
                 raise error

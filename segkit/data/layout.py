@@ -52,7 +52,7 @@ class LayoutError(DataError):
 def listing(folder: Path, limit: int = 8) -> str:
     """'[a, b, ...]' of the entries of folder (what the user has instead), or 'nothing'."""
     if not folder.is_dir():
-        return "nothing (not a folder)"
+        return "nothing: it does not exist" if not folder.exists() else "nothing: not a folder"
     names = sorted(p.name for p in folder.iterdir())
     more = f", ... ({len(names)} entries)" if len(names) > limit else ""
     return f"[{', '.join(names[:limit])}{more}]" if names else "an empty folder"
@@ -68,11 +68,13 @@ def find_root(root: str | Path, markers: Sequence[str], name: str, tree: str) ->
     for folder in candidates:
         if all((folder / m).exists() for m in markers):
             return folder
+    parent = root.parent
+    hint = f"dataset.root={parent}" if all((parent / m).exists() for m in markers) else None
     raise LayoutError(
         "wrong_root",
         f"dataset.root={root} is not the {name} folder: it holds {listing(root)}, expected "
-        f"{', '.join(m + '/' for m in markers)}. Fix: set dataset.root to the folder of this "
-        f"tree (docs/datasets.md):\n{tree}",
+        f"{', '.join(m + '/' for m in markers)}. Fix: "
+        f"{hint or 'set dataset.root to the folder of this tree'} (docs/datasets.md):\n{tree}",
     )
 
 

@@ -19,8 +19,8 @@ from segkit.data.cityscapes import CLASSES as CITYSCAPES_CLASSES
 from segkit.data.cityscapes import label_id_map
 from segkit.data.coco_stuff import CLASSES as COCO_CLASSES
 from segkit.data.layout import LayoutError
-from segkit.data.voc_aug import convert_sbd, read_sbd_mat, trainaug_names
-from segkit.errors import DataError
+from segkit.data.voc_aug import read_sbd_mat, trainaug_names
+from segkit.errors import DataError, run_task
 from segkit.run import dataset_factory
 from tests import public_replicas as rep
 
@@ -166,37 +166,46 @@ def break_coco_split(root: Path) -> Path:
     return root
 
 
+# variant: (dataset, replica builder, how it is broken, kind, words the message must hold)
+CS, ADE, COCO = "cityscapes", "ade20k", "coco_stuff"
 BROKEN = {
     "cityscapes wrong root": (
-        "cityscapes", rep.cityscapes, break_cityscapes_root, "wrong_root", ["leftImg8bit/", "gtFine/"]
+        CS, rep.cityscapes, break_cityscapes_root, "wrong_root", ["leftImg8bit/", "gtFine/"]
     ),
     "cityscapes missing split": (
-        "cityscapes", rep.cityscapes, break_cityscapes_split, "missing_split", ["leftImg8bit/val", "unpack"]
+        CS, rep.cityscapes, break_cityscapes_split, "missing_split", ["leftImg8bit/val", "unpack"]
     ),
     "cityscapes city without labels": (
-        "cityscapes", rep.cityscapes, break_cityscapes_city, "missing_labels", ["bochum", "4 images"[:0] + "2 images"]
+        CS, rep.cityscapes, break_cityscapes_city, "missing_labels", ["bochum", "2 images"]
     ),
-    "ade20k wrong root": ("ade20k", rep.ade20k, break_ade_root, "wrong_root", ["images/", "annotations/"]),
+    "ade20k wrong root": (ADE, rep.ade20k, break_ade_root, "wrong_root", ["annotations/"]),
     "ade20k missing annotations": (
-        "ade20k", rep.ade20k, break_ade_labels, "missing_labels", ["validation", "ADEChallengeData2016.zip"]
+        ADE, rep.ade20k, break_ade_labels, "missing_labels", ["validation", "ADEChallenge"]
     ),
     "coco_stuff missing split": (
-        "coco_stuff", rep.coco_stuff, break_coco_split, "missing_split", ["val2017", "val2017.zip"]
+        COCO, rep.coco_stuff, break_coco_split, "missing_split", ["val2017", "val2017.zip"]
     ),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", list(BROKEN))
-def test_broken_layout_is_one_message_with_path_and_fix(tmp_path, variant):
+def test_broken_layout_is_one_message_with_path_and_fix(tmp_path, capsys, variant):
     name, make, breaks, kind, words = BROKEN[variant]
     root = breaks(make(tmp_path / name))
+    cfg = compose_check(f"dataset={name}", f"dataset.root={root}")
+    script = load_script("check_dataset")
     with pytest.raises(LayoutError) as e:
-        check(name, root)
+        script.run(cfg)
     assert e.value.kind == kind
     message = str(e.value)
     assert str(root) in message and "Fix:" in message
     for word in words:
         assert word in message
+    with pytest.raises(SystemExit) as stop:  # what scripts/check_dataset.py prints: once
+        run_task(script.run, cfg)
+    assert stop.value.code == DataError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("segkit: error:") == 1 and message in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- ADE20K
