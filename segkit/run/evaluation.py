@@ -54,7 +54,8 @@ def evaluate(cfg: DictConfig) -> dict:
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
     loader = original_size_loader(ds, cfg.loader.batch_size, cfg.loader.num_workers)
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
-    window = cfg.eval.slide.window or checkpoint_input_shape(ckpt)
+    # slide windows: the command line's, else the dataset's validation windows, else the input
+    window = cfg.eval.slide.window or ds_cfg.get("val_window") or checkpoint_input_shape(ckpt)
     modes, scales = eval_modes(cfg, ckpt)
     biases = stored_biases(ckpt, ds.num_classes, str(cfg.ckpt)) if cfg.logit_bias else {}
     if biases:

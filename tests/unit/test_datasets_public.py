@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -20,9 +21,11 @@ from segkit.data.cityscapes import label_id_map
 from segkit.data.coco_stuff import CLASSES as COCO_CLASSES
 from segkit.data.layout import LayoutError
 from segkit.data.voc_aug import read_sbd_mat, trainaug_names
+from segkit.dist import DistInfo
 from segkit.errors import DataError, run_task
-from segkit.run import dataset_factory
+from segkit.run import build_trainer, dataset_factory
 from tests import public_replicas as rep
+from tests.conftest import compose_train
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SHAPE = ["dataset.input_shape=[32,64]", "dataset.val_input_shape=[32,64]"]
@@ -297,3 +300,44 @@ def test_convert_sbd_refuses_bad_inputs_and_writing_into_them(tmp_path, capsys):
         check("voc_aug", sbd)
     assert e.value.kind == "unconverted_sbd"
     assert "scripts/convert_sbd.py" in str(e.value) and str(sbd) in str(e.value)
+
+
+# --------------------------------------------------------------------------- sliding window
+class ShapeProbe(torch.nn.Module):
+    """A 19-class 'model' that records the input sizes it is run on; predicts class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, ...]] = []
+        self.bias = torch.nn.Parameter(torch.zeros(19))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(tuple(x.shape))
+        logits = torch.zeros(x.shape[0], 19, *x.shape[2:]) + self.bias[:, None, None]
+        logits[:, 0] += 1.0
+        return {"out": logits}
+
+
+@pytest.mark.parametrize("window", [None, [16, 32]])
+def test_validation_runs_the_dataset_val_window(tmp_path, window):
+    root = rep.cityscapes(tmp_path / "cityscapes")
+    overrides = [f"dataset.root={root}", f"dataset.val_window={window or 'null'}"]
+    overrides += ["eval.slide.overlap=0.5", "loader.batch_size=2", "loader.val_batch_size=3"]
+    overrides += ["loader.num_workers=0", "launch.accelerator=cpu"]
+    cfg = compose_train(
+        "dataset=cityscapes", *TINY_SHAPE, "model=unet", "model.base_channels=4", *overrides
+    )
+    trainer, _ = build_trainer(cfg, DistInfo())
+    trainer.model = probe = ShapeProbe()
+    metrics = trainer.validate(0)
+    if window is None:  # 3 val images of 32x64, one batch, whole
+        assert probe.seen == [(3, 3, 32, 64)]
+    else:  # 3 x 3 windows of 16x32 per image (stride 8x16), 27 windows in batches of 3
+        assert probe.seen == [(3, 3, 16, 32)] * 9
+    # class 0 (road) everywhere: its IoU is road pixels / (all labelled pixels); labelled
+    # blocks: 19 of the 34 ids, road one of them -> IoU = share of road blocks among those
+    labelled = np.isin(
+        np.concatenate([rep.value_mask(rep.LABEL_IDS, k) for k in range(3)]), list(CITYSCAPES_TRAIN)
+    )
+    road = np.concatenate([rep.value_mask(rep.LABEL_IDS, k) for k in range(3)]) == 7
+    assert metrics["iou"][0] == pytest.approx(road.sum() / labelled.sum())
