@@ -56,7 +56,7 @@ def cityscapes(root: Path, cities: dict = CITIES, annotation: str = "gtFine") ->
 ADE_VALUES = [0, 1, 2, 75, 149, 150]  # 0 = "other"
 
 
-def ade20k(root: Path, counts: tuple = (("training", 3), ("validation", 2))) -> Path:
+def ade20k(root: Path, counts: tuple = (("training", 4), ("validation", 2))) -> Path:
     """root/ADEChallengeData2016/{images,annotations}/<folder>/ADE_<split>_<n>.{jpg,png}."""
     top = root / "ADEChallengeData2016"
     for folder, n in counts:
@@ -73,7 +73,7 @@ def ade20k(root: Path, counts: tuple = (("training", 3), ("validation", 2))) -> 
 COCO_VALUES = [0, 11, 12, 90, 91, 181, 255]
 
 
-def coco_stuff(root: Path, counts: tuple = (("train2017", 3), ("val2017", 2))) -> Path:
+def coco_stuff(root: Path, counts: tuple = (("train2017", 4), ("val2017", 2))) -> Path:
     """root/images/<folder>/<12 digits>.jpg + root/annotations/<folder>/<12 digits>.png."""
     for folder, n in counts:
         for k in range(n):

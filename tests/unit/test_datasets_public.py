@@ -215,7 +215,7 @@ def test_broken_layout_is_one_message_with_path_and_fix(tmp_path, capsys, varian
 def test_ade20k_replica_reduce_zero_label(tmp_path):
     root = rep.ade20k(tmp_path)  # the folder above ADEChallengeData2016 is accepted too
     train, val = build("ade20k", tmp_path)
-    assert (len(train), len(val)) == (3, 2)
+    assert (len(train), len(val)) == (4, 2)
     assert train.num_classes == 150 and len(train.class_names) == 150
     assert train.class_names[:3] == ["wall", "building", "sky"] and train.class_names[-1] == "flag"
     reduced = {0: 255, 1: 0, 2: 1, 75: 74, 149: 148, 150: 149}  # 0 "other" ignored, v -> v-1
@@ -240,7 +240,7 @@ def test_reduce_zero_label_is_a_key_of_every_dataset_before_label_map():
 def test_coco_stuff_replica_182_to_171(tmp_path):
     root = rep.coco_stuff(tmp_path / "coco_stuff164k")
     train, val = build("coco_stuff", root)
-    assert (len(train), len(val)) == (3, 2)
+    assert (len(train), len(val)) == (4, 2)
     assert len(COCO_CLASSES) == len(set(COCO_CLASSES)) == 171 == train.num_classes
     # hand table: map value = COCO-Stuff id - 1; ids 12 (value 11) and 91 (value 90) are unused
     # things; stop sign (id 13) is class 11, banner (id 92, the first stuff) class 80
