@@ -116,8 +116,7 @@ class CityscapesDataset(SegmentationDataset):
             raise LayoutError(
                 "missing_split", f"{images} holds no city folder with *{IMAGE_SUFFIX} files"
             )
-        common.setdefault("class_names", None)
-        common["class_names"] = common["class_names"] or CLASSES
+        common["class_names"] = common.get("class_names") or CLASSES
         common["palette"] = common.get("palette") or PALETTE
         if not self.train_ids and not common.get("label_map"):
             common["label_map"] = label_id_map(common.get("ignore_index", 255))

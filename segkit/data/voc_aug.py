@@ -128,7 +128,7 @@ def _write_masks(names: list[str], sbd: Path, voc: Path, out: Path) -> None:
             log.info("%d of %d masks written", i + 1, len(names))
 
 
-def check_converted(root: str | Path, split: str) -> None:
+def check_converted(root: str | Path) -> None:
     """LayoutError unless ``root`` is `convert_sbd`'s output: ``unconverted_sbd`` when it is
     the SBD or VOC folder itself (or an unfinished conversion), else ``wrong_root``."""
     root = Path(root).expanduser()
@@ -156,6 +156,6 @@ class VOCAugDataset(VOCDataset):
     is that folder, masks from SegmentationClassAug. Keyword arguments as VOCDataset's."""
 
     def __init__(self, root: str | Path, split: str, **kwargs):
-        check_converted(root, split)
+        check_converted(root)
         kwargs.setdefault("mask_dir", MASK_DIR)
         super().__init__(root, split, **kwargs)
