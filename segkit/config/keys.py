@@ -138,4 +138,11 @@ def unknown_key_error(key: str, known: Sequence[str]) -> ConfigError:
 
 
 # segkit's own dataset keys: read by segkit.run, never passed to the dataset constructor
-DATASET_RUN_KEYS = ("train_split", "val_split", "check", "val_input_shape", "val_original_size")
+DATASET_RUN_KEYS = (
+    "train_split",
+    "val_split",
+    "check",
+    "val_input_shape",
+    "val_original_size",
+    "val_window",
+)

@@ -107,6 +107,8 @@ class SegmentationDataset(Dataset):
     raises DataError naming index, files and cause, or with on_bad_sample="skip" is replaced
     by the next loadable sample.
     `split_file` is the split list the samples come from (VOCDataset), None when there is none.
+    reduce_zero_label (ADE20K, MMSegmentation's key): raw 0 ("other") is ignored and every other
+    raw value v is class v - 1, before label_map (raw 255 stays ignored).
     """
 
     split_file: Path | None = None
@@ -126,6 +128,7 @@ class SegmentationDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         in_channels: int = 3,
         label_map: Mapping | None = None,
+        reduce_zero_label: bool = False,
         color_map: Mapping | None = None,
         seed: int = 0,
         on_bad_sample: str = "raise",
@@ -142,6 +145,8 @@ class SegmentationDataset(Dataset):
         self.in_channels = int(in_channels)
         self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        if reduce_zero_label:
+            self.label_map = reduce_zero(self.label_map, self.ignore_index)
         self.color_map = {int(k): _plain(v) for k, v in (color_map or {}).items()}
         self.seed = int(seed)
         # shared memory: DataLoader workers (persistent ones too) see set_epoch() of the parent
@@ -330,6 +335,14 @@ class SegmentationDataset(Dataset):
         else:
             image, mask = self._load(index)
         return to_tensors(image, mask)
+
+
+def reduce_zero(label_map: Mapping[int, int], ignore_index: int) -> dict[int, int]:
+    """The full raw -> id table of ``reduce_zero_label`` followed by ``label_map``: raw 0 and
+    255 -> ignore_index, raw v -> label_map.get(v - 1, v - 1). One lookup table, so the dataset
+    check explains values with the same map the loader uses."""
+    table = {raw: label_map.get(raw - 1, raw - 1) for raw in range(1, 255)}
+    return {0: ignore_index, **table, 255: ignore_index}
 
 
 def _plain(value):

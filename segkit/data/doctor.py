@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.io import exif_orientation, read_image, read_mask, read_split_file
+from segkit.data.layout import LayoutError
 from segkit.data.problems import (
     ERROR,
     MODE_NOTES,
@@ -196,6 +197,9 @@ def _check_mask_values(
         return
     try:
         ids = ds.encode(mask, path)
+    except LayoutError as e:  # a public dataset's own finding: it names the fix itself
+        add(path, e.kind, str(e))
+        return
     except DataError as e:
         _explain_bad_values(ds, path, mask, str(e), add)
         return

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.io import ALPHA_RULE
+from segkit.data.layout import LAYOUT_KINDS
 from segkit.data.stats import ClassCounts
 
 MAX_LISTED_VALUES = 12
@@ -272,6 +273,7 @@ KINDS: dict[str, tuple[str, str]] = {
         "image has an EXIF orientation; it is rotated when loaded",
         "make sure the mask was drawn on the rotated image (or strip the EXIF tag)",
     ),
+    **LAYOUT_KINDS,  # the public datasets' layouts (segkit.data.layout)
 }
 
 

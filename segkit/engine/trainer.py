@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -107,12 +108,15 @@ class Trainer:
         run_config: dict,
         tracker: Tracker | NullTracker,
         options: LoopOptions,
+        val_predictor: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
         self.labels, self.info, self.checkpoints = labels, info, checkpoints
         self.run_config, self.tracker, self.opt = run_config, tracker, options
+        # how validation runs the model (e.g. a sliding window over large images); None: whole
+        self.val_predictor = val_predictor
         self.max_epochs = options.max_epochs  # shrinks to the epochs that fit max_time_min
         self.budget_s = None if options.max_time_min is None else options.max_time_min * 60.0
         self.ema = ModelEMA(self.bare_model, options.ema_decay) if options.ema_decay else None
@@ -409,8 +413,9 @@ class Trainer:
         samples = SampleCollector(self.opt.num_vis)
         if self.ema is not None:  # BatchNorm statistics may differ between ranks
             dist.broadcast_tensors(list(self.ema.module.buffers()))
+        model = self.eval_model
         metrics = evaluate(
-            self.eval_model,
+            model if self.val_predictor is None else self.val_predictor(model),
             self.val_loader,
             self.cm,
             device=self.info.device,

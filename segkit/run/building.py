@@ -26,6 +26,7 @@ from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class
 from segkit.engine.loader import StopSafeLoader
 from segkit.engine.trainer import LoopOptions, Trainer
 from segkit.errors import CheckpointError, ConfigError
+from segkit.evaluation.predictors import make_predictor
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
 from segkit.optim import param_groups
@@ -216,6 +217,21 @@ def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo
         )
 
 
+def val_predictor(cfg: DictConfig) -> Callable[[nn.Module], nn.Module] | None:
+    """``dataset.val_window``: validation runs the model in windows of that size, overlapping
+    by ``eval.slide.overlap`` (as eval.py's slide mode); None: on the whole picture."""
+    window = cfg.dataset.get("val_window")
+    if not window:
+        return None
+    return functools.partial(
+        make_predictor,
+        mode="slide",
+        window=list(window),
+        overlap=cfg.eval.slide.overlap,
+        batch=cfg.loader.val_batch_size,
+    )
+
+
 def build_trainer(
     cfg: DictConfig,
     info: dist.DistInfo,
@@ -247,5 +263,6 @@ def build_trainer(
         run_config=run_config or {},
         tracker=NullTracker(),
         options=loop_options(cfg, show_progress=out_dir is not None),
+        val_predictor=val_predictor(cfg),
     )
     return trainer, model

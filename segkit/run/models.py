@@ -120,7 +120,8 @@ def checkpoint_input_shape(ckpt: Mapping[str, Any]) -> tuple[int, int]:
 
 def checkpoint_window(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     """(H, W) of the ``slide`` windows when the command line sets none: the recipe's
-    ``eval.slide.window``, else the training crop (its ``dataset.input_shape``). A crop-trained
+    ``eval.slide.window``, else the dataset's validation windows (``dataset.val_window``),
+    else the training crop (its ``dataset.input_shape``). A crop-trained
     recipe scores at a larger `checkpoint_input_shape`; windows of the crop size show the model
     what it learned on, and only windows smaller than the image make ``slide`` differ from
     ``whole``."""
@@ -128,4 +129,6 @@ def checkpoint_window(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     slide = (config.get("eval") or {}).get("slide") if isinstance(config, Mapping) else None
     window = slide.get("window") if isinstance(slide, Mapping) else None
     ds = config["dataset"]
-    return check_input_shape(window or ds.get("input_shape") or ds.get("image_size"))
+    return check_input_shape(
+        window or ds.get("val_window") or ds.get("input_shape") or ds.get("image_size")
+    )

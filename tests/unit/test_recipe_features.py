@@ -20,12 +20,14 @@ from segkit.config.checks import check_train_config
 from segkit.data.arguments import check_augment
 from segkit.data.base import SegmentationDataset
 from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
+from segkit.data.voc_aug import convert_sbd
 from segkit.engine import time_budget as budget
 from segkit.engine.ema import ModelEMA
 from segkit.errors import ConfigError, DataError
 from segkit.io import checkpoint as ck
 from segkit.run import build_trainer, dataset_factory, train_rank
 from segkit.run.models import checkpoint_input_shape
+from tests import public_replicas as rep
 from tests.conftest import CONF, TINY, compose_train
 
 
@@ -443,6 +445,14 @@ def _dataset_like(experiment: str, root: Path) -> list[str]:
         return []
     if "isbi" in experiment:
         _write_pairs(root / "Images", root / "Labels", names, 2, scale=255)
+        return []
+    public = {"CityscapesDataset": rep.cityscapes, "ADE20KDataset": rep.ade20k}
+    public["COCOStuffDataset"] = rep.coco_stuff
+    if kind in public:  # replicas of the official layouts (tests/public_replicas.py)
+        public[kind](root)
+        return []
+    if kind == "VOCAugDataset":
+        convert_sbd(*rep.sbd_and_voc(root / "sources"), root)
         return []
     assert kind == "VOCDataset", kind
     voc = root / "VOC2007"
