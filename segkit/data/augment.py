@@ -292,7 +292,11 @@ def steps_from_flat_keys(flat: Mapping, class_names: Sequence[str]) -> dict[str,
             "jitter": p["jitter"],
         },
         "hflip": {"_target_": step % "HorizontalFlip", "p": p["flip"]},
-        "crop": {"_target_": step % "RandomCrop", "class_balanced": p["class_crop"]},
+        "crop": {
+            "_target_": step % "RandomCrop",
+            "class_balanced": p["class_crop"],
+            "cat_max_ratio": 1.0,
+        },
         "hsv": {"_target_": step % "HSVJitter", "hue": p["hue"], "sat": p["sat"], "val": p["val"]},
     }
     return {"train": train, "val": {"letterbox": {"_target_": step % "Letterbox"}}}

@@ -116,14 +116,14 @@ class RandomCrop:
 
 
 def _largest_share(mask: np.ndarray, offset: tuple[int, int], ctx) -> float:
-    """Share of the largest class among the labelled pixels the crop at ``offset`` keeps;
-    0 when the crop holds fewer than two classes (such a crop is taken, as MMSegmentation)."""
+    """Share of the largest class among the labelled pixels the crop at ``offset`` keeps; 1
+    when it holds fewer than two classes (MMSegmentation tries again then too)."""
     (h, w), (dy, dx) = ctx.out_hw, offset
     crop = mask[max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
     counts = np.bincount(crop.ravel(), minlength=256)
     counts[ctx.ignore_index] = 0
     if np.count_nonzero(counts) < 2:
-        return 0.0
+        return 1.0
     return float(counts.max() / counts.sum())
 
 
