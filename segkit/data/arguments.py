@@ -110,7 +110,11 @@ def check_augment(augment: Mapping | None, class_names: Sequence[str]) -> dict:
     return params
 
 
-def paste_class_ids(classes: Sequence[int | str], class_names: Sequence[str]) -> tuple[int, ...]:
+def paste_class_ids(
+    classes: Sequence[int | str],
+    class_names: Sequence[str],
+    key: str = "dataset.augment.paste_classes",
+) -> tuple[int, ...]:
     """dataset.augment.paste_classes as class ids: each entry an id in 0..len(class_names)-1
     or a class name (case-insensitive); anything else -> DataError naming the known names."""
     by_name = {name.lower(): i for i, name in enumerate(class_names)}
@@ -119,7 +123,7 @@ def paste_class_ids(classes: Sequence[int | str], class_names: Sequence[str]) ->
     if bad:
         n = len(class_names)
         raise DataError(
-            f"dataset.augment.paste_classes holds {bad}, not class ids of "
+            f"{key} holds {bad}, not class ids of "
             f"dataset.num_classes={n} (0..{n - 1}) nor class names ({', '.join(class_names)})"
         )
     return tuple(ids)

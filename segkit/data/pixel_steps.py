@@ -176,7 +176,7 @@ class CopyPaste:
 
     def bind(self, class_names: Sequence[str]) -> None:
         """Resolve class names to ids (DataError naming the known names)."""
-        self.ids = paste_class_ids(self.classes, class_names)
+        self.ids = paste_class_ids(self.classes, class_names, "classes")
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, ctx) -> Pair:
         if self.p == 0 or ctx.donor is None or ctx.rng.uniform() >= self.p:
