@@ -32,7 +32,7 @@ from segkit.data.arguments import (
     check_mean_std,
     check_palette,
 )
-from segkit.data.augment import Context, Pipeline, build_pipelines, dry_run, plain
+from segkit.data.augment import Context, Pipeline, build_pipelines, dry_run
 from segkit.data.io import encode_mask, read_image, read_mask
 from segkit.data.transforms import Normalize, to_tensors
 from segkit.errors import DataError
@@ -135,7 +135,6 @@ class SegmentationDataset(Dataset):
         self.input_shape = check_input_shape(input_shape)
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
-        self.augment = plain(augment)
         self.pipelines: dict[str, Pipeline] = build_pipelines(
             augment, self.class_names, self.ignore_index
         )

@@ -291,7 +291,9 @@ def test_same_seed_same_samples_across_workers_and_resumes(tmp_path):
 def test_strong_preset_adds_vflip_rotation_photometric_and_trains(tmp_path):
     from segkit.run import train_rank
 
-    cfg = compose_train(*TINY, "trainer.max_epochs=1", "dataset/augment=strong")
+    cfg = compose_train(
+        *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "dataset/augment=strong"
+    )
     check_train_config(cfg)
     assert list(cfg.dataset.augment.train) == [
         "copy_paste", "resize", "hflip", "crop", "hsv", "vflip", "rotate", "photometric",
