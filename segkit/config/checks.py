@@ -211,8 +211,6 @@ RULES = (
     Rule("trainer.ema_decay", 1e-12, 0.999999),
     Rule("launch.dist_timeout_s", 1),
     Rule("calibrate.max_images", 1),
-    Rule("dataset.augment.class_crop", 0, 1),
-    Rule("dataset.augment.copy_paste", 0, 1),
     Rule("optimizer.lr", 1e-300),
     Rule("optimizer.weight_decay", 0),
     Rule("optimizer.momentum", 0, 1),

@@ -41,6 +41,15 @@ RENAMED_KEYS: dict[str, str | None] = {
     "trainer.calibrate": "calibrate.enabled",
     "trainer.calibrate_images": "calibrate.max_images",
     "accelerator": "launch.accelerator",  # eval.py, predict.py
+    # segkit 0.2: dataset.augment is a list of steps (conf/dataset/augment/default.yaml)
+    "dataset.augment.jitter": "dataset.augment.train.resize.jitter",
+    "dataset.augment.scale": "dataset.augment.train.resize.scale",
+    "dataset.augment.flip": "dataset.augment.train.hflip.p",
+    "dataset.augment.hue": "dataset.augment.train.hsv.hue",
+    "dataset.augment.sat": "dataset.augment.train.hsv.sat",
+    "dataset.augment.class_crop": "dataset.augment.train.crop.class_balanced",
+    "dataset.augment.copy_paste": "dataset.augment.train.copy_paste.p",
+    "dataset.augment.paste_classes": "dataset.augment.train.copy_paste.classes",
     "modes": "eval.modes",  # eval.py
     "mode": "eval.modes",  # predict.py
     "tta.scales": "eval.tta.scales",  # eval.py, predict.py

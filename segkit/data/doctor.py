@@ -72,6 +72,7 @@ def check_dataset(
     """
     if level not in ("quick", "full"):
         raise ValueError(f"check level must be 'quick' or 'full', got {level!r}")
+    check_augment_lists(train_ds)
     splits = {"train": train_ds} if val_ds is None else {"train": train_ds, "val": val_ds}
     report = CheckReport(
         problems=[],
@@ -88,6 +89,13 @@ def check_dataset(
     if val_ds is not None:
         report.problems += _overlap_problems(train_ds, val_ds)
     return report
+
+
+def check_augment_lists(ds: Any) -> None:
+    """The ``dataset.augment`` lists, before any file is read: each step run on generated pairs
+    (`SegmentationDataset.check_pipelines`); DataError naming the step that breaks one."""
+    if hasattr(ds, "check_pipelines"):
+        ds.check_pipelines()
 
 
 def _check_split(

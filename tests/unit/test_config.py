@@ -124,6 +124,8 @@ def test_plain_node_types_come_from_the_schema(override, message):
         ("modes=[whole]", "eval.modes"),
         ("tta.scales=[1.0]", "eval.tta.scales"),
         ("accelerator=cpu", "launch.accelerator"),
+        ("dataset.augment.class_crop=0.5", "dataset.augment.train.crop.class_balanced"),
+        ("dataset.augment.scale=[0.5,2]", "dataset.augment.train.resize.scale"),
     ],
 )
 def test_keys_renamed_in_0_2_stop_with_their_new_name(old, new):

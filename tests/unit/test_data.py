@@ -570,7 +570,7 @@ def test_shared_isbi():
 
 # ---------------------------------------------------------------- configs
 
-RUN_KEYS = {"_target_", "_partial_", *DATASET_RUN_KEYS}
+RUN_KEYS = {"_target_", "_partial_", "_recursive_", *DATASET_RUN_KEYS}
 
 
 def _own_kwargs(cls) -> set[str]:
@@ -592,12 +592,11 @@ def test_dataset_config_lists_every_kwarg(name):
     assert set(cfg) - RUN_KEYS == expected
     assert len(cfg.class_names) == cfg.num_classes
     assert cfg.palette is None or len(cfg.palette) == cfg.num_classes
-    assert cfg.augment == {"jitter": 0.3, "flip": 0.5, "hue": 0.1, "sat": 0.7, "val": 0.3} | {
-        "class_crop": 0.0,
-        "copy_paste": 0.0,
-        "paste_classes": [],
-        "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0],
-    }
+    assert cfg._recursive_ is False  # the dataset builds and checks its augment steps
+    assert list(cfg.augment.train) == ["copy_paste", "resize", "hflip", "crop", "hsv"]
+    scale = [0.5, 1.5] if name == "demo" else [0.25, 2.0]
+    assert cfg.augment.train.resize.scale == scale
+    assert list(cfg.augment.val) == ["letterbox"]
     assert cfg.seed == 42 and cfg.on_bad_sample == "raise" and cfg.max_bad_fraction == 0.1
 
 

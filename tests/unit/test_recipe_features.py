@@ -18,8 +18,9 @@ from torch import nn
 from segkit import precision
 from segkit.config.checks import check_train_config
 from segkit.data.arguments import check_augment
+from segkit.data.augment import Context, get_random_data
 from segkit.data.base import SegmentationDataset
-from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
+from segkit.data.transforms import class_balanced_offset, copy_paste
 from segkit.data.voc_aug import convert_sbd
 from segkit.engine import time_budget as budget
 from segkit.engine.ema import ModelEMA
@@ -63,9 +64,9 @@ def test_class_crop_raises_how_often_a_rare_class_is_seen():
     def rare_fraction(class_crop: float) -> float:
         rng, hits = np.random.default_rng(1), 0
         for _ in range(300):
-            _, m = random_geometry(
-                image, mask, rng, (40, 40), jitter=0.0, scale=(5.0, 5.0), flip=0.5,
-                class_crop=class_crop, ignore_index=255,
+            _, m = get_random_data(
+                image, mask, (40, 40), rng, jitter=0.0, scale=(5.0, 5.0), flip=0.5,
+                class_crop=class_crop, hue=0, sat=0, val=0,
             )  # fmt: skip
             hits += bool((m == 7).any())
         return hits / 300
@@ -78,7 +79,8 @@ def test_class_crop_zero_keeps_the_augmentation_stream():
     """class_crop=0 draws no extra random numbers: old recipes give the same samples."""
     image = np.random.default_rng(3).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     mask = np.random.default_rng(4).integers(0, 3, (50, 60), dtype=np.uint8)
-    a = random_geometry(image, mask, np.random.default_rng(9), (32, 32), class_crop=0.0)
+    no_hsv = dict(hue=0, sat=0, val=0)  # draws its 3 numbers last, changes nothing
+    a = get_random_data(image, mask, (32, 32), np.random.default_rng(9), class_crop=0, **no_hsv)
     rng = np.random.default_rng(9)  # the draws of the code before class_crop existed
     from segkit.data.transforms import hflip_pair, paste, random_size, resize_pair
 
@@ -91,10 +93,10 @@ def test_class_crop_zero_keeps_the_augmentation_stream():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_class_crop_out_of_range_is_a_config_error():
-    cfg = compose_train(*TINY, "dataset.augment.class_crop=1.5")
-    with pytest.raises(ConfigError, match="dataset.augment.class_crop"):
-        check_train_config(cfg)
+def test_class_crop_out_of_range_names_the_step():
+    cfg = compose_train(*TINY, "dataset.augment.train.crop.class_balanced=1.5")
+    with pytest.raises(DataError, match=r"dataset\.augment\.train\.crop \(RandomCrop\): class_bal"):
+        dataset_factory(cfg.dataset)(split="train", train=True)
 
 
 # --------------------------------------------------------------------------- copy-paste
@@ -147,10 +149,16 @@ def _two_sample_dataset(tmp_path: Path, **augment) -> SegmentationDataset:
     )
 
 
+def _paste(ds: SegmentationDataset, image, mask, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The train list's copy_paste step alone on sample 0's raw pair."""
+    step = dict(ds.pipelines["train"].steps)["copy_paste"]
+    return step(image, mask, Context(rng, (6, 8), 255, lambda r: ds.donor(0, r)))
+
+
 def test_dataset_pastes_another_samples_classes_with_probability_copy_paste(tmp_path):
     ds = _two_sample_dataset(tmp_path, copy_paste=1.0, paste_classes=[2])
     image, mask = ds.load_raw(0)
-    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    out, out_mask = _paste(ds, image, mask, np.random.default_rng(0))
     assert set(np.unique(out_mask)) == {1, 2} and (out_mask == 2).sum() == 6  # from sample 1
     assert (out[out_mask == 2] == 101).all() and not out[out_mask == 1].any()
     # half of the training samples: about half of them hold class 2 after the full pipeline
@@ -171,7 +179,7 @@ def test_copy_paste_zero_draws_no_random_numbers(tmp_path):
     ds = _two_sample_dataset(tmp_path)
     image, mask = ds.load_raw(0)
     rng = np.random.default_rng(5)
-    out, out_mask = ds.paste_from_another(image, mask, 0, rng)
+    out, out_mask = _paste(ds, image, mask, rng)
     assert out is image and out_mask is mask
     assert rng.random() == np.random.default_rng(5).random()
 
@@ -181,16 +189,16 @@ def test_copy_paste_unreadable_donor_is_named_or_skipped(tmp_path):
     (tmp_path / "1.png").write_bytes(b"not a png")
     image, mask = ds.load_raw(0)
     with pytest.raises(DataError, match=r"copy-paste donor sample 1 \(.*1\.png.*of sample 0"):
-        ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+        _paste(ds, image, mask, np.random.default_rng(0))
     ds.on_bad_sample = "skip"  # the donor is reported when it is loaded as a sample itself
-    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    out, out_mask = _paste(ds, image, mask, np.random.default_rng(0))
     assert out is image and out_mask is mask
 
 
 def test_copy_paste_bad_values_name_the_key(tmp_path):
-    cfg = compose_train(*TINY, "dataset.augment.copy_paste=1.5")
-    with pytest.raises(ConfigError, match="dataset.augment.copy_paste"):
-        check_train_config(cfg)
+    cfg = compose_train(*TINY, "dataset.augment.train.copy_paste.p=1.5")
+    with pytest.raises(DataError, match=r"train\.copy_paste \(CopyPaste\): p must be in \[0, 1\]"):
+        dataset_factory(cfg.dataset)(split="train", train=True)
     with pytest.raises(DataError, match="needs the classes to paste"):
         _two_sample_dataset(tmp_path, copy_paste=0.5)
     with pytest.raises(DataError, match=r"paste_classes holds \[4\].*0\.\.3"):
