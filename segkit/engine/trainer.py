@@ -63,6 +63,17 @@ class TrainState:
     val_s: float = 0.0
     planned_epochs: int | None = None
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
+        names = [f.name for f in dataclasses.fields(cls)]  # older files lack some
+        return cls(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
+
+    def finished(self, max_epochs: int, budgeted: bool) -> bool:
+        """Every epoch of the run is done: ``max_epochs``, or under a time budget
+        (``budgeted``) the epochs it planned."""
+        last = self.planned_epochs if budgeted and self.planned_epochs else max_epochs
+        return self.epoch_step == 0 and self.epoch >= last
+
 
 @dataclass(frozen=True)
 class LoopOptions:
@@ -166,7 +177,7 @@ class Trainer:
     def fit(self) -> TrainState:
         """Train until ``max_epochs`` (under ``max_time_min``: the epochs that fit, planned
         again after every epoch); returns the final state (best mIoU etc.)."""
-        if self.state.planned_epochs is not None:
+        if self.budget_s is not None and self.state.planned_epochs is not None:
             self.max_epochs = self.state.planned_epochs
         epoch = self.state.epoch
         while epoch < self.max_epochs:
@@ -474,7 +485,6 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        names = [f.name for f in dataclasses.fields(TrainState)]  # older files lack some
-        self.state = TrainState(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
+        self.state = TrainState.from_checkpoint(ckpt)
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
             ckpt_io.set_rng_state(ckpt["rng"])

@@ -24,7 +24,7 @@ from segkit.data.original_size import OriginalSizeMasks, collate_original
 from segkit.data.problems import write_bad_samples
 from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class_weight_method
 from segkit.engine.loader import StopSafeLoader
-from segkit.engine.trainer import LoopOptions, Trainer
+from segkit.engine.trainer import LoopOptions, Trainer, TrainState
 from segkit.errors import CheckpointError, ConfigError
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
@@ -203,17 +203,29 @@ def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
         )
 
 
-def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> None:
-    """``resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
+def load_resume(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> tuple[Path, dict] | None:
+    """``resume`` -> (path, checkpoint) to continue from (see checkpoint.resolve_resume), or
+    None for a fresh start; the checkpoint must hold the configured model."""
     path = ckpt_io.resolve_resume(cfg.resume, run_dir)
-    if path is not None:
-        ckpt = ckpt_io.load(path, map_location=info.device)
-        check_resume_fits(ckpt["config"], cfg, path)
-        trainer.load_state(ckpt)
-        n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
-        log.info(
-            "resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n
-        )
+    if path is None:
+        return None
+    ckpt = ckpt_io.load(path, map_location=info.device)
+    check_resume_fits(ckpt["config"], cfg, path)
+    return path, ckpt
+
+
+def run_finished(ckpt: dict, cfg: DictConfig) -> bool:
+    """Whether the run of ``ckpt`` has nothing left to do under this config (its planned
+    epochs under ``trainer.max_time_min``, else ``trainer.max_epochs``)."""
+    budgeted = cfg.trainer.max_time_min is not None
+    return TrainState.from_checkpoint(ckpt).finished(cfg.trainer.max_epochs, budgeted)
+
+
+def resume(trainer: Trainer, path: Path, ckpt: dict) -> None:
+    """Restore the trainer from ``ckpt`` (read from ``path`` by :func:`load_resume`)."""
+    trainer.load_state(ckpt)
+    n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
+    log.info("resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n)
 
 
 def build_trainer(
