@@ -56,6 +56,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
     epoch_stats: dict = field(default_factory=dict)  # StepStats.epoch of those steps
+    window_stats: dict = field(default_factory=dict)  # StepStats.open_window at the save
+    epoch_lr: float | None = None  # the lr at the start of the current epoch (metrics.csv)
     # trainer.max_time_min: seconds of completed epochs (validation included), of training
     # alone, of the last validation; the epochs that fit (the plan)
     elapsed_s: float = 0.0
@@ -181,7 +183,9 @@ class Trainer:
             self.max_epochs = self.state.planned_epochs
         epoch = self.state.epoch
         while epoch < self.max_epochs:
-            t0, lr = time.perf_counter(), self.lr
+            if not self.state.epoch_step:  # else: resumed inside the epoch, which began earlier
+                self.state.epoch_lr = self.lr
+            t0, lr = time.perf_counter(), self.state.epoch_lr
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
             if self.budget_s is not None:
@@ -306,10 +310,12 @@ class Trainer:
 
     def _start_epoch_at(self) -> int:
         """Batches of this epoch already done (resumed from a mid-epoch checkpoint): the
-        sampler skips them and the epoch statistics continue from the saved ones."""
-        start, self.state.epoch_step = self.state.epoch_step, 0
+        sampler skips them and the statistics continue from the saved ones (used once)."""
+        s = self.state
+        start, s.epoch_step = s.epoch_step, 0
         self.stats.start_epoch()
-        self.stats.epoch.update(self.state.epoch_stats)
+        self.stats.restore(s.epoch_stats, s.window_stats)
+        s.epoch_stats, s.window_stats = {}, {}
         sampler = self.train_loader.sampler
         if hasattr(sampler, "skip"):
             sampler.skip = start * (self.train_loader.batch_size or 1)
@@ -336,14 +342,16 @@ class Trainer:
         )
 
     def _save_position(self, epoch: int, done: int, name: str) -> Path | None:
-        """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it)."""
-        self.stats.read()  # fold the open window into the epoch totals
+        """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it), with
+        the epoch's statistics and the open log window, so the resumed run logs the same."""
         self._check_finite_weights(epoch)
-        self.state.epoch_step, self.state.epoch_stats = done, dict(self.stats.epoch)
+        s = self.state
+        s.epoch_step, s.epoch_stats = done, dict(self.stats.epoch)
+        s.window_stats = self.stats.open_window()
         try:
             return self.save(name, None)
         finally:
-            self.state.epoch_step, self.state.epoch_stats = 0, {}
+            s.epoch_step, s.epoch_stats, s.window_stats = 0, {}, {}
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
         """Forward, backward, guarded optimiser step. Nothing here waits for the device; the

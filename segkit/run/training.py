@@ -78,7 +78,8 @@ def train_rank(cfg: DictConfig, run_dir: Path) -> float:
         out_dir = run_dir if info.is_main else None
         if launch.elastic_restarts() and cfg.resume is None:  # torchrun --max-restarts
             log.warning(
-                "elastic restart %d: resuming from the furthest checkpoint", launch.elastic_restarts()
+                "elastic restart %d: resuming from the furthest checkpoint",
+                launch.elastic_restarts(),
             )
             cfg.resume = "auto"
         return _train(cfg, run_dir, out_dir, info)

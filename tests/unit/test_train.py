@@ -71,15 +71,41 @@ def test_tensorboard_has_every_panel(trained):
     assert {"val/image|label|pred", "val/confusion"} <= set(tags["images"])
 
 
-def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
-    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=1"]  # a train/loss every step
+# what depends on the wall clock, not on the training: never compared between two runs
+WALL_TIME = ("train/images_per_s", "train/data_wait", "train/peak_mem_gb", "epoch_time_s")
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar curve of a run but the wall-time ones: {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t not in WALL_TIME]
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
+
+
+def _metrics_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in WALL_TIME} for r in csv.DictReader(f)]
+
+
+def test_resume_after_a_crash_mid_epoch_gives_identical_weights_and_records(tmp_path):
+    """A crash in epoch 2 of 3, resumed from the periodic checkpoint inside that epoch: the
+    weights, metrics.csv and every TensorBoard curve equal the uninterrupted run's (wall times
+    aside), also the epoch after the resumed one and the log window open at the save."""
+    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=3"]
+    three += ["trainer.checkpoint_every_steps=4", "dataset.check=off"]
     straight = tmp_path / "straight"
     train_rank(compose_train(*three), straight)
     crashed = tmp_path / "crashed"
-    # 6 steps per epoch: step 9 is the middle of epoch 2, after epoch 1's checkpoint
+    # 6 steps per epoch: periodic.pt at step 8 (epoch 2, batch 2, inside the log window of
+    # steps 7-9); the failure in step 9
     with pytest.raises(RuntimeError, match="injected failure at training step 9"):
         train_rank(compose_train(*three, *failing(9)), crashed)
-    assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
+    assert ck.load(crashed / "checkpoints" / "periodic.pt")["epoch_step"] == 2
     train_rank(compose_train(*three, "resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
@@ -87,14 +113,11 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
-    assert a["history"] == b["history"]
-    # the resumed curve continues without overlap: one value per step
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(crashed / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    steps = [e.step for e in acc.Scalars("train/loss")]
-    assert steps == list(range(1, 19))
+    assert a["history"] == b["history"] and a["epoch_stats"] == b["epoch_stats"] == {}
+    assert _metrics_rows(crashed) == _metrics_rows(straight)
+    resumed, reference = _scalars(crashed), _scalars(straight)
+    assert resumed == reference
+    assert [s for s, _ in reference["train/loss"]] == [3, 6, 9, 12, 15, 18]  # one per window
 
 
 def test_periodic_checkpoints_record_the_position(tmp_path):
