@@ -41,10 +41,24 @@ def _warmup_factor(step: int, warmup_steps: int, warmup_start: float) -> float:
     return warmup_start + (1.0 - warmup_start) * step / warmup_steps
 
 
-def _progress(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Fraction in [0, 1] of the post-warmup steps done at ``step`` (clamped past the end)."""
-    span = max(1, total_steps - warmup_steps)
-    return min(1.0, (step - warmup_steps) / span)
+def _progress(step: int, total_steps: int, anchor_step: int, anchor_progress: float = 0.0) -> float:
+    """Fraction in [0, 1] of the decay done at ``step``: ``anchor_progress`` at
+    ``anchor_step`` (the end of warmup, or where the schedule was last retargeted), 1 from
+    ``total_steps`` on, linear in between."""
+    if step >= total_steps:
+        return 1.0
+    span = max(1, total_steps - anchor_step)
+    return min(1.0, anchor_progress + (1.0 - anchor_progress) * (step - anchor_step) / span)
+
+
+def cosine_shape(progress: float, min_ratio: float) -> float:
+    """Cosine from 1 (progress 0) to ``min_ratio`` (progress 1)."""
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def poly_shape(progress: float, power: float, min_ratio: float) -> float:
+    """``min_ratio + (1 - min_ratio) * (1 - progress) ** power``."""
+    return min_ratio + (1.0 - min_ratio) * (1.0 - progress) ** power
 
 
 def warmup_cosine_factor(
@@ -54,8 +68,7 @@ def warmup_cosine_factor(
     ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
     if warmup_steps > 0 and step < warmup_steps:
         return _warmup_factor(step, warmup_steps, warmup_start)
-    progress = _progress(step, total_steps, warmup_steps)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_shape(_progress(step, total_steps, warmup_steps), min_ratio)
 
 
 def warmup_poly_factor(
@@ -73,8 +86,7 @@ def warmup_poly_factor(
     ``total_iters = total_steps - warmup_steps`` when ``min_ratio == 0``)."""
     if warmup_steps > 0 and step < warmup_steps:
         return _warmup_factor(step, warmup_steps, warmup_start)
-    progress = _progress(step, total_steps, warmup_steps)
-    return min_ratio + (1.0 - min_ratio) * (1.0 - progress) ** power
+    return poly_shape(_progress(step, total_steps, warmup_steps), power, min_ratio)
 
 
 class _WarmupLR(LRScheduler):
@@ -82,7 +94,10 @@ class _WarmupLR(LRScheduler):
 
     ``total_steps`` and ``steps_per_epoch`` are filled in by the run from ``len(loader)``;
     ``warmup_epochs`` may be fractional. ``eta_min`` is absolute (same for every group).
-    Subclasses implement ``factor(step, min_ratio) -> float``.
+    Subclasses implement ``shape(progress, min_ratio) -> float``.
+
+    :meth:`retarget` moves the end (a resume with another step count, the time budget's
+    plan); the decay then runs from where it stands (``anchor_step``, ``anchor_progress``).
     """
 
     def __init__(
@@ -108,10 +123,42 @@ class _WarmupLR(LRScheduler):
         self.warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
         self.warmup_start = warmup_start
         self.eta_min = eta_min
+        self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, step: int, min_ratio: float) -> float:
+    def shape(self, progress: float, min_ratio: float) -> float:
         raise NotImplementedError
+
+    def factor(self, step: int, min_ratio: float) -> float:
+        """LR multiplier at optimiser ``step``: warmup, then the decay's shape."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return _warmup_factor(step, self.warmup_steps, self.warmup_start)
+        progress = _progress(step, self.total_steps, self.anchor_step, self.anchor_progress)
+        return self.shape(progress, min_ratio)
+
+    def retarget(self, total_steps: int) -> str:
+        """End the schedule at ``total_steps`` from the current step; returns how, in words.
+
+        Inside the decay the lr goes on from its current value and reaches ``eta_min`` at
+        the new end (the rest of the curve is stretched or shrunk). A schedule that had
+        already ended (a finished run trained for longer) restarts as if it had had the new
+        length from the start. Warmup keeps its steps (clamped to the new end)."""
+        step, old = self.last_epoch, self.total_steps
+        if step >= old:
+            self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
+            how = f"the schedule had ended (step {old}): it continues as a {total_steps}-step one"
+        else:
+            if step > self.warmup_steps:
+                self.anchor_progress = _progress(step, old, self.anchor_step, self.anchor_progress)
+                self.anchor_step = step
+            how = f"from step {step} it decays from the current lr to reach eta_min at the end"
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = min(self.warmup_steps, self.total_steps)
+        self.anchor_step = min(self.anchor_step, self.total_steps)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        return f"the schedule now ends at step {self.total_steps} (was {old}); {how}"
 
     def get_lr(self) -> list[float]:
         lrs = []
@@ -145,10 +192,8 @@ class WarmupCosineLR(_WarmupLR):
             last_epoch,
         )
 
-    def factor(self, step: int, min_ratio: float) -> float:
-        return warmup_cosine_factor(
-            step, self.total_steps, self.warmup_steps, self.warmup_start, min_ratio
-        )
+    def shape(self, progress: float, min_ratio: float) -> float:
+        return cosine_shape(progress, min_ratio)
 
 
 class WarmupPolyLR(_WarmupLR):
@@ -179,7 +224,5 @@ class WarmupPolyLR(_WarmupLR):
             last_epoch,
         )
 
-    def factor(self, step: int, min_ratio: float) -> float:
-        return warmup_poly_factor(
-            step, self.total_steps, self.warmup_steps, self.warmup_start, self.power, min_ratio
-        )
+    def shape(self, progress: float, min_ratio: float) -> float:
+        return poly_shape(progress, self.power, min_ratio)

@@ -25,12 +25,10 @@ def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done: int, ca
     return max(done, min(cap, done + more))
 
 
-def retarget_schedule(scheduler, total_steps: int) -> bool:
-    """Make a per-iteration schedule with a ``total_steps`` attribute (segkit's warmup
-    cosine / poly) end at ``total_steps``; False (unchanged) for other schedulers."""
-    if not hasattr(scheduler, "total_steps"):
-        return False
-    scheduler.total_steps = max(1, int(total_steps))
-    if hasattr(scheduler, "warmup_steps"):
-        scheduler.warmup_steps = min(scheduler.warmup_steps, scheduler.total_steps)
-    return True
+def retarget_schedule(scheduler, total_steps: int) -> str | None:
+    """Make a schedule with a ``retarget`` method (segkit's warmup cosine / poly) end at
+    ``total_steps``, going on from its current step and lr; returns how, in words, or None
+    (unchanged) for other schedulers."""
+    if not hasattr(scheduler, "retarget"):
+        return None
+    return scheduler.retarget(total_steps)

@@ -220,9 +220,8 @@ class Trainer:
             return
         s.planned_epochs = self.max_epochs = planned
         total = planned * self.steps_per_epoch
-        if budget.retarget_schedule(self.scheduler, total):
-            how = f"the schedule ends at step {total}"
-        else:
+        how = budget.retarget_schedule(self.scheduler, total)
+        if how is None:
             how = f"{type(self.scheduler).__name__} cannot be retargeted: it keeps its length"
         log.info(
             "trainer.max_time_min=%g: %.0f s spent, an epoch takes %.1f s; planning %d epochs; %s",
@@ -422,6 +421,27 @@ class Trainer:
                 "(scheduler.warmup_epochs), or set trainer.grad_clip"
             )
 
+    def _fit_schedule_to_run(self) -> None:
+        """After a resume: the schedule's length comes back from the checkpoint; when this
+        run's steps per epoch (another world size or batch size) or epoch count make another
+        last step, the schedule is retargeted to end there (say so in the log)."""
+        s = self.state
+        last_epoch = self.max_epochs
+        if self.budget_s is not None and s.planned_epochs is not None:
+            last_epoch = s.planned_epochs
+        total = s.step + (last_epoch - s.epoch) * self.steps_per_epoch - s.epoch_step
+        old = getattr(self.scheduler, "total_steps", None)
+        if old is None or total <= s.step or old == total:
+            return
+        how = budget.retarget_schedule(self.scheduler, total)
+        log.info(
+            "resume: %d steps per epoch, %d epochs: this run ends at step %d; %s",
+            self.steps_per_epoch,
+            last_epoch,
+            total,
+            how or f"{type(self.scheduler).__name__} keeps its length",
+        )
+
     # ----------------------------------------------------------------- eval
     def validate(self, epoch: int) -> dict:
         """Score the val loader (summed across ranks), log it, and hand it to the tracker."""
@@ -494,5 +514,6 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState.from_checkpoint(ckpt)
+        self._fit_schedule_to_run()
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
             ckpt_io.set_rng_state(ckpt["rng"])

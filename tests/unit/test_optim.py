@@ -152,3 +152,52 @@ def test_poly_rejects_bad_values_naming_the_key(kwargs, key):
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(ConfigError, match=key):
         WarmupPolyLR(opt, total_steps=10, steps_per_epoch=2, **kwargs)
+
+
+def _stepped(total: int, steps: int, **kwargs) -> WarmupCosineLR:
+    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    sched = WarmupCosineLR(opt, total_steps=total, steps_per_epoch=4, eta_min=0.0, **kwargs)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return sched
+
+
+@pytest.mark.parametrize("new_total", [10, 24])
+def test_retarget_continues_from_the_current_lr_and_ends_at_the_new_last_step(new_total):
+    # 16 steps, warmup 4 (1 epoch of 4): retargeted at step 8 to end at step 10 or 24
+    sched = _stepped(16, 8, warmup_epochs=1)
+    lr_now = sched.get_last_lr()[0]
+    assert lr_now == pytest.approx(0.1 * warmup_cosine_factor(8, 16, 4, 0.1, 0.0))
+    sched.retarget(new_total)
+    assert sched.get_last_lr()[0] == lr_now  # no jump
+    lrs = []
+    for _ in range(new_total - 8):
+        sched.optimizer.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert all(a > b for a, b in zip([lr_now, *lrs], lrs))  # decays every step
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15)  # eta_min at the new last step
+    # the progress runs linearly from where it stood (4 of 12 decay steps) to 1 at the new end
+    p0 = (8 - 4) / (16 - 4)
+    mid = 8 + (new_total - 8) // 2
+    p_mid = p0 + (1 - p0) * (mid - 8) / (new_total - 8)
+    expected = 0.1 * 0.5 * (1 + math.cos(math.pi * p_mid))
+    assert lrs[mid - 9] == pytest.approx(expected)
+    # the retargeted schedule resumes from its state
+    again = _stepped(16, 0, warmup_epochs=1)
+    again.load_state_dict(sched.state_dict())
+    assert again.total_steps == new_total and again.get_last_lr() == sched.get_last_lr()
+
+
+def test_retarget_in_warmup_keeps_it_and_an_ended_schedule_restarts_at_the_new_length():
+    sched = _stepped(16, 2, warmup_epochs=1)  # in warmup (4 steps)
+    sched.retarget(32)
+    assert sched.warmup_steps == 4 and sched.get_last_lr()[0] == pytest.approx(
+        0.1 * warmup_cosine_factor(2, 32, 4, 0.1, 0.0)
+    )
+    ended = _stepped(8, 8, warmup_epochs=1)  # a finished run trained for longer
+    assert ended.get_last_lr()[0] == pytest.approx(0.0, abs=1e-15)
+    ended.retarget(12)
+    assert ended.get_last_lr()[0] == pytest.approx(0.1 * warmup_cosine_factor(8, 12, 4, 0.1, 0.0))
+    assert ended.get_last_lr()[0] > 0.01

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segkit import dist
 from segkit.io import checkpoint as ck
-from segkit.run import train_rank
+from segkit.run import build_trainer, train_rank
 from tests.conftest import TINY, compose_train
 from tests.faults import failing
 
@@ -275,3 +275,44 @@ def test_metrics_csv_has_one_row_per_epoch_equal_to_tensorboard(trained):
     for r in rows:
         assert float(r["miou"]) == pytest.approx(tb[int(r["step"])], rel=1e-6)
         assert float(r["iou/circle"]) >= 0.0 and float(r["epoch_time_s"]) > 0
+
+
+def _checkpoint_at(epoch: int, *overrides: str) -> dict:
+    """A trainer's checkpoint after ``epoch`` epochs, its schedule stepped there (no
+    training: the schedule and the counters are what a resume reads)."""
+    trainer, _ = build_trainer(compose_train(*TINY, *overrides), dist.DistInfo())
+    for _ in range(epoch * trainer.steps_per_epoch):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    trainer.state.epoch, trainer.state.step = epoch, epoch * trainer.steps_per_epoch
+    return trainer.state_dict(None)
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "total"),
+    [
+        # saved with 6 steps per epoch (batch 4) after 2 of 4 epochs, resumed with 3 (batch 8,
+        # as with 2 processes): 12 + 2 x 3
+        (["trainer.max_epochs=4"], ["trainer.max_epochs=4", "loader.batch_size=8"], 18),
+        # a run of 4 epochs resumed with max_epochs=6: 12 + 4 x 6
+        (["trainer.max_epochs=4"], ["trainer.max_epochs=6"], 36),
+    ],
+)
+def test_resume_retargets_the_schedule_to_the_new_last_step(saved, resumed, total, caplog):
+    ckpt = _checkpoint_at(2, *saved, "scheduler.eta_min=0")
+    lr = ckpt["scheduler"]["_last_lr"][0]
+    trainer, _ = build_trainer(
+        compose_train(*TINY, *resumed, "scheduler.eta_min=0"), dist.DistInfo()
+    )
+    caplog.set_level("INFO")
+    trainer.load_state(ckpt)
+    assert trainer.scheduler.total_steps == total
+    assert f"this run ends at step {total}" in caplog.text
+    assert trainer.lr == lr  # from the current lr ...
+    for _ in range(total - 12):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert trainer.lr == pytest.approx(0.0, abs=1e-15)  # ... to eta_min at the new last step
+    same, _ = build_trainer(compose_train(*TINY, *saved, "scheduler.eta_min=0"), dist.DistInfo())
+    same.load_state(ckpt)  # nothing changed: the schedule is the checkpoint's
+    assert same.scheduler.state_dict() == ckpt["scheduler"]
