@@ -62,7 +62,7 @@ class TrainState:
     # alone, of the last validation; the epochs that fit (the plan)
     elapsed_s: float = 0.0
     train_s: float = 0.0
-    val_s: float = 0.0
+    val_s: float | None = None  # None: no validation measured yet
     planned_epochs: int | None = None
 
     @classmethod
@@ -188,13 +188,7 @@ class Trainer:
             t0, lr = time.perf_counter(), self.state.epoch_lr
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
-            if self.budget_s is not None:
-                self._plan_epochs(time.perf_counter() - t0)
-            metrics = None
-            if (epoch + 1) % self.opt.val_every == 0 or epoch + 1 == self.max_epochs:
-                t_val = time.perf_counter()
-                metrics = self.validate(epoch)
-                self.state.val_s = time.perf_counter() - t_val
+            metrics = self._validate_and_plan(epoch, t0, time.perf_counter() - t0)
             seconds = time.perf_counter() - t0
             self.state.elapsed_s += seconds
             self._end_epoch(epoch, train_loss, metrics)
@@ -205,15 +199,45 @@ class Trainer:
             epoch += 1
         return self.state
 
-    def _plan_epochs(self, train_s: float) -> None:
-        """Under ``max_time_min``, after each training epoch (before its validation): the
-        epochs that fit, from the mean training epoch so far plus the last validation's share
-        (rank 0's timing), and the learning-rate schedule set to end with them."""
+    def _validation_due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.opt.val_every == 0 or epoch + 1 == self.max_epochs
+
+    def _timed_validate(self, epoch: int) -> dict:
+        t_val = time.perf_counter()
+        metrics = self.validate(epoch)
+        self.state.val_s = time.perf_counter() - t_val
+        return metrics
+
+    def _validate_and_plan(self, epoch: int, t0: float, train_s: float) -> dict | None:
+        """Validate epoch ``epoch`` when due; under ``max_time_min`` plan the epochs that fit
+        first, so that the plan decides whether this epoch is the last (then validated). The
+        first plan needs a validation's duration: that epoch is validated to measure it."""
+        if self.budget_s is None:
+            return self._timed_validate(epoch) if self._validation_due(epoch) else None
+        self.state.train_s += train_s
+        if self.state.val_s is None:
+            metrics = self._timed_validate(epoch)
+            self._plan_epochs(time.perf_counter() - t0, validated=True)
+            return metrics
+        self._plan_epochs(time.perf_counter() - t0, validated=False)
+        return self._timed_validate(epoch) if self._validation_due(epoch) else None
+
+    def _plan_epochs(self, spent_s: float, validated: bool) -> None:
+        """Under ``max_time_min``, after each training epoch (``spent_s`` into it; its
+        validation included when ``validated``): the epochs that fit, from the mean training
+        epoch so far and the last validation's duration, every validation still to come
+        reserved (rank 0's timing); the learning-rate schedule set to end with them."""
         s = self.state
-        s.train_s += train_s
-        epoch_s = s.train_s / s.epoch + s.val_s / self.opt.val_every
+        epoch_s = s.train_s / s.epoch
         planned = budget.plan_epochs(
-            self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.opt.max_epochs
+            self.budget_s,
+            s.elapsed_s + spent_s,
+            epoch_s,
+            s.val_s,
+            done=s.epoch,
+            cap=self.opt.max_epochs,
+            val_every=self.opt.val_every,
+            validated=validated,
         )
         planned, epoch_s = dist.broadcast_object((planned, epoch_s))
         if planned == s.planned_epochs:
@@ -224,10 +248,12 @@ class Trainer:
         if how is None:
             how = f"{type(self.scheduler).__name__} cannot be retargeted: it keeps its length"
         log.info(
-            "trainer.max_time_min=%g: %.0f s spent, an epoch takes %.1f s; planning %d epochs; %s",
+            "trainer.max_time_min=%g: %.0f s spent, an epoch trains in %.1f s, a validation "
+            "takes %.1f s; planning %d epochs; %s",
             self.budget_s / 60,
-            s.elapsed_s + train_s,
+            s.elapsed_s + spent_s,
             epoch_s,
+            s.val_s,
             planned,
             how,
         )
