@@ -485,7 +485,7 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
         trainer.train_one_epoch(0)  # warm-up: workers, allocator, cuDNN autotuning
         batches = [
             (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
-            for (x, y), _ in zip(real, range(trainer.steps_per_epoch))
+            for (x, y), _ in zip(real, range(trainer.batches_per_epoch))
         ]
         memory = InMemoryLoader(batches, real)
         images, epochs = len(batches) * args.batch_size, count(1)

@@ -100,6 +100,7 @@ class LoopOptions:
     checkpoint_every_steps: int | None
     max_time_min: float | None
     ema_decay: float | None
+    accumulate_grad_batches: int = 1
 
 
 class Trainer:
@@ -152,10 +153,16 @@ class Trainer:
 
     # ----------------------------------------------------------------- helpers
     @property
-    def steps_per_epoch(self) -> int:
+    def batches_per_epoch(self) -> int:
         limit = self.opt.limit_train_batches
         n = len(self.train_loader)
         return n if limit is None else min(n, limit)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch: one per ``accumulate_grad_batches`` batches, the last
+        group of an epoch possibly shorter."""
+        return -(-self.batches_per_epoch // self.opt.accumulate_grad_batches)
 
     @property
     def bare_model(self) -> nn.Module:
@@ -306,26 +313,27 @@ class Trainer:
         for obj in (self.train_loader.sampler, self.train_loader.dataset):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-        total = self.steps_per_epoch
+        total, k = self.batches_per_epoch, self.opt.accumulate_grad_batches
         bar = tqdm(
             total=total,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
             disable=not self.opt.progress_bar,
             leave=False,
         )
-        start = self._start_epoch_at()
+        done = self._start_epoch_at()
         batches = iter(self.train_loader)
-        bar.update(start)
-        for i in range(start, total):
+        bar.update(done)
+        while done < total:
             t_wait = time.perf_counter()
-            images, masks = next(batches)
-            self.stats.waited(time.perf_counter() - t_wait, images.shape[0])
-            self.train_step(images, masks)
-            bar.update(1)
-            at_log = self.state.step % self.opt.log_every == 0 or i + 1 == total
+            group = [next(batches) for _ in range(min(k, total - done))]
+            self.stats.waited(time.perf_counter() - t_wait, sum(len(x) for x, _ in group))
+            self.train_step(group)
+            done += len(group)
+            bar.update(len(group))
+            at_log = self.state.step % self.opt.log_every == 0 or done == total
             if at_log:
-                self._log_window(bar, position=i)
-            self._mid_epoch_checkpoints(epoch, i + 1, at_log)
+                self._log_window(bar, position=(done - 1) // k)
+            self._mid_epoch_checkpoints(epoch, done, at_log)
         bar.close()
         mean, skipped, summary = self.stats.epoch_summary()
         if skipped:
@@ -351,7 +359,7 @@ class Trainer:
         (agreed across ranks, at logging points under DDP) an ``interrupt`` checkpoint, then
         :class:`Interrupted`. Both record the position inside the epoch."""
         every = self.opt.checkpoint_every_steps
-        if every and self.state.step % every == 0 and done < self.steps_per_epoch:
+        if every and self.state.step % every == 0 and done < self.batches_per_epoch:
             self._save_position(epoch, done, ckpt_io.PERIODIC)
         if self.stop is None or (self.info.distributed and not at_log):
             return
@@ -378,21 +386,25 @@ class Trainer:
         finally:
             s.epoch_step, s.epoch_stats, s.window_stats = 0, {}, {}
 
-    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        """Forward, backward, guarded optimiser step. Nothing here waits for the device; the
-        loss, the gradient norm and the non-finite flag go to ``self.stats``."""
-        dev = self.info.device
-        images = self.normalize(images.to(dev, non_blocking=True))
-        masks = masks.to(dev, non_blocking=True).long()
-        with precision.autocast(dev, self.amp_dtype):
-            loss = self.loss_fn(self.model(images), masks)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
+    def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimiser step over ``group``: the ``(images, masks)`` batches accumulated
+        into it (``trainer.accumulate_grad_batches``; one without accumulation). Each batch's
+        loss counts ``1 / len(group)`` (every batch weighs the same, as every rank does under
+        DDP), DDP all-reduces the gradients after the last batch only; then clipping, the
+        guarded optimiser step, the schedule and the EMA. Nothing here waits for the device;
+        the loss (mean over the group), the gradient norm and the non-finite flag go to
+        ``self.stats``."""
+        losses = []
+        for j, (images, masks) in enumerate(group):
+            with self._gradient_sync(j == len(group) - 1):
+                losses.append(self._forward_backward(images, masks, len(group)))
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         grads = [p.grad for p in self._params if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
         grad_norm = nn.utils.get_total_norm(grads)
         if self.opt.grad_clip:
             nn.utils.clip_grads_with_norm_(self._params, self.opt.grad_clip, grad_norm)
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
         if self.info.distributed:  # gradients agree after DDP's all-reduce; losses may not
             bad = dist.all_reduce_sum(bad.int()) > 0
         if not self.scaler.is_enabled():  # fp16: the scaler skips non-finite steps itself
@@ -407,6 +419,25 @@ class Trainer:
         self.stats.add(loss, grad_norm, bad)
         if self.ema is not None:
             self.ema.update(self.bare_model)
+
+    def _forward_backward(
+        self, images: torch.Tensor, masks: torch.Tensor, group_size: int
+    ) -> torch.Tensor:
+        """Forward and backward of one batch, its loss scaled by ``1 / group_size``; returns
+        the (unscaled, detached) loss."""
+        dev = self.info.device
+        images = self.normalize(images.to(dev, non_blocking=True))
+        masks = masks.to(dev, non_blocking=True).long()
+        with precision.autocast(dev, self.amp_dtype):
+            loss = self.loss_fn(self.model(images), masks)
+        share = loss if group_size == 1 else loss / group_size
+        self.scaler.scale(share).backward()
+        return loss.detach()
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's all-reduce on the group's last backward only (``no_sync`` before it)."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
     def _log_window(self, bar: tqdm, position: int) -> None:
         """A logging point: read the device-side stats (the one sync of the window), stop on
@@ -428,8 +459,9 @@ class Trainer:
         if not limit or run < limit:
             return
         run, step = int(run), self.state.step
-        first = position - run + 1  # batch position of the first bad step in this epoch
-        files = batch_files(self.train_loader, max(first, 0) if first >= 0 else position)
+        first = position - run + 1  # step position of the first bad step in this epoch
+        batch = (first if first >= 0 else position) * self.opt.accumulate_grad_batches
+        files = batch_files(self.train_loader, batch)  # its first batch
         scale = f"{self.scaler.get_scale():g}" if self.scaler.is_enabled() else "none"
         raise divergence_error(run, step, limit, self.step_lr, scale, self.precision, files, first)
 
@@ -455,7 +487,8 @@ class Trainer:
         last_epoch = self.max_epochs
         if self.budget_s is not None and s.planned_epochs is not None:
             last_epoch = s.planned_epochs
-        total = s.step + (last_epoch - s.epoch) * self.steps_per_epoch - s.epoch_step
+        done = -(-s.epoch_step // self.opt.accumulate_grad_batches)  # steps into the epoch
+        total = s.step + (last_epoch - s.epoch) * self.steps_per_epoch - done
         old = getattr(self.scheduler, "total_steps", None)
         if old is None or total <= s.step or old == total:
             return

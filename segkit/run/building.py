@@ -184,8 +184,10 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
-    """``cfg.scheduler``, stepped per iteration; step counts come from the loader length."""
-    per_epoch = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
+    """``cfg.scheduler``, stepped per optimiser step; step counts come from the loader length
+    (one step per ``trainer.accumulate_grad_batches`` batches)."""
+    batches = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
+    per_epoch = -(-batches // cfg.trainer.accumulate_grad_batches)
     total = cfg.trainer.max_epochs * per_epoch
     return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
 

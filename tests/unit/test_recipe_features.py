@@ -388,8 +388,8 @@ def _timed_trainer(monkeypatch, clock: _Clock, *overrides: str):
     trainer, _ = build_trainer(compose_train(*TINY, *overrides), _cpu())
     step = trainer.train_step
 
-    def timed_step(images, masks):
-        step(images, masks)
+    def timed_step(group):
+        step(group)
         clock.now += clock.step_s
 
     trainer.train_step = timed_step
@@ -503,8 +503,8 @@ def _clocked(monkeypatch, step_s: float, val_s: float) -> _Clock:
     monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
     step, validate = trainer_mod.Trainer.train_step, trainer_mod.Trainer.validate
 
-    def timed_step(self, images, masks):
-        step(self, images, masks)
+    def timed_step(self, group):
+        step(self, group)
         clock.now += clock.step_s
 
     def timed_validate(self, epoch):
