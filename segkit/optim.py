@@ -1,4 +1,5 @@
-"""Optimiser parameter groups and the warmup + cosine / poly learning-rate schedules.
+"""Optimiser parameter groups (per-module learning rates and weight decay: ``ParamGroups``)
+and the warmup + cosine / poly learning-rate schedules.
 
 Both schedules are pure functions of the optimiser step (``warmup_cosine_factor``,
 ``warmup_poly_factor``) wrapped in an ``LRScheduler`` that is stepped once per iteration, so
@@ -7,7 +8,10 @@ resuming restores the LR from the step count alone.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -18,22 +22,150 @@ from segkit.errors import ConfigError
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups: weights that get weight decay, and norm/bias parameters that do not.
+# parameters that get no weight decay by default: normalisation layers, biases (and any 1-D
+# tensor), position embeddings and tokens (SegFormer / ViT names)
+NO_DECAY = ("norm", "bias", "*pos_embed*", "*position_embedding*", "*cls_token*")
 
-    The second group carries ``weight_decay=0``; the first inherits the optimiser's value.
-    Frozen parameters are included (they simply get no gradient), so unfreezing needs no
-    new optimiser.
+
+@dataclass(frozen=True)
+class GroupRule:
+    """One rule of ``optimizer.param_groups.rules``: the parameters it ``match``es get
+    ``lr * lr_mult`` and ``weight_decay * decay_mult``. ``match``: ``encoder`` (the model's
+    ``encoder_modules()``), ``decoder`` (every parameter outside them) or a glob over parameter
+    names (``head.*``, ``*.attn.*``)."""
+
+    match: str
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+class ParamGroups:
+    """The optimiser's parameter groups: each parameter goes to the first rule that matches
+    it (none: x1), and loses its weight decay when it is one of ``no_decay`` (``norm``:
+    parameters of normalisation layers; ``bias``: names ending in ``.bias`` and 1-D tensors;
+    other entries are globs over parameter names). Every parameter lands in exactly one group;
+    frozen ones too (they get no gradient), so unfreezing needs no new optimiser.
+
+    Example (MMSegmentation's SegFormer recipe: encoder x0.1, decoder x10)::
+
+        rules = [{"match": "encoder", "lr_mult": 0.1}, {"match": "decoder", "lr_mult": 10}]
     """
-    no_decay_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, _NORM_TYPES):
-            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        is_bias = name.endswith(".bias") or p.ndim <= 1
-        (no_decay if is_bias or id(p) in no_decay_ids else decay).append(p)
+
+    def __init__(self, rules: Sequence[Mapping] = (), no_decay: Sequence[str] = NO_DECAY) -> None:
+        self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
+        self.no_decay = tuple(no_decay)
+
+    @staticmethod
+    def _rule(i: int, rule: Mapping) -> GroupRule:
+        known = {f.name for f in fields(GroupRule)}
+        if not isinstance(rule, Mapping) or "match" not in rule or set(rule) - known:
+            raise ConfigError(
+                f"optimizer.param_groups.rules[{i}]={rule!r}: expected a mapping with 'match' "
+                f"and optionally 'lr_mult', 'decay_mult' (e.g. {{match: encoder, lr_mult: 0.1}})"
+            )
+        if rule.get("lr_mult", 1.0) < 0 or rule.get("decay_mult", 1.0) < 0:
+            raise ConfigError(f"optimizer.param_groups.rules[{i}]: multipliers must be >= 0")
+        return GroupRule(**rule)
+
+    def assign(self, model: nn.Module) -> dict[str, tuple[int, bool]]:
+        """Parameter name -> (index of its rule, -1 for none; whether it gets weight decay)."""
+        encoder = _encoder_ids(model)
+        norms = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, _NORM_TYPES)
+            for p in m.parameters(recurse=False)
+        }
+        out = {}
+        for name, p in model.named_parameters():
+            rule = next(
+                (i for i, r in enumerate(self.rules) if _matches(r.match, name, p, encoder)), -1
+            )
+            out[name] = (rule, not self._exempt(name, p, norms))
+        return out
+
+    def _exempt(self, name: str, p: nn.Parameter, norms: set[int]) -> bool:
+        for kind in self.no_decay:
+            if kind == "norm" and id(p) in norms:
+                return True
+            if kind == "bias" and (name.endswith(".bias") or p.ndim <= 1):
+                return True
+            if kind not in ("norm", "bias") and fnmatch.fnmatchcase(name, kind):
+                return True
+        return False
+
+    def __call__(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        """The groups for ``torch.optim.X(groups, lr=lr, weight_decay=weight_decay)``, one per
+        (rule, decay or not) that holds parameters, each with its own ``lr`` and
+        ``weight_decay`` and a ``name``."""
+        params = dict(model.named_parameters())
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, (rule, decays) in sorted(
+            self.assign(model).items(), key=lambda kv: _order(kv[1])
+        ):
+            r = self.rules[rule] if rule >= 0 else GroupRule("*")
+            group = groups.setdefault(
+                (rule, decays),
+                {
+                    "params": [],
+                    "name": f"{r.match if rule >= 0 else 'rest'}{'' if decays else ' (no decay)'}",
+                    "lr": lr * r.lr_mult,
+                    "weight_decay": weight_decay * r.decay_mult if decays else 0.0,
+                },
+            )
+            group["params"].append(params[name])
+        return list(groups.values())
+
+
+def _order(key: tuple[int, bool]) -> tuple[int, bool]:
+    """Groups by rule (unmatched last), decay before no decay."""
+    rule, decays = key
+    return (rule if rule >= 0 else 1 << 30, not decays)
+
+
+def _encoder_ids(model: nn.Module) -> set[int]:
+    encoder = getattr(model, "encoder_parameters", None)
+    return {id(p) for p in encoder()} if encoder is not None else set()
+
+
+def _matches(pattern: str, name: str, p: nn.Parameter, encoder: set[int]) -> bool:
+    if pattern in ("encoder", "decoder"):
+        if not encoder:
+            raise ConfigError(
+                f"optimizer.param_groups: match={pattern!r} needs a model with an encoder "
+                "(encoder_modules()); match parameter names with a glob instead"
+            )
+        return (id(p) in encoder) == (pattern == "encoder")
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups without rules: weights that get the optimiser's weight decay, and the
+    ``NO_DECAY`` parameters (norms, biases, ...) with ``weight_decay=0``."""
+    params = dict(model.named_parameters())
+    assigned = ParamGroups().assign(model).items()
+    decay = [params[n] for n, (_, decays) in assigned if decays]
+    no_decay = [params[n] for n, (_, decays) in assigned if not decays]
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def log_table(groups: list[dict]) -> str:
+    """The optimiser's groups as a text table: name, tensors, parameters, lr, weight decay."""
+    rows = [("group", "tensors", "parameters", "lr", "weight_decay")]
+    for i, g in enumerate(groups):
+        numel = sum(p.numel() for p in g["params"])
+        name = g.get("name", f"group {i}")
+        rows.append(
+            (
+                name,
+                str(len(g["params"])),
+                f"{numel:,}",
+                f"{g['lr']:.3g}",
+                f"{g.get('weight_decay', 0):.3g}",
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
 
 
 def _warmup_factor(step: int, warmup_steps: int, warmup_start: float) -> float:

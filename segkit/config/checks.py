@@ -44,7 +44,11 @@ from segkit.errors import ConfigError, StorageError
 from segkit.evaluation.predictors import check_scales, parse_mode
 
 # segkit's own keys inside component nodes (not constructor arguments)
-OWN_KEYS = {"dataset": set(DATASET_RUN_KEYS), "model": {"init_from"}}
+OWN_KEYS = {
+    "dataset": set(DATASET_RUN_KEYS),
+    "model": {"init_from"},
+    "optimizer": {"param_groups"},  # segkit.optim.ParamGroups, not an optimiser argument
+}
 COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 

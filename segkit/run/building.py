@@ -5,6 +5,7 @@ Trainer's loop keyword arguments). Pure construction; the tasks are in ``trainin
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from segkit.engine.trainer import LoopOptions, Trainer, TrainState
 from segkit.errors import CheckpointError, ConfigError
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
-from segkit.optim import param_groups
+from segkit.optim import ParamGroups, log_table
 from segkit.reporting.tracker import NullTracker
 from segkit.run.models import instantiate_model
 
@@ -179,8 +180,24 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over two groups: with and without weight decay (norm, bias)."""
-    return instantiate(cfg.optimizer)(params=param_groups(model))
+    """``cfg.optimizer`` over the groups of ``optimizer.param_groups`` (per-module lr and
+    weight decay multipliers, no decay on norms and biases); their table goes to the log."""
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    rules = node.pop("param_groups", None)
+    make = instantiate(node)
+    groups = (instantiate(rules) if rules else ParamGroups())(
+        model, lr=node["lr"], weight_decay=_default_arg(make, node, "weight_decay", 0.0)
+    )
+    log.info("optimizer parameter groups:\n%s", log_table(groups))
+    return make(params=groups)
+
+
+def _default_arg(make: functools.partial, node: dict, name: str, fallback: Any) -> Any:
+    """``node[name]``, else the default of that argument of the partial's class."""
+    if name in node:
+        return node[name]
+    param = inspect.signature(make.func).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
