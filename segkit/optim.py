@@ -241,6 +241,7 @@ class _WarmupLR(LRScheduler):
         warmup_start: float,
         eta_min: float,
         last_epoch: int = -1,
+        warmup_steps: int | None = None,
     ) -> None:
         if total_steps <= 0:
             raise ConfigError(f"scheduler total_steps must be > 0, got {total_steps}")
@@ -252,7 +253,11 @@ class _WarmupLR(LRScheduler):
                 f"{warmup_epochs} and {eta_min}"
             )
         self.total_steps = total_steps
-        self.warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
+        if warmup_steps is None:  # warmup in epochs (fractional allowed)
+            warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        elif warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = min(warmup_steps, total_steps)
         self.warmup_start = warmup_start
         self.eta_min = eta_min
         self.anchor_step, self.anchor_progress = self.warmup_steps, 0.0
@@ -313,6 +318,7 @@ class WarmupCosineLR(_WarmupLR):
         warmup_start: float = 0.1,
         eta_min: float = 1e-5,
         last_epoch: int = -1,
+        warmup_steps: int | None = None,
     ) -> None:
         super().__init__(
             optimizer,
@@ -322,6 +328,7 @@ class WarmupCosineLR(_WarmupLR):
             warmup_start,
             eta_min,
             last_epoch,
+            warmup_steps,
         )
 
     def shape(self, progress: float, min_ratio: float) -> float:
@@ -342,6 +349,7 @@ class WarmupPolyLR(_WarmupLR):
         power: float = 0.9,
         eta_min: float = 0.0,
         last_epoch: int = -1,
+        warmup_steps: int | None = None,
     ) -> None:
         if power <= 0:
             raise ConfigError(f"scheduler.power must be > 0, got {power}")
@@ -354,6 +362,7 @@ class WarmupPolyLR(_WarmupLR):
             warmup_start,
             eta_min,
             last_epoch,
+            warmup_steps,
         )
 
     def shape(self, progress: float, min_ratio: float) -> float:

@@ -204,6 +204,8 @@ RULES = (
     Rule("trainer.val_every", 1),
     Rule("trainer.log_every", 1),
     Rule("trainer.accumulate_grad_batches", 1),
+    Rule("trainer.max_steps", 1),
+    Rule("trainer.val_every_steps", 1),
     Rule("trainer.num_vis", 0),
     Rule("trainer.freeze_epochs", 0),
     Rule("trainer.grad_clip", 1e-12),

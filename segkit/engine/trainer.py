@@ -52,6 +52,7 @@ class TrainState:
     step: int = 0  # optimiser iterations completed
     best_miou: float = -1.0
     best_epoch: int = -1
+    best_step: int = -1  # the optimiser step of the best validation
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
@@ -70,9 +71,11 @@ class TrainState:
         names = [f.name for f in dataclasses.fields(cls)]  # older files lack some
         return cls(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
 
-    def finished(self, max_epochs: int, budgeted: bool) -> bool:
+    def finished(self, max_epochs: int, budgeted: bool, max_steps: int | None = None) -> bool:
         """Every epoch of the run is done: ``max_epochs``, or under a time budget
-        (``budgeted``) the epochs it planned."""
+        (``budgeted``) the epochs it planned; with ``max_steps``, that many steps."""
+        if max_steps is not None and self.step >= max_steps:
+            return True
         last = self.planned_epochs if budgeted and self.planned_epochs else max_epochs
         return self.epoch_step == 0 and self.epoch >= last
 
@@ -101,6 +104,8 @@ class LoopOptions:
     max_time_min: float | None
     ema_decay: float | None
     accumulate_grad_batches: int = 1
+    max_steps: int | None = None
+    val_every_steps: int | None = None
 
 
 class Trainer:
@@ -127,7 +132,9 @@ class Trainer:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.labels, self.info, self.checkpoints = labels, info, checkpoints
         self.run_config, self.tracker, self.opt = run_config, tracker, options
-        self.max_epochs = options.max_epochs  # shrinks to the epochs that fit max_time_min
+        # the epochs to train: max_epochs, or those that hold max_steps (then the last one may
+        # end early); under max_time_min the epochs that fit
+        self.max_epochs = options.max_epochs
         self.budget_s = None if options.max_time_min is None else options.max_time_min * 60.0
         self.ema = ModelEMA(self.bare_model, options.ema_decay) if options.ema_decay else None
         self.stop: signals.StopRequest | None = None  # set while signals should stop the loop
@@ -148,6 +155,7 @@ class Trainer:
         self.stats = StepStats(info.device, info.world_size)
         self.step_lr = self.lr  # the lr of the last step (the scheduler has moved on since)
         self._params = list(model.parameters())
+        self.max_epochs = self._epoch_cap
         self.state = TrainState()
         self._last_metrics: dict | None = None  # of the last validation, for metrics.csv
 
@@ -189,7 +197,7 @@ class Trainer:
         if self.budget_s is not None and self.state.planned_epochs is not None:
             self.max_epochs = self.state.planned_epochs
         epoch = self.state.epoch
-        while epoch < self.max_epochs:
+        while epoch < self.max_epochs and not self._steps_done():
             if not self.state.epoch_step:  # else: resumed inside the epoch, which began earlier
                 self.state.epoch_lr = self.lr
             t0, lr = time.perf_counter(), self.state.epoch_lr
@@ -207,7 +215,28 @@ class Trainer:
         return self.state
 
     def _validation_due(self, epoch: int) -> bool:
-        return (epoch + 1) % self.opt.val_every == 0 or epoch + 1 == self.max_epochs
+        """At the end of epoch ``epoch``: every ``val_every`` epochs, or under
+        ``val_every_steps`` when this step is one of those; always at the end of training."""
+        if epoch + 1 == self.max_epochs or self._steps_done():
+            return True
+        if self.opt.val_every_steps:
+            return self.state.step % self.opt.val_every_steps == 0
+        return (epoch + 1) % self.opt.val_every == 0
+
+    @property
+    def _epoch_cap(self) -> int:
+        """The most epochs the run may train: ``max_epochs``, or those ``max_steps`` needs."""
+        if self.opt.max_steps is None:
+            return self.opt.max_epochs
+        return -(-self.opt.max_steps // self.steps_per_epoch)
+
+    def _last_step(self, epochs: int) -> int:
+        """The optimiser step at which ``epochs`` epochs end (``max_steps`` at most)."""
+        total = epochs * self.steps_per_epoch
+        return total if self.opt.max_steps is None else min(total, self.opt.max_steps)
+
+    def _steps_done(self) -> bool:
+        return self.opt.max_steps is not None and self.state.step >= self.opt.max_steps
 
     def _timed_validate(self, epoch: int) -> dict:
         t_val = time.perf_counter()
@@ -242,7 +271,7 @@ class Trainer:
             epoch_s,
             s.val_s,
             done=s.epoch,
-            cap=self.opt.max_epochs,
+            cap=self._epoch_cap,
             val_every=self.opt.val_every,
             validated=validated,
         )
@@ -250,7 +279,7 @@ class Trainer:
         if planned == s.planned_epochs:
             return
         s.planned_epochs = self.max_epochs = planned
-        total = planned * self.steps_per_epoch
+        total = self._last_step(planned)
         how = budget.retarget_schedule(self.scheduler, total)
         if how is None:
             how = f"{type(self.scheduler).__name__} cannot be retargeted: it keeps its length"
@@ -266,24 +295,49 @@ class Trainer:
         )
 
     def _end_epoch(self, epoch: int, train_loss: float, metrics: dict | None) -> None:
-        self._last_metrics = metrics
-        improved = metrics is not None and metrics["miou"] > self.state.best_miou
-        if improved:
-            self.state.best_miou, self.state.best_epoch = metrics["miou"], epoch + 1
-            self.state.bad_epochs = 0
-        elif metrics is not None:
-            self.state.bad_epochs += 1
-        entry = {"epoch": epoch + 1, "train_loss": train_loss}
-        if metrics is not None:
-            entry.update(
-                val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
-            )
-        self.state.history.append(entry)
+        improved = self._record(epoch, train_loss, metrics)
         self._check_finite_weights(epoch)
         self.save(ckpt_io.LAST, metrics)
         if improved:
             self.save(ckpt_io.BEST, metrics)
         self.checkpoints.remove(ckpt_io.INTERRUPT, ckpt_io.PERIODIC)  # superseded by last
+        dist.barrier()
+
+    def _record(self, epoch: int, train_loss: float, metrics: dict | None) -> bool:
+        """A history entry (the train loss, the validation if any) at this step; the best
+        score and the validations without gain. True when ``metrics`` is a new best."""
+        s = self.state
+        self._last_metrics = metrics
+        improved = metrics is not None and metrics["miou"] > s.best_miou
+        if improved:
+            s.best_miou, s.best_epoch, s.best_step = metrics["miou"], epoch + 1, s.step
+            s.bad_epochs = 0
+        elif metrics is not None:
+            s.bad_epochs += 1
+        entry = {"epoch": epoch + 1, "train_loss": train_loss}
+        if self.opt.val_every_steps:
+            entry["step"] = s.step
+        if metrics is not None:
+            entry.update(
+                val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
+            )
+        s.history.append(entry)
+        return improved
+
+    def _validate_mid_epoch(self, epoch: int, done: int) -> None:
+        """``val_every_steps``: a validation inside epoch ``epoch`` after ``done`` batches: a
+        history entry and a metrics.csv row (train loss: the epoch's mean so far; lr: of the
+        last step), ``best.pt`` when it is a new best (holding the position, like a
+        periodic checkpoint); then training goes on."""
+        e, w = self.stats.epoch, self.stats.open_window()
+        train_loss = (e["loss_sum"] + w["loss_sum"]) / max(e["finite"] + w["finite"], 1)
+        t0 = time.perf_counter()
+        metrics = self._timed_validate(epoch)
+        self.model.train()
+        self._set_freeze(epoch)
+        if self._record(epoch, train_loss, metrics):
+            self._save_position(epoch, done, ckpt_io.BEST, metrics)
+        self.tracker.log_epoch(self._epoch_row(self.step_lr, time.perf_counter() - t0))
         dist.barrier()
 
     def _epoch_row(self, lr: float, seconds: float) -> dict[str, Any]:
@@ -323,16 +377,20 @@ class Trainer:
         done = self._start_epoch_at()
         batches = iter(self.train_loader)
         bar.update(done)
-        while done < total:
+        while done < total and not self._steps_done():
             t_wait = time.perf_counter()
             group = [next(batches) for _ in range(min(k, total - done))]
             self.stats.waited(time.perf_counter() - t_wait, sum(len(x) for x, _ in group))
             self.train_step(group)
             done += len(group)
             bar.update(len(group))
-            at_log = self.state.step % self.opt.log_every == 0 or done == total
+            ends = done == total or self._steps_done()
+            at_log = self.state.step % self.opt.log_every == 0 or ends
             if at_log:
                 self._log_window(bar, position=(done - 1) // k)
+            every = self.opt.val_every_steps
+            if every and self.state.step % every == 0 and not ends:
+                self._validate_mid_epoch(epoch, done)
             self._mid_epoch_checkpoints(epoch, done, at_log)
         bar.close()
         mean, skipped, summary = self.stats.epoch_summary()
@@ -374,7 +432,9 @@ class Trainer:
             name,
         )
 
-    def _save_position(self, epoch: int, done: int, name: str) -> Path | None:
+    def _save_position(
+        self, epoch: int, done: int, name: str, metrics: dict | None = None
+    ) -> Path | None:
         """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it), with
         the epoch's statistics and the open log window, so the resumed run logs the same."""
         self._check_finite_weights(epoch)
@@ -382,7 +442,7 @@ class Trainer:
         s.epoch_step, s.epoch_stats = done, dict(self.stats.epoch)
         s.window_stats = self.stats.open_window()
         try:
-            return self.save(name, None)
+            return self.save(name, metrics)
         finally:
             s.epoch_step, s.epoch_stats, s.window_stats = 0, {}, {}
 
@@ -489,6 +549,8 @@ class Trainer:
             last_epoch = s.planned_epochs
         done = -(-s.epoch_step // self.opt.accumulate_grad_batches)  # steps into the epoch
         total = s.step + (last_epoch - s.epoch) * self.steps_per_epoch - done
+        if self.opt.max_steps is not None:
+            total = min(total, self.opt.max_steps)
         old = getattr(self.scheduler, "total_steps", None)
         if old is None or total <= s.step or old == total:
             return

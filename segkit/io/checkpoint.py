@@ -115,6 +115,8 @@ def tidy_checkpoint_dir(folder: Path) -> None:
     state = load(last)
     if state.get("best_epoch") != state.get("epoch") or state.get("epoch_step"):
         return
+    if state.get("best_step", -1) not in (-1, state.get("step")):  # best inside the epoch
+        return
     if best.is_file() and load(best).get("epoch") == state["epoch"]:
         return
     log.warning(

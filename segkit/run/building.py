@@ -205,7 +205,7 @@ def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
     (one step per ``trainer.accumulate_grad_batches`` batches)."""
     batches = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
     per_epoch = -(-batches // cfg.trainer.accumulate_grad_batches)
-    total = cfg.trainer.max_epochs * per_epoch
+    total = cfg.trainer.max_steps or cfg.trainer.max_epochs * per_epoch
     return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
 
 
@@ -234,10 +234,11 @@ def load_resume(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> tuple[Pa
 
 
 def run_finished(ckpt: dict, cfg: DictConfig) -> bool:
-    """Whether the run of ``ckpt`` has nothing left to do under this config (its planned
-    epochs under ``trainer.max_time_min``, else ``trainer.max_epochs``)."""
-    budgeted = cfg.trainer.max_time_min is not None
-    return TrainState.from_checkpoint(ckpt).finished(cfg.trainer.max_epochs, budgeted)
+    """Whether the run of ``ckpt`` has nothing left to do under this config (``max_steps``
+    steps, or its planned epochs under ``trainer.max_time_min``, else ``max_epochs``)."""
+    t = cfg.trainer
+    state = TrainState.from_checkpoint(ckpt)
+    return state.finished(t.max_epochs, t.max_time_min is not None, t.max_steps)
 
 
 def resume(trainer: Trainer, path: Path, ckpt: dict) -> None:

@@ -316,3 +316,36 @@ def test_resume_retargets_the_schedule_to_the_new_last_step(saved, resumed, tota
     same, _ = build_trainer(compose_train(*TINY, *saved, "scheduler.eta_min=0"), dist.DistInfo())
     same.load_state(ckpt)  # nothing changed: the schedule is the checkpoint's
     assert same.scheduler.state_dict() == ckpt["scheduler"]
+
+
+def test_iteration_schedule_with_accumulation_validates_every_n_steps(tmp_path):
+    """The demo with accumulate_grad_batches=2, batch 4: 6 batches, 3 optimiser steps per
+    epoch. max_steps=5 ends inside epoch 2; val_every_steps=2 validates at steps 2 and 4
+    (inside epochs) and at the end; step and epoch go to metrics.csv, TensorBoard and the
+    checkpoints; the schedule (warmup in steps) ends at step 5; resuming changes nothing."""
+    args = [*TINY, "loader.batch_size=4", "trainer.accumulate_grad_batches=2"]
+    args += ["trainer.max_steps=5", "trainer.val_every_steps=2", "trainer.log_every=1"]
+    args += ["scheduler.warmup_steps=2", "scheduler.eta_min=0", "dataset.check=off"]
+    run = tmp_path / "run"
+    train_rank(compose_train(*args), run)
+    last = ck.load(run / "checkpoints" / "last.pt")
+    assert (last["step"], last["epoch"], last["epoch_step"]) == (5, 2, 0)
+    sched = last["scheduler"]
+    assert (sched["total_steps"], sched["warmup_steps"], sched["_last_lr"][0]) == (5, 2, 0.0)
+    rows = _metrics_rows(run)
+    assert [(int(r["epoch"]), int(r["step"]), bool(r["miou"])) for r in rows] == [
+        (1, 2, True),  # inside epoch 1
+        (1, 3, False),  # the end of epoch 1: not a validation step
+        (2, 4, True),
+        (2, 5, True),  # max_steps: the end, validated
+    ]
+    assert [h["step"] for h in last["history"]] == [2, 3, 4, 5]
+    scalars = _scalars(run)
+    assert [s for s, _ in scalars["val/mIoU"]] == [2, 4, 5]
+    assert [v for _, v in scalars["val/epoch"]] == [1, 2, 2]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5]
+    best = ck.load(run / "checkpoints" / "best.pt")
+    assert best["best_step"] == best["step"] and best["metrics"]["miou"] == last["best_miou"]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_rank(compose_train(*args, "resume=auto"), run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
