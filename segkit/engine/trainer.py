@@ -106,6 +106,7 @@ class LoopOptions:
     accumulate_grad_batches: int = 1
     max_steps: int | None = None
     val_every_steps: int | None = None
+    activation_checkpointing: bool = False  # applied by the builder, before DDP
 
 
 class Trainer:

@@ -24,6 +24,7 @@ from segkit.data.doctor import check_for_training
 from segkit.data.original_size import OriginalSizeMasks, collate_original
 from segkit.data.problems import write_bad_samples
 from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class_weight_method
+from segkit.engine.activation_checkpointing import checkpoint_encoder
 from segkit.engine.loader import StopSafeLoader
 from segkit.engine.trainer import LoopOptions, Trainer, TrainState
 from segkit.errors import CheckpointError, ConfigError
@@ -125,8 +126,19 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
 
 
 def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
-    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn)."""
+    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn;
+    activation checkpointing of its encoder with ``trainer.activation_checkpointing``)."""
     model = instantiate_model(cfg.model)
+    if cfg.trainer.get("activation_checkpointing"):
+        blocks = checkpoint_encoder(model)
+        if blocks:
+            log.info("trainer.activation_checkpointing: %d encoder blocks", len(blocks))
+        else:
+            log.warning(
+                "trainer.activation_checkpointing: %s has no encoder block to checkpoint "
+                "(nothing changes)",
+                type(model).__name__,
+            )
     if cfg.launch.sync_bn and info.distributed:
         if info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
