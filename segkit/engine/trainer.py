@@ -10,6 +10,10 @@ and gradient norm are accumulated there (:class:`StepStats`) and read at the log
 where the scalars go to TensorBoard and divergence is checked. Every decision that changes
 control flow is taken on values all ranks share, so ranks never diverge.
 
+An optimiser step takes ``accumulate_grad_batches`` batches (`train_step`); every count of the
+loop (steps, ``log_every``, ``max_steps``, ``val_every_steps``, the schedule) is in optimiser
+steps, positions inside an epoch (checkpoints, the sampler's skip) in batches.
+
 Non-finite steps: with fp16 the GradScaler skips them (an overflow while it finds its scale is
 normal). With fp32/bf16 a non-finite step has its gradients zeroed on the device before the
 optimiser step, so no NaN/Inf reaches the weights or the optimiser state without a host sync
@@ -193,8 +197,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> TrainState:
-        """Train until ``max_epochs`` (under ``max_time_min``: the epochs that fit, planned
-        again after every epoch); returns the final state (best mIoU etc.)."""
+        """Train until ``max_epochs`` or ``max_steps`` (under ``max_time_min``: the epochs that
+        fit, planned again after every epoch); returns the final state (best mIoU etc.)."""
         if self.budget_s is not None and self.state.planned_epochs is not None:
             self.max_epochs = self.state.planned_epochs
         epoch = self.state.epoch
