@@ -15,8 +15,10 @@ from tests.conftest import compose_train
 
 
 def _model(name: str, checkpointed: bool):
+    small = ["model.base_channels=8"] if name == "unet" else []
     cfg = compose_train(
         f"model={name}",
+        *small,
         "model.pretrained=false",
         f"trainer.activation_checkpointing={str(checkpointed).lower()}",
     )
@@ -29,7 +31,7 @@ def test_checkpointed_encoder_gives_the_same_step_and_statistics(name, blocks):
     plain, ckpt = _model(name, False), _model(name, True)
     assert list(plain.state_dict()) == list(ckpt.state_dict())  # names unchanged
     ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for model in (plain, ckpt):
         model.train()
         model(x)["out"].square().mean().backward()
@@ -47,6 +49,16 @@ def test_checkpointed_encoder_gives_the_same_step_and_statistics(name, blocks):
         assert not torch.equal(ema(x)["out"], ckpt.eval()(x)["out"])
 
 
-def test_an_encoder_without_blocks_is_left_as_it_is():
-    model = _model("unet_vgg16", False)
-    assert checkpoint_encoder(model) == []
+def test_an_encoder_of_single_layers_or_no_encoder_is_left_as_it_is():
+    class SingleLayers(torch.nn.Module):  # like VGG16's features: conv, ReLU, conv
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)
+            )
+
+        def encoder_modules(self) -> list[torch.nn.Module]:
+            return [self.features]
+
+    assert checkpoint_encoder(SingleLayers()) == []
+    assert checkpoint_encoder(torch.nn.Conv2d(3, 4, 3)) == []
