@@ -44,7 +44,11 @@ from segkit.errors import ConfigError, StorageError
 from segkit.evaluation.predictors import check_scales, parse_mode
 
 # segkit's own keys inside component nodes (not constructor arguments)
-OWN_KEYS = {"dataset": set(DATASET_RUN_KEYS), "model": {"init_from"}}
+OWN_KEYS = {
+    "dataset": set(DATASET_RUN_KEYS),
+    "model": {"init_from"},
+    "optimizer": {"param_groups"},  # segkit.optim.ParamGroups, not an optimiser argument
+}
 COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 
@@ -199,6 +203,9 @@ RULES = (
     Rule("trainer.max_epochs", 1),
     Rule("trainer.val_every", 1),
     Rule("trainer.log_every", 1),
+    Rule("trainer.accumulate_grad_batches", 1),
+    Rule("trainer.max_steps", 1),
+    Rule("trainer.val_every_steps", 1),
     Rule("trainer.num_vis", 0),
     Rule("trainer.freeze_epochs", 0),
     Rule("trainer.grad_clip", 1e-12),

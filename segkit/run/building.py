@@ -5,6 +5,7 @@ Trainer's loop keyword arguments). Pure construction; the tasks are in ``trainin
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -23,13 +24,14 @@ from segkit.data.doctor import check_for_training
 from segkit.data.original_size import OriginalSizeMasks, collate_original
 from segkit.data.problems import write_bad_samples
 from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class_weight_method
+from segkit.engine.activation_checkpointing import checkpoint_encoder
 from segkit.engine.loader import StopSafeLoader
-from segkit.engine.trainer import LoopOptions, Trainer
+from segkit.engine.trainer import LoopOptions, Trainer, TrainState
 from segkit.errors import CheckpointError, ConfigError
 from segkit.evaluation.predictors import make_predictor
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
-from segkit.optim import param_groups
+from segkit.optim import ParamGroups, log_table
 from segkit.reporting.tracker import NullTracker
 from segkit.run.models import instantiate_model
 
@@ -125,8 +127,19 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
 
 
 def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
-    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn)."""
+    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn;
+    activation checkpointing of its encoder with ``trainer.activation_checkpointing``)."""
     model = instantiate_model(cfg.model)
+    if cfg.trainer.get("activation_checkpointing"):
+        blocks = checkpoint_encoder(model)
+        if blocks:
+            log.info("trainer.activation_checkpointing: %d encoder blocks", len(blocks))
+        else:
+            log.warning(
+                "trainer.activation_checkpointing: %s has no encoder block to checkpoint "
+                "(nothing changes)",
+                type(model).__name__,
+            )
     if cfg.launch.sync_bn and info.distributed:
         if info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -180,14 +193,32 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over two groups: with and without weight decay (norm, bias)."""
-    return instantiate(cfg.optimizer)(params=param_groups(model))
+    """``cfg.optimizer`` over the groups of ``optimizer.param_groups`` (per-module lr and
+    weight decay multipliers, no decay on norms and biases); their table goes to the log."""
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    rules = node.pop("param_groups", None)
+    make = instantiate(node)
+    groups = (instantiate(rules) if rules else ParamGroups())(
+        model, lr=node["lr"], weight_decay=_default_arg(make, node, "weight_decay", 0.0)
+    )
+    log.info("optimizer parameter groups:\n%s", log_table(groups))
+    return make(params=groups)
+
+
+def _default_arg(make: functools.partial, node: dict, name: str, fallback: Any) -> Any:
+    """``node[name]``, else the default of that argument of the partial's class."""
+    if name in node:
+        return node[name]
+    param = inspect.signature(make.func).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
-    """``cfg.scheduler``, stepped per iteration; step counts come from the loader length."""
-    per_epoch = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
-    total = cfg.trainer.max_epochs * per_epoch
+    """``cfg.scheduler``, stepped per optimiser step; step counts come from the loader length
+    (one step per ``trainer.accumulate_grad_batches`` batches)."""
+    batches = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
+    per_epoch = -(-batches // cfg.trainer.accumulate_grad_batches)
+    total = cfg.trainer.max_steps or cfg.trainer.max_epochs * per_epoch
     return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
 
 
@@ -204,17 +235,30 @@ def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
         )
 
 
-def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> None:
-    """``resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
+def load_resume(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> tuple[Path, dict] | None:
+    """``resume`` -> (path, checkpoint) to continue from (see checkpoint.resolve_resume), or
+    None for a fresh start; the checkpoint must hold the configured model."""
     path = ckpt_io.resolve_resume(cfg.resume, run_dir)
-    if path is not None:
-        ckpt = ckpt_io.load(path, map_location=info.device)
-        check_resume_fits(ckpt["config"], cfg, path)
-        trainer.load_state(ckpt)
-        n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
-        log.info(
-            "resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n
-        )
+    if path is None:
+        return None
+    ckpt = ckpt_io.load(path, map_location=info.device)
+    check_resume_fits(ckpt["config"], cfg, path)
+    return path, ckpt
+
+
+def run_finished(ckpt: dict, cfg: DictConfig) -> bool:
+    """Whether the run of ``ckpt`` has nothing left to do under this config (``max_steps``
+    steps, or its planned epochs under ``trainer.max_time_min``, else ``max_epochs``)."""
+    t = cfg.trainer
+    state = TrainState.from_checkpoint(ckpt)
+    return state.finished(t.max_epochs, t.max_time_min is not None, t.max_steps)
+
+
+def resume(trainer: Trainer, path: Path, ckpt: dict) -> None:
+    """Restore the trainer from ``ckpt`` (read from ``path`` by :func:`load_resume`)."""
+    trainer.load_state(ckpt)
+    n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
+    log.info("resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n)
 
 
 def val_predictor(cfg: DictConfig) -> Callable[[nn.Module], nn.Module] | None:

@@ -35,7 +35,7 @@ from segkit.reporting.run_files import (
 from segkit.reporting.run_ownership import check_not_live
 from segkit.reporting.sweep_summary import finished_result
 from segkit.reporting.tracker import Tracker
-from segkit.run.building import build_trainer, resume, seed_everything
+from segkit.run.building import build_trainer, load_resume, resume, run_finished, seed_everything
 from segkit.run.calibration import calibrate_checkpoint
 
 log = logging.getLogger("segkit")
@@ -80,7 +80,8 @@ def train_rank(cfg: DictConfig, run_dir: Path) -> float:
         out_dir = run_dir if info.is_main else None
         if launch.elastic_restarts() and cfg.resume is None:  # torchrun --max-restarts
             log.warning(
-                "elastic restart %d: resuming from the newest checkpoint", launch.elastic_restarts()
+                "elastic restart %d: resuming from the furthest checkpoint",
+                launch.elastic_restarts(),
             )
             cfg.resume = "auto"
         return _train(cfg, run_dir, out_dir, info)
@@ -98,6 +99,15 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     """seed -> data -> model -> loss/optimizer/schedule -> DDP -> resume -> fit -> result.
     Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
     t0 = time.time()
+    resume_from = load_resume(cfg, run_dir, info)
+    if resume_from is not None and run_finished(resume_from[1], cfg):  # leave every file as is
+        ckpt = resume_from[1]
+        log.info(
+            "the run already finished (epoch %d, step %d); nothing to do",
+            ckpt["epoch"],
+            ckpt["step"],
+        )
+        return ckpt["best_miou"]
     seed_everything(cfg.seed)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     if out_dir is not None:
@@ -106,12 +116,8 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
     dist.log_devices(info)
     trainer, model = build_trainer(cfg, info, out_dir=out_dir, run_config=run_config)
-    resume(trainer, cfg, run_dir, info)
-    if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
-        log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
-        if out_dir is not None:
-            write_status(out_dir, "finished", **finished_fields(trainer.state, out_dir))
-        return trainer.state.best_miou
+    if resume_from is not None:
+        resume(trainer, *resume_from)
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
         trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)

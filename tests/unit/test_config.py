@@ -18,8 +18,7 @@ from omegaconf import open_dict
 from segkit.config.checks import check_command_line, check_train_config
 from segkit.dist import DistInfo
 from segkit.errors import ConfigError
-from segkit.optim import param_groups
-from segkit.run import build_loss, build_model, dataset_factory
+from segkit.run import build_loss, build_model, build_optimizer, dataset_factory
 from tests.conftest import CONF, TINY, compose_train
 
 
@@ -34,7 +33,7 @@ def test_every_loss_and_optimizer_takes_a_step(loss, optimizer):
     train_ds = dataset_factory(cfg.dataset)(split="train", train=True)
     model = build_model(cfg, DistInfo())
     loss_fn = build_loss(cfg, train_ds)
-    opt = instantiate(cfg.optimizer)(params=param_groups(model))
+    opt = build_optimizer(cfg, model)
     sched = instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
     images, masks = zip(*(train_ds[i] for i in range(2)))
     before = [p.detach().clone() for p in model.parameters()]

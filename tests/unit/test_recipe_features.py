@@ -6,6 +6,7 @@ tests/e2e/test_recipe_features_cli.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -359,10 +360,25 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
 
 # --------------------------------------------------------------------------- time budget
 def test_budget_arithmetic():
-    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 50) == 10  # 1 done + 9 more fit
-    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 5) == 5  # capped by max_epochs
-    assert budget.plan_epochs(5.0, 10.0, 10.0, 1, 50) == 1  # already over: stop now
-    assert budget.plan_epochs(100.0, 95.0, 10.0, 9, 50) == 9  # the next one would overrun
+    def plan(left_after: float, epoch_s: float, val_s: float, done: int, cap: int = 50, **kw):
+        kw = {"val_every": 1, "validated": False, **kw}
+        return budget.plan_epochs(
+            100.0, 100.0 - left_after, epoch_s, val_s, done=done, cap=cap, **kw
+        )
+
+    assert plan(90.0, 10.0, 0.0, 1) == 10  # 1 done + 9 more fit
+    assert plan(90.0, 10.0, 0.0, 1, cap=5) == 5  # capped by max_epochs
+    assert plan(-5.0, 10.0, 0.0, 1) == 1  # already over: stop now
+    assert plan(5.0, 10.0, 0.0, 9) == 9  # the next one would overrun
+    # 90 s left, epochs of 10 s, validations of 5 s, each epoch validated: the current one's
+    # validation (5) + 5 x (10 + 5) = 80; 6 more would need 95
+    assert plan(90.0, 10.0, 5.0, 1) == 6
+    assert plan(90.0, 10.0, 5.0, 1, validated=True) == 7  # this one's is spent: 6 x 15 = 90
+    # validated every 4th epoch and at the end: after epoch 4 (due, not yet run) 3 more
+    # epochs need 5 (epoch 4) + 30 + 5 (epoch 7) = 40; 4 more need 5 + 40 + 5 (epoch 8) = 50
+    assert plan(45.0, 10.0, 5.0, 4, val_every=4) == 7
+    assert budget.validations_left(4, 4, 4, False) == 2  # epochs 4 and 8
+    assert budget.validations_left(4, 5, 4, True) == 2  # epochs 8 and 9
 
 
 class _Clock:
@@ -382,8 +398,8 @@ def _timed_trainer(monkeypatch, clock: _Clock, *overrides: str):
     trainer, _ = build_trainer(compose_train(*TINY, *overrides), _cpu())
     step = trainer.train_step
 
-    def timed_step(images, masks):
-        step(images, masks)
+    def timed_step(group):
+        step(group)
         clock.now += clock.step_s
 
     trainer.train_step = timed_step
@@ -398,7 +414,8 @@ def test_max_time_plans_the_epochs_and_ends_the_schedule_on_time(monkeypatch):
     assert state.planned_epochs == 5 and state.epoch == 5 and state.step == 30
     assert trainer.scheduler.total_steps == 30
     assert trainer.lr == pytest.approx(0.0, abs=1e-12)  # annealed exactly at the last step
-    assert [h["epoch"] for h in state.history if "miou" in h] == [5]  # the last is validated
+    # the first is validated to measure a validation; the last is validated
+    assert [h["epoch"] for h in state.history if "miou" in h] == [1, 5]
     assert state.elapsed_s == pytest.approx(30.0)
 
 
@@ -418,7 +435,7 @@ def test_max_time_replans_when_epochs_get_slower(monkeypatch, caplog):
     # after 1 epoch (6 s): 5 planned; after 2 (18 s, 9 s each): 2 + floor(12 / 9) = 3;
     # after 3 (30 s): no time left -> 3, validated, and the schedule ended with it
     assert state.epoch == 3 and state.planned_epochs == 3 and state.step == 18
-    assert [h["epoch"] for h in state.history if "miou" in h] == [3]
+    assert [h["epoch"] for h in state.history if "miou" in h] == [1, 3]
     assert trainer.scheduler.total_steps == 18 and trainer.lr == pytest.approx(0.0, abs=1e-12)
     assert "planning 5 epochs" in caplog.text and "planning 3 epochs" in caplog.text
 
@@ -493,3 +510,66 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
     assert best["step"] == 2 and math.isfinite(best["metrics"]["miou"])
     if cfg.calibrate.enabled:  # the recipe's own modes got their biases
         assert set(best["logit_bias"]) == {"whole", *cfg.eval.modes}
+
+
+def _clocked(monkeypatch, step_s: float, val_s: float) -> _Clock:
+    """Every Trainer made from now on runs on a fake clock: a training step costs ``step_s``
+    seconds, a validation ``val_s``, nothing else any time."""
+    import segkit.engine.trainer as trainer_mod
+
+    clock = _Clock(step_s)
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
+    step, validate = trainer_mod.Trainer.train_step, trainer_mod.Trainer.validate
+
+    def timed_step(self, group):
+        step(self, group)
+        clock.now += clock.step_s
+
+    def timed_validate(self, epoch):
+        clock.now += val_s
+        return validate(self, epoch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(trainer_mod.Trainer, "validate", timed_validate)
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("val_s", "val_every", "epochs", "validated"),
+    [
+        (3.0, 1, 3, [1, 2, 3]),  # epochs of 6 + 3 s: 3 fit in 30 s (4 would take 36)
+        (8.0, 1, 2, [1, 2]),  # validating costs more than training: 2 x (6 + 8) = 28
+        (4.0, 3, 3, [1, 3]),  # every 3rd: 6 + 4 (measured) + 6 + 6 + 4 = 26; a 4th: 36
+    ],
+)
+def test_max_time_plans_with_validation_from_the_first_epoch(
+    monkeypatch, caplog, val_s, val_every, epochs, validated
+):
+    """With steady speeds the first plan is the final one: it counts validation from the
+    start (one is measured after the first epoch) and reserves each one still due, so the
+    schedule anneals over the planned epochs and the run ends within the budget."""
+    _clocked(monkeypatch, 1.0, val_s)
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.5", f"trainer.val_every={val_every}"]
+    trainer, _ = build_trainer(compose_train(*TINY, *over, "scheduler.eta_min=0"), _cpu())
+    caplog.set_level("INFO")
+    state = trainer.fit()
+    assert caplog.text.count("planning") == 1, caplog.text  # never re-planned
+    assert state.epoch == state.planned_epochs == epochs and state.step == 6 * epochs
+    assert [h["epoch"] for h in state.history if "miou" in h] == validated
+    assert state.elapsed_s <= 30.0
+    assert trainer.scheduler.total_steps == state.step
+    assert trainer.lr == pytest.approx(0.0, abs=1e-12)  # annealed at the last planned step
+
+
+def test_resuming_a_finished_time_budget_run_changes_nothing(monkeypatch, tmp_path):
+    _clocked(monkeypatch, 1.0, 1.0)
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.1", "trainer.limit_train_batches=2"]
+    over += ["dataset.check=off"]  # epochs of 2 + 1 s: 2 fit in 6 s
+    run = tmp_path / "run"
+    train_rank(compose_train(*TINY, *over), run)
+    assert json.loads((run / "result.json").read_text())["epochs"] == 2
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_rank(compose_train(*TINY, *over, "resume=auto"), run)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)  # no second event file
+    assert [str(p.relative_to(run)) for p in before if before[p] != after[p]] == []
