@@ -33,8 +33,13 @@ from segkit.reporting.run_files import (
     write_status,
 )
 from segkit.reporting.sweep_summary import finished_result
-from segkit.reporting.tracker import Tracker
-from segkit.run.building import build_trainer, resume, seed_everything
+from segkit.run.building import (
+    build_tracker,
+    build_trainer,
+    check_loggers,
+    resume,
+    seed_everything,
+)
 from segkit.run.calibration import calibrate_checkpoint
 
 log = logging.getLogger("segkit")
@@ -43,6 +48,7 @@ log = logging.getLogger("segkit")
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation mIoU (what sweepers optimise)."""
     check_train_config(cfg)
+    check_loggers(cfg)  # a missing optional package stops here, before any work
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a relaunched sweep: skip or resume
         done = finished_result(run_dir)
@@ -104,13 +110,13 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
     dist.log_devices(info)
     trainer, model = build_trainer(cfg, info, out_dir=out_dir, run_config=run_config)
-    resume(trainer, cfg, run_dir, info)
+    run_ids = resume(trainer, cfg, run_dir, info)
     if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
         log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
         return trainer.state.best_miou
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
-        trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
+        trainer.tracker = build_tracker(cfg, trainer, out_dir, run_config, run_ids)
     with signals.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
         state = trainer.fit()
@@ -159,8 +165,8 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
     """Rank 0 at the end: with ``calibrate.enabled``, the logit biases of ``best.pt``
-    (`segkit.run.calibration`); hparams, plots and result.json (tracker), ``best.safetensors``
-    (the best weights to share), status.json."""
+    (`segkit.run.calibration`); ``best.safetensors`` (the best weights to share); hparams,
+    plots, result.json and the loggers' artifacts (tracker); status.json."""
     best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
     calibrate = schema.build(schema.CalibrateOptions, run_config.get("calibrate"))
     if calibrate.enabled and best.is_file():
@@ -172,12 +178,15 @@ def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) 
             max_images=calibrate.max_images,
         )
         result["calibrated_val_miou"] = record["val_miou"]
-    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
-    trainer.tracker.finish(
-        hparams_of(run_config, overrides), result, varied=override_keys(overrides)
-    )
     if best.is_file():
         export_weights(best, best.with_suffix(".safetensors"))
+    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
+    trainer.tracker.finish(
+        hparams_of(run_config, overrides),
+        result,
+        varied=override_keys(overrides),
+        artifacts=[best.with_suffix(".safetensors")] if best.is_file() else [],
+    )
     state = trainer.state
     write_status(
         out_dir,
