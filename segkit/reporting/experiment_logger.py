@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -40,8 +42,8 @@ class ExperimentLogger(Protocol):
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None: ...
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        """A matplotlib figure; the caller closes it."""
+    def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """A picture (a drawn figure: sample grid, confusion matrix), ``(H, W, 3)`` uint8 RGB."""
 
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
 

@@ -12,6 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from segkit.reporting.experiment_logger import RunContext
 from segkit.reporting.unsent import UnsentLog, digest, read_unsent
 
@@ -58,12 +61,15 @@ class MLflowLogger:
         request_timeout_s: float = 10.0,
         request_retries: int = 2,
     ) -> None:
-        from mlflow.tracking import MlflowClient  # the optional extra, checked before the run
+        import mlflow  # the optional extra, checked before the run
+        from mlflow.tracking import MlflowClient
 
         # mlflow reads these at each request; the config states them (see the docstring)
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(request_timeout_s, 1)))
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(int(request_retries))
         self.uri, self.context, self.log_model = tracking_uri, context, log_model
+        # artifact uploads through the server (mlflow-artifacts:/) find it by the global URI
+        mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.unsent = UnsentLog(context.run_dir, self.name)
         self.run_id: str | None = context.run_id
@@ -165,16 +171,17 @@ class MLflowLogger:
         for i in range(0, len(items), METRICS_PER_REQUEST):
             self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_REQUEST])
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+    def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
         name = f"{tag.replace('|', '_')}/step_{step:07d}.png"  # val/confusion/step_0000012.png
 
         def keep() -> dict:
             path = self.unsent.files / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path)
+            Image.fromarray(image).save(path)
             return {"kind": "file", "file": name, "artifact_path": str(Path(name).parent)}
 
-        self._send(lambda: self.client.log_figure(self.run_id, figure, name), keep, "log a figure")
+        send = lambda: self.client.log_image(self.run_id, image, artifact_file=name)  # noqa: E731
+        self._send(send, keep, "log an image")
 
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         data = {c: [row[i] for row in rows] for i, c in enumerate(columns)}
@@ -269,12 +276,14 @@ def send_unsent(run_dir: Path, tracking_uri: str | None = None) -> str:
     """Send ``run_dir/unsent/mlflow.jsonl`` to its server (or ``tracking_uri``): into the
     run it belonged to, or a new run when the server was down from the start. A run that got
     this file already is left alone. Returns what was done, in words."""
+    import mlflow
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     path = Path(run_dir) / "unsent" / "mlflow.jsonl"
     records = read_unsent(path)
     header = next(r for r in records if r["kind"] == "run")
+    mlflow.set_tracking_uri(tracking_uri or header["tracking_uri"])  # for artifact uploads
     client = MlflowClient(tracking_uri or header["tracking_uri"])
     run_id, mark = header.get("run_id"), digest(path)
     if run_id is None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from segkit.reporting.experiment_logger import RunContext
 from segkit.reporting.figures import custom_layout, hparams_summaries
 
@@ -35,8 +37,8 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, step)
         self._tags.update(scalars)
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        self.writer.add_figure(tag, figure, step, close=False)
+    def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         """A markdown table in the Text tab."""

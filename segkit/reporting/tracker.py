@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
+import numpy as np
 
 from segkit.data.base import LabelSpace
 from segkit.evaluation.metrics import format_table
@@ -120,9 +120,9 @@ class Tracker:
         self._tags.update(scalars)
 
     def _log_figure(self, tag: str, figure: Any, step: int) -> None:
+        image = figure_image(figure)  # drawn once for every logger
         for lg in self.loggers:
-            lg.log_figure(tag, figure, step)
-        plt.close(figure)
+            lg.log_image(tag, image, step)
 
     def _flush(self, step: int) -> None:
         for lg in self.loggers:
@@ -217,6 +217,12 @@ class Tracker:
             table = format_table(metrics, lab.class_names)
             log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
         return files
+
+
+def figure_image(figure: Any) -> np.ndarray:
+    """A matplotlib figure on the Agg canvas as an ``(H, W, 3)`` uint8 RGB array."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def worst_classes(metrics: dict, labels: LabelSpace, k: int = 3) -> str:

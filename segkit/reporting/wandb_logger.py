@@ -3,11 +3,13 @@ config, figures, tables and the best weights; an offline run is sent with ``wand
 
 from __future__ import annotations
 
-import io
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from segkit.reporting.experiment_logger import RunContext
 
@@ -48,7 +50,8 @@ class WandbLogger:
         import wandb  # the optional extra, checked before the run
 
         self.wandb, self.log_model, self.mode = wandb, log_model, mode
-        self.run_id = context.run_id or wandb.util.generate_id()
+        # our own id (secrets: the run's RNG streams stay untouched), so the checkpoint holds it
+        self.run_id = context.run_id or secrets.token_hex(4)
         self.problem: str | None = None  # why the run went offline
         settings = wandb.Settings(init_timeout=init_timeout_s, console="off", quiet=True)
         kwargs = dict(
@@ -84,13 +87,8 @@ class WandbLogger:
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(dict(scalars), step=step)
 
-    def log_figure(self, tag: str, figure: Any, step: int) -> None:
-        from PIL import Image
-
-        buf = io.BytesIO()  # a PNG as TensorBoard shows it (no plotly conversion)
-        figure.savefig(buf, format="png")
-        buf.seek(0)
-        self.run.log({tag: self.wandb.Image(Image.open(buf))}, step=step)
+    def log_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        self.run.log({tag: self.wandb.Image(image)}, step=step)
 
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         self.run.log({tag: self.wandb.Table(columns=columns, data=rows)}, step=step)
