@@ -315,3 +315,34 @@ def test_server_gone_mid_run_then_sent_and_wandb_offline(
         assert logged["val/confusion/_type"] == "image-file"
         assert logged["val/per_class_iou/_type"] == "table-file"
     assert config["model.base_channels"] == 4 and config["loader.batch_size"] == 4
+
+
+# --------------------------------------------------------------------------- sweeps
+def test_sweep_jobs_are_children_of_one_parent_run(mlflow_server, tmp_path, monkeypatch):
+    from segkit.reporting.experiment_logger import RunContext
+    from segkit.reporting.mlflow_logger import MLflowLogger
+
+    for var in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.setenv(var, "")
+    sweep = tmp_path / "multirun"
+    jobs = []
+    for num, lr in enumerate((0.1, 0.01)):
+        (sweep / str(num)).mkdir(parents=True)  # Hydra made the job folders
+        context = RunContext(sweep / str(num), group=str(sweep), name=str(num))
+        job = MLflowLogger(context, tracking_uri=mlflow_server.uri, experiment_name="sweep")
+        job.log_params({"optimizer.lr": lr})
+        job.log_hparams({}, ["optimizer.lr"], [])
+        assert job.close(finished=True) == []
+        jobs.append(job.run_id)
+    c = client(mlflow_server)
+    runs = {
+        r.info.run_id: r for r in c.search_runs([c.get_experiment_by_name("sweep").experiment_id])
+    }
+    parents = {runs[j].data.tags["mlflow.parentRunId"] for j in jobs}
+    assert len(runs) == 3 and len(parents) == 1  # two jobs, one parent
+    parent = runs[parents.pop()]
+    assert (
+        parent.data.tags["segkit.sweep"] == str(sweep) and parent.info.run_name == "sweep multirun"
+    )
+    assert [runs[j].data.params["optimizer.lr"] for j in jobs] == ["0.1", "0.01"]
+    assert {runs[j].data.tags["segkit.varied"] for j in jobs} == {"optimizer.lr"}

@@ -188,3 +188,14 @@ def test_every_checkpoint_carries_the_loggers_run_ids(tmp_path):
     path = writer.save("last.pt", lambda: {"model": {}, "config": {}, "step": 3})
     loaded = torch.load(path, weights_only=True)  # plain data: loads without running code
     assert loaded["tracking"] == {"mlflow": "abc123", "wandb": "x9"} and loaded["step"] == 3
+
+
+def test_a_multirun_job_belongs_to_its_sweep_folder(tmp_path):
+    from segkit.run.building import sweep_group
+
+    job = tmp_path / "multiruns" / "2026-12-07" / "3"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    assert sweep_group(job) == str(job.parent)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    assert sweep_group(job) is None and sweep_group(tmp_path) is None
