@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -44,7 +46,9 @@ class Server:
         cmd += ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
         cmd += ["--artifacts-destination", str(folder / "artifacts")]
         self.log = open(folder / "server.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=folder)
+        self.proc = subprocess.Popen(  # its own process group: gunicorn's workers stop with it
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
+        )
 
     def wait(self, timeout: float = 180) -> None:
         end = time.time() + timeout
@@ -59,7 +63,7 @@ class Server:
         raise TimeoutError("mlflow server did not start")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(30)
         self.log.close()
 
@@ -120,13 +124,13 @@ def test_sigterm_then_resume_is_one_mlflow_run_equal_to_metrics_csv(mlflow_serve
     ]
     signal = ["loss._target_=tests.faults.SignalingCrossEntropy", "+loss.signal_at_step=8"]
     args = [*BASE, *mlflow, *signal, "hydra.run.dir=run"]
-    first = run_cli("train.py", *args, cwd=tmp_path, timeout=300)
+    first = run_cli("train.py", *args, cwd=tmp_path, timeout=600)
     assert first.returncode == 143, first.stderr[-3000:]
     run_dir = tmp_path / "run"
     run_id = ck.load(run_dir / "checkpoints" / "interrupt.pt")["tracking"]["mlflow"]
     c = client(mlflow_server)
     assert c.get_run(run_id).info.status == "KILLED"
-    again = run_cli("train.py", *args, "resume=auto", cwd=tmp_path, timeout=300)
+    again = run_cli("train.py", *args, "resume=auto", cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "not logged" not in again.stderr + again.stdout
 
