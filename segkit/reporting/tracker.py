@@ -93,6 +93,7 @@ class Tracker:
         self.best_miou = max(scores, default=-math.inf)  # for val/best_mIoU after a resume
         self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
         self._tags: set[str] = set()
+        self._closed = False
 
     wants_samples = True
 
@@ -105,10 +106,14 @@ class Tracker:
             lg.log_params(params)
 
     def close(self) -> None:
-        """An interrupted run: flush and end every logger's run, saying what was not sent."""
+        """An interrupted or failed run: flush and end every logger's run (once), saying what
+        was not sent."""
         self._close(finished=False)
 
     def _close(self, finished: bool) -> None:
+        if self._closed:  # an interrupt closes, then the failure path again
+            return
+        self._closed = True
         for lg in self.loggers:
             for line in lg.close(finished):
                 log.warning("%s: %s", lg.name, line)

@@ -119,7 +119,11 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         trainer.tracker = build_tracker(cfg, trainer, out_dir, run_config, run_ids)
     with signals.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
-        state = trainer.fit()
+        try:
+            state = trainer.fit()
+        except Exception:
+            trainer.tracker.close()  # the loggers' runs end as not finished, with what is unsent
+            raise
     if out_dir is not None:
         finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
     log.info(

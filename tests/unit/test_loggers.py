@@ -96,6 +96,7 @@ def test_the_tracker_hands_every_record_to_every_logger(tmp_path, caplog):
         t.finish(
             {"seed": 1}, {"best_miou": 0.6, "steps": 6}, artifacts=[tmp_path / "w.safetensors"]
         )
+    t.close()  # the failure path after an interrupt or a finish: the runs end once
     assert t.run_ids() == {"recorder": "r-1"}
     assert a.calls == b.calls[:-1] and b.calls[-1] == ("close", True)  # the same records
     scalars = {
