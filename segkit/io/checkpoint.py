@@ -6,8 +6,9 @@ running code: ``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``sc
 ``scaler``, ``epoch`` (epochs completed), ``step`` (optimiser steps done), ``best_miou``,
 ``best_epoch``, ``rng`` (`rng_state`: generator states as lists and tensors), ``config`` (the
 resolved run config), ``labels`` (``LabelSpace.to_dict()``), ``class_names``, ``palette``,
-``metrics`` (last validation) and ``world_size``. Checkpoints of the previous format (numpy's
-RNG state as an array) load too and are upgraded in memory.
+``metrics`` (last validation), ``world_size`` and ``tracking`` (``{logger: run id}``: the
+experiment trackers' runs, so a resumed run continues them). Checkpoints of the previous
+format (numpy's RNG state as an array) load too and are upgraded in memory.
 
 A weights file (`segkit.io.weights_file.export_weights`) is a ``.safetensors`` file: the model's
 tensors, and as JSON metadata the run config, label space, class names and palette.
@@ -289,15 +290,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class CheckpointWriter:
-    """Rank 0's checkpoint folder: each checkpoint written atomically under its name."""
+    """Rank 0's checkpoint folder: each checkpoint written atomically under its name.
+    ``extra``: plain entries added to every checkpoint (``tracking``: the loggers' run ids)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.extra: dict[str, Any] = {}
 
     def save(self, name: str, make_state: Callable[[], dict[str, Any]]) -> Path:
         """``make_state()`` saved as ``folder/name``; the state is only built where it is saved."""
         path = self.folder / name
-        save_atomic(make_state(), path)
+        save_atomic({**make_state(), **self.extra}, path)
         return path
 
     def remove(self, *names: str) -> None:

@@ -4,7 +4,9 @@ Trainer's loop keyword arguments). Pure construction; the tasks are in ``trainin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
 import inspect
 import logging
 import random
@@ -19,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segkit import dist, precision
+from segkit.config.checks import accepted_kwargs, locate
 from segkit.config.keys import DATASET_RUN_KEYS
 from segkit.data.doctor import check_for_training
 from segkit.data.original_size import OriginalSizeMasks, collate_original
@@ -32,7 +35,9 @@ from segkit.evaluation.predictors import make_predictor
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
 from segkit.optim import ParamGroups, log_table
-from segkit.reporting.tracker import NullTracker
+from segkit.reporting.experiment_logger import RunContext
+from segkit.reporting.run_files import hparams_of, task_overrides
+from segkit.reporting.tracker import NullTracker, Tracker
 from segkit.run.models import instantiate_model
 
 log = logging.getLogger("segkit")
@@ -254,11 +259,13 @@ def run_finished(ckpt: dict, cfg: DictConfig) -> bool:
     return state.finished(t.max_epochs, t.max_time_min is not None, t.max_steps)
 
 
-def resume(trainer: Trainer, path: Path, ckpt: dict) -> None:
-    """Restore the trainer from ``ckpt`` (read from ``path`` by :func:`load_resume`)."""
+def resume(trainer: Trainer, path: Path, ckpt: dict) -> dict[str, str]:
+    """Restore the trainer from ``ckpt`` (read from ``path`` by :func:`load_resume`). Returns
+    the checkpoint's tracker run ids (``{logger: run id}``)."""
     trainer.load_state(ckpt)
     n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
     log.info("resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n)
+    return dict(ckpt.get("tracking") or {})
 
 
 def val_predictor(cfg: DictConfig) -> Callable[[nn.Module], nn.Module] | None:
@@ -274,6 +281,73 @@ def val_predictor(cfg: DictConfig) -> Callable[[nn.Module], nn.Module] | None:
         overlap=cfg.eval.slide.overlap,
         batch=cfg.loader.val_batch_size,
     )
+
+
+# --------------------------------------------------------------------------- loggers
+def check_loggers(cfg: DictConfig) -> None:
+    """Before any work: each ``logger.<name>`` imports, its package is installed (else the
+    install command), and each of its keys is an argument it takes."""
+    for key, node in (cfg.get("logger") or {}).items():
+        cls = locate(node._target_, f"logger.{key}")
+        package, extra = getattr(cls, "requires", (None, None))
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger.{key}: the {package} package is not installed; install it with "
+                f'`pip install -e ".[{extra}]"` in the segkit folder (or `pip install {package}`), '
+                "or choose another logger (logger=tensorboard)"
+            )
+        known = accepted_kwargs(cls) or set()
+        for arg in node:
+            if not str(arg).startswith("_") and arg not in known:
+                raise ConfigError(
+                    f"logger.{key}.{arg}: {cls.__name__} has no argument {arg!r}; its arguments: "
+                    f"{sorted(known - {'context'})}"
+                )
+
+
+def sweep_group(run_dir: Path) -> str | None:
+    """The sweep folder of a multirun job (its ``.hydra/hydra.yaml`` says MULTIRUN), else
+    None: the group its tracker runs share."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return None
+    mode = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.mode")
+    return str(run_dir.resolve().parent) if str(mode) == "MULTIRUN" else None
+
+
+def flat_params(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested plain config; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def build_tracker(
+    cfg: DictConfig, trainer: Trainer, out_dir: Path, run_config: dict, run_ids: dict[str, str]
+) -> Tracker:
+    """Rank 0's tracker with the ``logger`` backends, given the resolved config and the
+    overridden keys as params; their run ids go into every checkpoint from now on (a resume
+    continues the same runs). ``run_ids``: from the checkpoint resumed, if any."""
+    overrides = task_overrides(out_dir)
+    base = RunContext(
+        out_dir,
+        trainer.state.step,
+        group=sweep_group(out_dir),
+        name=out_dir.name,
+        tags={"segkit.overrides": " ".join(overrides)[:5000]},
+    )
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        make = instantiate(node)
+        loggers.append(make(context=dataclasses.replace(base, run_id=run_ids.get(key))))
+    tracker = Tracker(out_dir, trainer.labels, trainer.state.step, loggers=loggers)
+    tracker.log_params({**flat_params(run_config), **hparams_of(run_config, overrides)})
+    trainer.checkpoints.extra = {"tracking": tracker.run_ids()}
+    return tracker
 
 
 def build_trainer(

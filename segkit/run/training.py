@@ -17,7 +17,7 @@ from segkit.config import schema
 from segkit.config.checks import check_train_config
 from segkit.engine import signals
 from segkit.engine import spawn as launch
-from segkit.engine.trainer import Trainer
+from segkit.engine.trainer import Trainer, TrainState
 from segkit.errors import Interrupted
 from segkit.io import checkpoint as ckpt_io
 from segkit.io.weights_file import export_weights
@@ -34,8 +34,15 @@ from segkit.reporting.run_files import (
 )
 from segkit.reporting.run_ownership import check_not_live
 from segkit.reporting.sweep_summary import finished_result
-from segkit.reporting.tracker import Tracker
-from segkit.run.building import build_trainer, load_resume, resume, run_finished, seed_everything
+from segkit.run.building import (
+    build_tracker,
+    build_trainer,
+    check_loggers,
+    load_resume,
+    resume,
+    run_finished,
+    seed_everything,
+)
 from segkit.run.calibration import calibrate_checkpoint
 
 log = logging.getLogger("segkit")
@@ -44,6 +51,7 @@ log = logging.getLogger("segkit")
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation mIoU (what sweepers optimise)."""
     check_train_config(cfg)
+    check_loggers(cfg)  # a missing optional package stops here, before any work
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a relaunched sweep: skip or resume
         check_not_live(run_dir)  # (a single run claimed its directory before Hydra wrote there)
@@ -107,6 +115,10 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
             ckpt["epoch"],
             ckpt["step"],
         )
+        if out_dir is not None and (read_status(out_dir) or {}).get("status") != "finished":
+            # the directory's claim marked it running: it is the finished run it was
+            state = TrainState.from_checkpoint(ckpt)
+            write_status(out_dir, "finished", **finished_fields(state, out_dir))
         return ckpt["best_miou"]
     seed_everything(cfg.seed)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -116,14 +128,17 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
     dist.log_devices(info)
     trainer, model = build_trainer(cfg, info, out_dir=out_dir, run_config=run_config)
-    if resume_from is not None:
-        resume(trainer, *resume_from)
+    run_ids = resume(trainer, *resume_from) if resume_from is not None else {}
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
-        trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
+        trainer.tracker = build_tracker(cfg, trainer, out_dir, run_config, run_ids)
     with signals.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
-        state = trainer.fit()
+        try:
+            state = trainer.fit()
+        except Exception:
+            trainer.tracker.close()  # the loggers' runs end as not finished, with what is unsent
+            raise
     if out_dir is not None:
         finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
     log.info(
@@ -169,8 +184,8 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
     """Rank 0 at the end: with ``calibrate.enabled``, the logit biases of ``best.pt``
-    (`segkit.run.calibration`); hparams, plots and result.json (tracker), ``best.safetensors``
-    (the best weights to share), status.json."""
+    (`segkit.run.calibration`); ``best.safetensors`` (the best weights to share); hparams,
+    plots, result.json and the loggers' artifacts (tracker); status.json."""
     best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
     calibrate = schema.build(schema.CalibrateOptions, run_config.get("calibrate"))
     if calibrate.enabled and best.is_file():
@@ -182,12 +197,15 @@ def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) 
             max_images=calibrate.max_images,
         )
         result["calibrated_val_miou"] = record["val_miou"]
-    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
-    trainer.tracker.finish(
-        hparams_of(run_config, overrides), result, varied=override_keys(overrides)
-    )
     if best.is_file():
         export_weights(best, best.with_suffix(".safetensors"))
+    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
+    trainer.tracker.finish(
+        hparams_of(run_config, overrides),
+        result,
+        varied=override_keys(overrides),
+        artifacts=[best.with_suffix(".safetensors")] if best.is_file() else [],
+    )
     write_status(out_dir, "finished", **finished_fields(trainer.state, out_dir))
 
 
