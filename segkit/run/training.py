@@ -51,6 +51,7 @@ def train(cfg: DictConfig) -> float:
             return done["best_miou"]
         if cfg.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
             cfg.resume = "auto"
+    dist.adopt_slurm_tasks()  # hydra/launcher=slurm with tasks_per_node x nodes > 1
     devices = dist.resolve_devices(cfg.launch.devices, cfg.launch.accelerator)
     try:
         if devices > 1 and not dist.launched_by_torchrun():
@@ -61,6 +62,8 @@ def train(cfg: DictConfig) -> float:
     except Interrupted:
         if signals.preempted():  # submitit's time-limit / preemption signal: requeue the job
             requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
+        elif signals.requeued_by_slurm():  # SIGTERM of scontrol requeue / PreemptMode=REQUEUE
+            signals.end_for_slurm_requeue()
         raise
 
 
