@@ -1,6 +1,7 @@
 """Signals: stopping a run cleanly on SIGINT / SIGTERM (:class:`StopRequest`), submitit's
-preemption / time-limit signal and its requeue (the one place that knows a job runs under
-submitit). The DataLoader workers' part in it is `segkit.engine.loader`."""
+preemption / time-limit signal and its requeue, and SLURM's own requeue (the one place that
+knows how a submitit job ends; its ranks come from `segkit.dist`). The DataLoader workers'
+part in it is `segkit.engine.loader`."""
 
 from __future__ import annotations
 
@@ -57,12 +58,14 @@ def requeued_by_slurm() -> bool:
     return found is not None and int(found.group(1)) > slurm_requeues()
 
 
-def end_for_slurm_requeue() -> None:
-    """End this attempt of a job that SLURM requeues (:func:`requeued_by_slurm`) without a
-    result: submitit then writes none (it would report the interrupted attempt as the job's
-    outcome, and the sweep's launcher would stop waiting for the next attempt), and the next
-    attempt resumes and reports. Raises SystemExit, as submitit's own requeue does."""
-    log.warning("SLURM requeues this job: the next attempt resumes from the saved checkpoint")
+def end_for_requeue() -> None:
+    """End this process's part in an attempt that is requeued, without a result: a job that
+    SLURM requeues itself (:func:`requeued_by_slurm`), or a rank other than 0 of a SLURM job
+    of several tasks that got submitit's signal (rank 0 requeues the job). submitit then
+    writes no result (it would report the interrupted attempt as the job's outcome, and the
+    sweep's launcher would stop waiting for the next attempt); the next attempt resumes and
+    reports. Raises SystemExit, as submitit's own requeue does."""
+    log.warning("the job is requeued: the next attempt resumes from the saved checkpoint")
     raise SystemExit(143)
 
 

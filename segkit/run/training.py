@@ -60,10 +60,10 @@ def train(cfg: DictConfig) -> float:
             return read_result(run_dir)["best_miou"]
         return train_rank(cfg, run_dir)
     except Interrupted:
-        if signals.preempted():  # submitit's time-limit / preemption signal: requeue the job
+        if signals.preempted() and dist.launcher_rank() == 0:  # submitit's signal: requeue
             requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
-        elif signals.requeued_by_slurm():  # SIGTERM of scontrol requeue / PreemptMode=REQUEUE
-            signals.end_for_slurm_requeue()
+        elif signals.preempted() or signals.requeued_by_slurm():  # the other ranks of a job
+            signals.end_for_requeue()  # that submitit requeues; scontrol requeue's SIGTERM
         raise
 
 

@@ -169,6 +169,14 @@ class SlurmCluster:
         return proc.stdout
 
     def stop(self) -> None:
+        """Cancel the jobs still there (their processes outlive slurmd), then end the daemons."""
+        if self.procs and all(p.poll() is None for p in self.procs):
+            self.run("scancel", f"--user={os.getuid()}", check=False)
+            deadline = time.monotonic() + 30
+            while self.run("squeue", "-h", check=False).strip():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
         for p in reversed(self.procs):  # slurmd, slurmctld, then munged
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

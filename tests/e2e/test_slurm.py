@@ -115,8 +115,8 @@ def _start(cluster: SlurmCluster, root: Path, name: str, *args: str) -> subproce
     env = {**os.environ, **cluster.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "train.py"), "-m", *NODE, *args]
     cmd.append(f"hydra.sweep.dir={root / name}")
-    out = open(root / f"{name}.out", "w")
-    return subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with open(root / f"{name}.out", "w") as out:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _when_waiting(marker: Path, deadline: float) -> str:
@@ -142,23 +142,28 @@ def slurm_sweeps(slurm_cluster, tmp_path_factory) -> dict[str, Sweep]:
                              "+case=time_limit", "hydra.launcher.timeout_min=2",
                              "hydra.launcher.signal_delay_s=20"),
         "tasks": _start(slurm_cluster, root, "tasks", *DDP_RUN[:-2], "trainer.log_every=1",
-                        "hydra.launcher.tasks_per_node=2", "seed=42"),
+                        "loss._target_=tests.faults.SignalAwaitingCrossEntropy", search,
+                        "+case=preempt", "hydra.launcher.tasks_per_node=2"),
     }  # fmt: skip
     deadline = time.monotonic() + TIMEOUT_S
-    job = _when_waiting(root / "main" / "0" / "waiting", deadline)
-    slurm_cluster.run("scancel", "--signal=USR2", job)  # PreemptParameters=send_user_signal
-    job = _when_waiting(root / "main" / "1" / "waiting", deadline)
-    slurm_cluster.run("scontrol", "requeue", job)  # PreemptMode=REQUEUE
-    sweeps = {}
-    for name, proc in procs.items():
-        try:
+    try:
+        job = _when_waiting(root / "main" / "0" / "waiting", deadline)
+        slurm_cluster.run("scancel", "--signal=USR2", job)  # PreemptParameters=send_user_signal
+        job = _when_waiting(root / "main" / "1" / "waiting", deadline)
+        slurm_cluster.run("scontrol", "requeue", job)  # PreemptMode=REQUEUE
+        job = _when_waiting(root / "tasks" / "0" / "waiting", deadline)
+        slurm_cluster.run("scancel", "--signal=USR2", job)  # to both ranks
+        for proc in procs.values():
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        output = (root / f"{name}.out").read_text()
-        sweeps[name] = Sweep(root / name, proc.returncode, output)
-    return sweeps
+    finally:  # a launcher still waiting for its jobs is a failure: its output tells why
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {
+        name: Sweep(root / name, proc.returncode, (root / f"{name}.out").read_text())
+        for name, proc in procs.items()
+    }
 
 
 def _submitit_says(log: str, text: str) -> int:
@@ -220,7 +225,7 @@ def test_requeue_by_the_cluster_resumes_from_the_last_state_nothing_lost(slurm_s
     log = main.job_log(1)
     assert _submitit_says(log, "Starting with JobEnvironment") == 2
     # the first attempt left no result: the sweep waited for the second one
-    assert "SLURM requeues this job" in log
+    assert "the job is requeued: the next attempt resumes" in log
     assert _submitit_says(log, "Job completed successfully") == 1
 
 
@@ -248,17 +253,22 @@ def test_a_job_failing_for_a_real_reason_fails_once_with_its_message(slurm_sweep
 
 
 def test_two_tasks_per_node_train_like_launch_devices_2(slurm_sweeps, ddp_run):
-    """srun's two tasks are the two ranks of one job (SLURM's task variables): the same
-    weights and validation as ``launch.devices=2`` (the session's ddp_run)."""
+    """srun's two tasks are the two ranks of one job (SLURM's task variables), preempted with
+    USR2 at step 5 (both ranks get it; rank 0 requeues the job): the same weights and
+    validation as ``launch.devices=2`` uninterrupted (the session's ddp_run)."""
     sweep = slurm_sweeps["tasks"]
     assert sweep.returncode == 0, sweep.output[-3000:]
     assert [r["status"] for r in sweep.rows()] == ["completed"]
+    assert len((sweep.folder / "summary_rows.jsonl").read_text().splitlines()) == 1  # rank 0's
     run = sweep.folder / "0"
     log = (run / "train.log").read_text()
     assert "world size 2, backend gloo" in log and "rank -> device: 0: cpu, 1: cpu" in log
-    spawned = ck.load(one_run_dir(ddp_run) / "checkpoints" / "last.pt")
-    slurm = ck.load(run / "checkpoints" / "last.pt")
-    assert slurm["world_size"] == 2 and slurm["step"] == spawned["step"]
-    assert slurm["metrics"]["miou"] == spawned["metrics"]["miou"]
-    for name, tensor in spawned["model"].items():
-        assert torch.equal(tensor, slurm["model"][name]), name
+    spawned = one_run_dir(ddp_run)
+    status = _assert_resumed_to_the_reference(run, spawned, "requeued by submitit")
+    assert status["restarts"] == 1
+    slurm_ckpt, spawned_ckpt = (ck.load(r / "checkpoints" / "last.pt") for r in (run, spawned))
+    assert slurm_ckpt["world_size"] == 2
+    for key in ("miou", "pixel_acc", "val_loss"):
+        assert slurm_ckpt["metrics"][key] == spawned_ckpt["metrics"][key], key
+    iou = spawned_ckpt["metrics"]["iou"]
+    assert slurm_ckpt["metrics"]["iou"] == pytest.approx(iou, nan_ok=True, abs=0)
