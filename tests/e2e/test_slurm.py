@@ -268,7 +268,7 @@ def test_two_tasks_per_node_train_like_launch_devices_2(slurm_sweeps, ddp_run):
     assert status["restarts"] == 1
     slurm_ckpt, spawned_ckpt = (ck.load(r / "checkpoints" / "last.pt") for r in (run, spawned))
     assert slurm_ckpt["world_size"] == 2
-    for key in ("miou", "pixel_acc", "val_loss"):
+    for key in ("miou", "pixel_acc", "loss"):
         assert slurm_ckpt["metrics"][key] == spawned_ckpt["metrics"][key], key
     iou = spawned_ckpt["metrics"]["iou"]
     assert slurm_ckpt["metrics"]["iou"] == pytest.approx(iou, nan_ok=True, abs=0)
