@@ -23,6 +23,7 @@ from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
+PACKAGES = ("slurm-wlm", "munge")  # Debian's
 
 
 def missing_programs() -> list[str]:
@@ -43,9 +44,6 @@ def install_packages() -> str | None:
         if proc.returncode != 0:
             return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
     return None if not missing_programs() else f"{missing_programs()} still missing"
-
-
-PACKAGES = ("slurm-wlm", "munge")
 
 
 def node_name() -> str:
@@ -201,7 +199,10 @@ def main() -> None:
     cluster = SlurmCluster(folder.resolve(), args.cpus, args.memory_mb).start()
     print(f"SLURM cluster up (logs in {folder}); in another shell:\n")
     print(f"  export SLURM_CONF={cluster.conf}")
-    print("  python train.py -m hydra/launcher=slurm hydra.launcher.gpus_per_node=0 seed=1,2\n")
+    print(
+        "  python train.py -m hydra/launcher=slurm hydra.launcher.gpus_per_node=0 "
+        "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=1 launch.accelerator=cpu seed=1,2\n"
+    )
     print("Ctrl-C stops it.")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C
     try:
