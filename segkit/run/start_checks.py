@@ -41,7 +41,7 @@ def claim(config: DictConfig) -> Heartbeat | None:
     and start its heartbeat. The other ranks of a torchrun job and the restarts of an elastic
     one whose first attempt started training belong to the run that global rank 0 of that
     attempt claimed: they claim nothing."""
-    if dist.launch_rank() != 0:
+    if dist.launcher_rank() != 0:
         return None
     # resolves ${now:...} once: Hydra caches it, so the run directory it makes is this one
     run_dir = Path(str(config.hydra.run.dir))

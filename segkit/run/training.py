@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> float:
             return done["best_miou"]
         if cfg.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
             cfg.resume = "auto"
+    dist.adopt_slurm_tasks()  # hydra/launcher=slurm with tasks_per_node x nodes > 1
     devices = dist.resolve_devices(cfg.launch.devices, cfg.launch.accelerator)
     try:
         if devices > 1 and not dist.launched_by_torchrun():
@@ -69,8 +70,10 @@ def train(cfg: DictConfig) -> float:
             return read_result(run_dir)["best_miou"]
         return train_rank(cfg, run_dir)
     except Interrupted:
-        if signals.preempted():  # submitit's time-limit / preemption signal: requeue the job
+        if signals.preempted() and dist.launcher_rank() == 0:  # submitit's signal: requeue
             requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
+        elif signals.preempted() or signals.requeued_by_slurm():  # the other ranks of a job
+            signals.end_for_requeue()  # that submitit requeues; scontrol requeue's SIGTERM
         raise
 
 
