@@ -17,7 +17,10 @@ TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_AD
 
 @pytest.fixture
 def slurm_task(monkeypatch):
-    """Task 3 of a 2-node x 2-task submitit job (no torch variables yet)."""
+    """Task 3 of a 2-node x 2-task submitit job (no torch variables yet). The environment is
+    restored whole afterwards: adopt_slurm_tasks sets torch's variables, and a RANK left behind
+    would make every later in-process run of this worker wait for a process group."""
+    saved = dict(os.environ)
     for name in TORCH_VARS:
         monkeypatch.delenv(name, raising=False)
     env = {
@@ -32,6 +35,9 @@ def slurm_task(monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_tasks_of_a_slurm_job_become_torch_ranks(slurm_task):
