@@ -127,8 +127,8 @@ def published_names(model) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ published MiT files
 def test_official_mit_names_are_segkits(tmp_path):
     """SMP ships the official MiT encoder code: its names and shapes are segkit's (the other
-    sizes differ in block counts only: checked against transformers above); an official ImageNet file (those names plus the classifier ``head``) loads with
-    nothing missing."""
+    sizes differ in block counts only: checked against transformers above); an official
+    ImageNet file (those names plus the classifier ``head``) loads with nothing missing."""
     pytest.importorskip("segmentation_models_pytorch", reason="pip install segkit[test]")
     from segmentation_models_pytorch.encoders.mix_transformer import mix_transformer_encoders
 
