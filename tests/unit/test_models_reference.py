@@ -98,11 +98,12 @@ def test_segformer_b0_matches_transformers_on_the_same_weights(tmp_path):
         assert expected.abs().max() > 0.1
 
 
-@pytest.mark.parametrize("variant", sorted(MIT_VARIANTS))
-def test_every_segformer_size_has_the_published_names_and_shapes(variant):
-    """B0-B5: transformers' model of that size, under the names its files carry, maps one to
-    one onto segkit's names and shapes, and the parameter counts agree (meta device: no
-    memory, no time; B0's numbers are checked above)."""
+@pytest.mark.parametrize("variant", ["b1", "b2"])
+def test_wider_segformers_have_the_published_names_and_shapes(variant):
+    """B1 (wide MiT, 256 decoder) and B2 (deeper, 768 decoder): transformers' model under the
+    names its files carry maps one to one onto segkit's names and shapes, with equal parameter
+    counts (meta device). B3-B5 only add blocks: their sizes are checked against the published
+    counts in test_models_segformer.py; B0's numbers are checked above."""
     transformers = pytest.importorskip("transformers", reason="pip install segkit[test]")
     with torch.device("meta"):
         reference = transformers.SegformerForSemanticSegmentation(hf_config(variant))
