@@ -8,9 +8,11 @@ Generates its own data (64 JPEGs of 500x375, 21-class palette PNG masks, VOC lay
 folder. A measure with a counterpart in the notes runs both, repeats interleaved, and reports
 segkit / notes (higher is better for rates):
 
-1. data: the documented training augmentation + collate at each ``--sizes`` on one core (one
-   torch and one OpenCV thread, in this process) and through DataLoaders with ``--workers``
-   workers; bytes of one collated batch of 8;
+1. data: the training augmentation + collate at each ``--sizes`` on one core (one torch and one
+   OpenCV thread, in this process): the default list (``dataset/augment=default``, the notes'
+   augmentation) and the heavier ``dataset/augment=strong`` (+ vertical flip, rotation,
+   photometric distortion), both against the notes' pipeline, interleaved; through DataLoaders
+   with ``--workers`` workers; bytes of one collated batch of 8;
 2. confusion-matrix update calls/s at 512x512, 21 classes, one core, vs the notes' fast_hist;
 3. training images/s per ``--models`` config: the Trainer on in-memory batches (the model's
    ceiling) and with the real loader (``segkit.run.build_loaders``); the ratio is the loop's
@@ -22,6 +24,16 @@ segkit / notes (higher is better for rates):
    the model forward, vs the notes' validation loop (forward + CE loss + f_score) on the same model;
 5. peak host memory (main process + DataLoader workers, from /proc) and on CUDA the peak
    allocated device memory.
+
+``--memory`` instead measures what a batch costs in memory, to choose
+``loader.batch_size`` and ``trainer.accumulate_grad_batches`` (docs/scaling.md): for
+``--memory-model`` at ``--memory-size``, per ``--memory-batches`` batch size, with and without
+``trainer.activation_checkpointing``, one training step of the Trainer: the activations autograd
+keeps for backward (any device) and on CUDA the peak allocated memory (a batch that does not
+fit is reported as such)::
+
+    python scripts/benchmark.py --memory --memory-model unet_resnet50 --memory-size 512 \
+        --memory-batches 1 2 4 8 16
 """
 
 from __future__ import annotations
@@ -52,8 +64,9 @@ from segkit.evaluation.metrics import ConfusionMatrix, evaluate
 
 NUM_CLASSES = 21
 TARGETS = {
-    "augment_512": ">= 5x",
+    "augment_512": ">= 7x",
     "augment_256": ">= 3.5x",
+    "augment-strong_512": ">= 4x",
     "batch_mb": "<= 10 MB",
     "confusion": ">= 1.5x",
     "val": ">= 1x, <= 5% outside",
@@ -352,16 +365,29 @@ def bench_data(root: Path, names: list[str], args, mem: PeakMemory) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    strong = compose(root, args, "dataset/augment=strong").dataset.augment
     for size in args.sizes:
-        ours = VOCDataset(
-            root, "train", train=True, num_classes=NUM_CLASSES, input_shape=(size, size)
-        )
+        common = dict(train=True, num_classes=NUM_CLASSES, input_shape=(size, size))
+        ours = VOCDataset(root, "train", **common)
+        heavy = VOCDataset(root, "train", augment=strong, **common)
         notes = NotesUnetDataset(names, (size, size), NUM_CLASSES, True, str(root))
         batches = [range(i, i + 8) for i in range(0, len(names), 8)]
-        run_ours = partial(augment_rate, ours, default_collate, batches, epochs)
-        run_notes = partial(augment_rate, notes, unet_dataset_collate, batches, epochs)
-        rates = interleaved({"notes": run_notes, "segkit": run_ours}, args.repeats)
-        out[f"augment_{size}"] = {**rates, "ratio": rates["segkit"] / rates["notes"]}
+        runs = {
+            "notes": partial(augment_rate, notes, unet_dataset_collate, batches, epochs),
+            "segkit": partial(augment_rate, ours, default_collate, batches, epochs),
+            "strong": partial(augment_rate, heavy, default_collate, batches, epochs),
+        }
+        rates = interleaved(runs, args.repeats)
+        out[f"augment_{size}"] = {
+            "notes": rates["notes"],
+            "segkit": rates["segkit"],
+            "ratio": rates["segkit"] / rates["notes"],
+        }
+        out[f"augment-strong_{size}"] = {
+            "notes": rates["notes"],
+            "segkit": rates["strong"],
+            "ratio": rates["strong"] / rates["notes"],
+        }
         if size == 512 or size == max(args.sizes):
             out["batch_bytes"] = {
                 "size": size,
@@ -485,7 +511,7 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
         trainer.train_one_epoch(0)  # warm-up: workers, allocator, cuDNN autotuning
         batches = [
             (x.pin_memory(), y.pin_memory()) if device.type == "cuda" else (x, y)
-            for (x, y), _ in zip(real, range(trainer.steps_per_epoch))
+            for (x, y), _ in zip(real, range(trainer.batches_per_epoch))
         ]
         memory = InMemoryLoader(batches, real)
         images, epochs = len(batches) * args.batch_size, count(1)
@@ -522,6 +548,92 @@ def bench_train(root: Path, args, mem: PeakMemory) -> dict:
             out[name]["peak_cuda_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         del trainer, real, memory, batches
     return out
+
+
+class SavedActivations:
+    """While active: the bytes of the distinct tensors autograd saves for backward, model
+    parameters aside (what activation checkpointing and the batch size change)."""
+
+    def __init__(self, params: Iterator[nn.Parameter]) -> None:
+        self.params = {p.data_ptr() for p in params}
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.params:
+            self.storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def mb(self) -> float:
+        return sum(self.storages.values()) / 2**20
+
+    def __enter__(self) -> SavedActivations:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def bench_memory(root: Path, args) -> list[dict]:
+    """``--memory``: per batch size, with and without activation checkpointing, one training
+    step (after a warm-up step, so that the optimiser state exists): saved activations (MB),
+    peak CUDA memory (MB, CUDA only) and the step's seconds."""
+    device, size, rows = torch.device(args.device), args.memory_size, []
+    for checkpointing in (False, True):
+        cfg = compose(
+            root,
+            args,
+            f"model={args.memory_model}",
+            f"dataset.input_shape=[{size},{size}]",
+            f"trainer.activation_checkpointing={str(checkpointing).lower()}",
+        )
+        trainer = build_trainer(cfg, device)
+        for batch in args.memory_batches:
+            row = {"model": args.memory_model, "size": size, "batch_size": batch}
+            row["activation_checkpointing"] = checkpointing
+            rows.append({**row, **memory_step(trainer, batch, size, cfg.dataset.num_classes)})
+            print(rows[-1], flush=True)
+        del trainer
+    return rows
+
+
+def memory_step(trainer, batch: int, size: int, num_classes: int) -> dict:
+    """One measured training step on a random batch (``oom`` when it does not fit)."""
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    masks = torch.randint(0, num_classes, (batch, size, size), dtype=torch.uint8)
+    device = trainer.info.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+    try:
+        trainer.train_step([(images, masks)])  # warm-up: optimiser state, allocator
+        if device.type == "cuda":
+            sync()
+            torch.cuda.reset_peak_memory_stats(device)
+        with SavedActivations(trainer.model.parameters()) as saved:
+            t0 = time.perf_counter()
+            trainer.train_step([(images, masks)])
+            sync()
+            seconds = time.perf_counter() - t0
+    except torch.OutOfMemoryError:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return {"oom": True}
+    out = {"saved_activations_mb": round(saved.mb, 1), "step_s": round(seconds, 3)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def memory_table(rows: list[dict]) -> str:
+    """``--memory`` rows as a markdown table."""
+    keys = ["model", "size", "batch_size", "activation_checkpointing"]
+    keys += ["saved_activations_mb", "peak_cuda_mb", "step_s", "oom"]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def memory_format(choice: str) -> str:
@@ -638,10 +750,11 @@ def table(results: dict) -> str:
         rows.append((measure, notes, ours, ratio, target))
 
     data = results.get("data", {})
-    for key in sorted(k for k in data if k.startswith("augment_")):
-        size, r = key.split("_")[1], data[key]
+    for key in sorted(k for k in data if k.startswith("augment")):
+        (kind, size), r = key.split("_"), data[key]
+        preset = "strong" if kind == "augment-strong" else "default"
         row(
-            f"augment + collate {size}x{size}, 1 core (samples/s)",
+            f"augment ({preset}) + collate {size}x{size}, 1 core (samples/s)",
             f"{r['notes']:.1f}",
             f"{r['segkit']:.1f}",
             f"{r['ratio']:.2f}x",
@@ -767,6 +880,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=512)
     p.add_argument("--val-batch", type=int, default=4)
     p.add_argument("--skip", nargs="*", default=[], choices=["data", "confusion", "train", "val"])
+    p.add_argument("--memory", action="store_true", help="only the memory per batch size")
+    p.add_argument("--memory-model", default="unet", help="model config for --memory")
+    p.add_argument("--memory-size", type=int, default=256, help="crop size for --memory")
+    p.add_argument("--memory-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     args = p.parse_args(argv)
     if args.models == ["all"]:
         from segkit.run import model_config_names
@@ -789,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }
     }
+    if args.memory:
+        return main_memory(args, results)
     mem = PeakMemory()
     with tempfile.TemporaryDirectory(prefix="segkit-bench-") as tmp:
         root = Path(tmp) / "VOCdevkit"
@@ -807,6 +926,19 @@ def main(argv: list[str] | None = None) -> int:
     mem.close()
     results["meta"]["peak_main_hwm_mb"] = _hwm_mb()
     print(table(results))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"written {args.out}")
+    return 0
+
+
+def main_memory(args: argparse.Namespace, results: dict) -> int:
+    """``--memory``: the memory table (and JSON with ``--out``)."""
+    with tempfile.TemporaryDirectory(prefix="segkit-bench-") as tmp:
+        root = Path(tmp) / "VOCdevkit"
+        make_data(root, n=max(*args.memory_batches, args.batch_size), n_val=2)
+        results["memory"] = bench_memory(root, args)
+    print(memory_table(results["memory"]))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
         print(f"written {args.out}")

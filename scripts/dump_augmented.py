@@ -2,11 +2,14 @@
 
     python scripts/dump_augmented.py dataset=demo --n 16 --out grid.png
     python scripts/dump_augmented.py dataset=camvid dataset.root=/data/camvid --epoch 3
+    python scripts/dump_augmented.py dataset/augment=strong --n 4 --draws 6   # 6 draws each
 
 Positional arguments are Hydra overrides of conf/train.yaml (the repo's conf/ folder, found
 next to this script). Sample i is drawn exactly as in training epoch --epoch (train=True, the
 dataset's own augmentation stream), then shown as image | mask over the image (palette colours,
-ignore_index white), --cols pairs per row, with a colour legend underneath.
+ignore_index white), --cols pairs per row, with a colour legend underneath. With --draws K,
+each sample is shown K times (epochs --epoch .. --epoch+K-1), one sample per row: what the
+configured ``dataset.augment.train`` list (printed) makes of it.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette, ignore_index: int) -> 
     return out
 
 
-def sample_tiles(ds, n: int) -> list[np.ndarray]:
-    """image | overlay (H, 2W+GUTTER, 3) uint8 for samples 0..n-1."""
+def sample_tiles(ds, n: int, epochs: range = range(1)) -> list[np.ndarray]:
+    """image | overlay (H, 2W+GUTTER, 3) uint8 for samples 0..n-1, each at every epoch."""
     tiles = []
-    for i in range(min(n, len(ds))):
+    for i, epoch in ((i, e) for i in range(min(n, len(ds))) for e in epochs):
+        ds.set_epoch(epoch)
         image_t, mask_t = ds[i]
         image = image_t.numpy().transpose(1, 2, 0)  # the uint8 sample as the model gets it
         if image.shape[2] == 1:
@@ -83,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("augmented.png"))
     p.add_argument("--epoch", type=int, default=0, help="augmentation stream of this epoch")
     p.add_argument("--cols", type=int, default=4, help="image|mask pairs per row")
+    p.add_argument("--draws", type=int, default=1, help="draws per sample (then one per row)")
     p.add_argument("--split", default=None, help="default: dataset.train_split")
     return p.parse_intermixed_args(argv)  # overrides may come before and after the options
 
@@ -94,16 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make = dataset_factory(cfg.dataset)
         ds = make(split=args.split or cfg.dataset.train_split, train=True)
-        ds.set_epoch(args.epoch)
-        tiles = sample_tiles(ds, args.n)
+        draws = max(1, args.draws)
+        tiles = sample_tiles(ds, args.n, range(args.epoch, args.epoch + draws))
     except (ConfigError, DataError) as e:  # a config or file the user must fix
         print(f"error: {e}", file=sys.stderr)
         return 1
-    picture = grid(tiles, max(1, min(args.cols, len(tiles))))
+    print(ds.pipeline)
+    cols = draws if draws > 1 else args.cols
+    picture = grid(tiles, max(1, min(cols, len(tiles))))
     picture = np.concatenate([picture, legend(ds.class_names, ds.palette, picture.shape[1])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(args.out)
-    print(f"wrote {len(tiles)} augmented samples (epoch {args.epoch}) to {args.out}")
+    epochs = (
+        f"epoch {args.epoch}" if draws == 1 else f"epochs {args.epoch}..{args.epoch + draws - 1}"
+    )
+    print(f"wrote {len(tiles)} augmented samples ({epochs}) to {args.out}")
     return 0
 
 

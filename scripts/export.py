@@ -36,7 +36,12 @@ from segkit.evaluation.onnx import (
 )
 from segkit.io.allowlist import check_dataset_target
 from segkit.run import dataset_factory
-from segkit.run.models import checkpoint_input_shape, checkpoint_labels, load_model
+from segkit.run.models import (
+    checkpoint_input_shape,
+    checkpoint_labels,
+    checkpoint_window,
+    load_model,
+)
 
 log = logging.getLogger("segkit")
 
@@ -88,11 +93,13 @@ def export(cfg: DictConfig) -> int:
     sizes = [tuple(s) for s in pc.sizes] if pc.sizes else default_parity_sizes(export_hw)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     log.info("exporting %s (%s exporter, example %s) ...", ckpt, cfg.exporter, export_hw)
-    metadata = export_metadata(labels, input_shape, model_target(meta["config"]))
+    target, window = model_target(meta["config"]), checkpoint_window(meta)
+    metadata = export_metadata(labels, input_shape, target, window)
     try:
         export_onnx(
-            model, tmp, export_hw, exporter=cfg.exporter, opset=cfg.opset, metadata=metadata
-        )
+            model, tmp, export_hw, exporter=cfg.exporter, opset=cfg.opset,
+            in_channels=labels.in_channels, metadata=metadata,
+        )  # fmt: skip
         report = parity_check(
             model, OnnxModel(tmp), images, sizes, labels,
             logit_tol=pc.logit_tol, pixel_tol=pc.pixel_tol, export_hw=export_hw,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from segkit import dist
 from segkit import precision as prec
-from segkit.config.checks import check_command_line
+from segkit.config.checks import check_command_line, check_slide
 from segkit.data.base import LabelSpace
 from segkit.data.io import VIDEO_SUFFIXES, list_inputs, read_image
 from segkit.errors import CheckpointError, ConfigError, DataError, exit_on_error, run_task
@@ -47,7 +47,12 @@ from segkit.evaluation.predictors import (
     predictor_for,
     restore_logits,
 )
-from segkit.run.models import checkpoint_input_shape, checkpoint_labels, load_model
+from segkit.run.models import (
+    checkpoint_input_shape,
+    checkpoint_labels,
+    checkpoint_window,
+    load_model,
+)
 
 log = logging.getLogger("segkit")
 IGNORE_COLOUR = (255, 255, 255)
@@ -55,10 +60,14 @@ Segmenter = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
 # --------------------------------------------------------------------------- model
-def load(ckpt: str, spec: str = "whole") -> tuple[nn.Module, LabelSpace, tuple[int, int]]:
-    """(model, label space, input_shape) from a checkpoint / weights file or an ``.onnx``. A
-    calibrated checkpoint's model adds the logit biases of the mode ``spec`` it is run in (a
-    constant per class: the same before or after the flip / scale / window averaging)."""
+def load(
+    ckpt: str, spec: str = "whole"
+) -> tuple[nn.Module, LabelSpace, tuple[int, int], tuple[int, int]]:
+    """(model, label space, input_shape, default slide window) from a checkpoint / weights file
+    or an ``.onnx``. The window is the training crop (`checkpoint_window`); an ``.onnx`` file
+    exported before the window was stored falls back to its input size. A calibrated
+    checkpoint's model adds the logit biases of the mode ``spec`` it is run in (a constant per
+    class: the same before or after the flip / scale / window averaging)."""
     if Path(ckpt).suffix.lower() == ".onnx":
         from segkit.evaluation.onnx import OnnxModel
 
@@ -68,11 +77,12 @@ def load(ckpt: str, spec: str = "whole") -> tuple[nn.Module, LabelSpace, tuple[i
                 f"{ckpt} lacks segkit's metadata (classes, input size): export it with "
                 "scripts/export.py, or predict from the checkpoint"
             )
-        return model, model.labels, tuple(model.input_shape)
+        shape = tuple(model.input_shape)
+        return model, model.labels, shape, tuple(model.window or shape)
     model, meta = load_model(ckpt)
     labels = checkpoint_labels(meta)
     model = with_bias(model, stored_biases(meta, labels.num_classes, ckpt), spec)
-    return model, labels, checkpoint_input_shape(meta)
+    return model, labels, checkpoint_input_shape(meta), checkpoint_window(meta)
 
 
 def mode_spec(cfg: DictConfig) -> str:
@@ -85,15 +95,20 @@ def mode_spec(cfg: DictConfig) -> str:
         )
     parse_mode(modes[0], "eval.modes")
     check_scales(cfg.eval.tta.scales, "eval.tta.scales")
+    check_slide(cfg)
     return str(modes[0])
 
 
-def make_segmenter(cfg: DictConfig, model: nn.Module, labels, input_shape, device) -> Segmenter:
-    """images ((H,W,3) uint8 RGB) -> (H,W) uint8 class-id masks at each image's size."""
+def make_segmenter(
+    cfg: DictConfig, model: nn.Module, labels, input_shape, device, window=None
+) -> Segmenter:
+    """images ((H,W,3) uint8 RGB) -> (H,W) uint8 class-id masks at each image's size.
+    ``slide`` windows: ``eval.slide.window``, else ``window`` (the training crop), else
+    ``input_shape``."""
     predictor = predictor_for(
         mode_spec(cfg),
         model.to(device),
-        window=cfg.eval.slide.window or input_shape,
+        window=cfg.eval.slide.window or window or input_shape,
         overlap=cfg.eval.slide.overlap,
         scales=tuple(cfg.eval.tta.scales),
         batch=cfg.loader.batch_size,
@@ -313,10 +328,10 @@ def predict(cfg: DictConfig) -> int:
     files, roots = list_inputs(str(cfg.input))
     out = Path(cfg.out)
     check_out(out, roots)
-    model, labels, input_shape = load(str(cfg.ckpt), mode_spec(cfg))
+    model, labels, input_shape, window = load(str(cfg.ckpt), mode_spec(cfg))
     onnx = Path(cfg.ckpt).suffix.lower() == ".onnx"  # ONNX Runtime runs on the CPU here
     device = torch.device("cpu") if onnx else dist.select_device(cfg.launch.accelerator, 0)
-    segment = make_segmenter(cfg, model, labels, input_shape, device)
+    segment = make_segmenter(cfg, model, labels, input_shape, device, window)
     names = output_names(files, roots)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     images = [f for f in files if f not in set(videos)]

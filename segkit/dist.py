@@ -2,7 +2,8 @@
 
 segkit runs as one process (``launch.devices=1``), as N processes it starts itself
 (``launch.devices=N``, one Hydra run directory shared by all), or under ``torchrun``
-(rank/world read from the environment). This module resolves devices, joins and leaves the
+(rank/world read from the environment), or as the tasks of a SLURM job that submitit started
+(SLURM's task variables become torch's). This module resolves devices, joins and leaves the
 process group, wraps models in DDP, and holds the collectives and the samplers (the resumable
 training sampler, the validation shard sampler). Everything else asks it; spawning the workers
 is `segkit.engine.spawn`, numeric precision `segkit.precision`.
@@ -49,6 +50,28 @@ class DistInfo:
 def launched_by_torchrun() -> bool:
     """True when the environment carries torchrun's rendezvous variables."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def launcher_rank() -> int:
+    """This process's global rank as its launcher gave it (``RANK``: torchrun, segkit's workers,
+    a SLURM job's tasks), also outside a process group; 0 without one."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def adopt_slurm_tasks() -> None:
+    """A submitit job on SLURM with several tasks (``tasks_per_node`` x ``nodes`` > 1): srun
+    started every rank, each running the whole train task. Give each torch's rendezvous
+    variables from SLURM's (RANK = SLURM_PROCID, LOCAL_RANK = SLURM_LOCALID, WORLD_SIZE =
+    SLURM_NTASKS, MASTER_ADDR = the job's first node, MASTER_PORT from the job id: the same in
+    every task and attempt), so the job trains as under torchrun. Nothing when torchrun already
+    set them, or with one task."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or launched_by_torchrun():
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 def select_device(accelerator: str, local_rank: int) -> torch.device:

@@ -5,9 +5,10 @@ the classes below; its message names the key or file, what was expected, what wa
 the fix. :func:`run_task` prints such an error as one message, without a traceback, and exits
 with its code (``SEGKIT_TRACEBACK=1`` shows the traceback too). Anything else is a bug and keeps
 its traceback. Exit codes: 2 config or checkpoint, 3 data, 4 diverged, 5 distributed,
-6 storage, 130/143 interrupted (SIGINT/SIGTERM), 1 anything else. In a Hydra multirun the
-error is re-raised instead, so Hydra records the job as failed, the sweep goes on, and the
-sweep exits non-zero.
+6 storage, 7 run directory taken, 130/143 interrupted (SIGINT/SIGTERM), 1 anything else. In a
+Hydra multirun the job's error goes to its log file and is raised again as a :class:`JobFailed`
+(Hydra records the job as failed, the sweep goes on, and at its end Hydra prints the message
+once, without a traceback, and exits 1).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from hydra.errors import CompactHydraException
 
 log = logging.getLogger("segkit")
 
@@ -63,6 +66,23 @@ class StorageError(UserError, OSError):
     """A file could not be written (disk full, permissions, read-only folder)."""
 
     exit_code = 6
+
+
+class RunDirError(UserError):
+    """The run directory belongs to another run: a live one, or an earlier one whose work a new
+    run would overwrite (resume it, ``overwrite=true``, or choose another directory)."""
+
+    exit_code = 7
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job's user error as Hydra reports it at the end of the sweep: the message alone
+    (Hydra prints a ``CompactHydraException`` without a traceback). ``kind``: the error's class
+    name; ``exit_code``: its exit code."""
+
+    def __init__(self, message: str, kind: str = "", exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.kind, self.exit_code = kind, exit_code
 
 
 class Interrupted(UserError):
@@ -121,14 +141,19 @@ def _worker_error(e: BaseException) -> UserError | None:
     return None
 
 
+def log_to_files(cause: BaseException) -> None:
+    """A user error into the log files only (the console gets it once, from the caller)."""
+    record = logging.LogRecord("segkit", logging.ERROR, "", 0, "%s: %s", None, None)
+    record.args = (type(cause).__name__, cause)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def report(cause: BaseException) -> None:
     """Print a user error once (stderr; the run's log files get it too) and exit with its
     ``exit_code``."""
-    record = logging.LogRecord("segkit", logging.ERROR, "", 0, "%s: %s", None, None)
-    record.args = (type(cause).__name__, cause)
-    for handler in logging.getLogger().handlers:  # the log file, not the console again
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    log_to_files(cause)
     print(f"segkit: error: {cause}", file=sys.stderr, flush=True)
     sys.exit(getattr(cause, "exit_code", 1))
 
@@ -154,7 +179,11 @@ def run_task(fn: Callable[[Any], Any], cfg: Any) -> Any:
     except Exception as e:
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         cause = user_error(e)
-        if cause is None or multirun or os.environ.get("SEGKIT_TRACEBACK"):
+        if cause is None or os.environ.get("SEGKIT_TRACEBACK"):
             log.exception("job failed")
             raise
+        if multirun:  # Hydra prints it when the sweep ends; a JobFailed has no traceback
+            log_to_files(cause)
+            kind = type(cause).__name__
+            raise JobFailed(f"{kind}: {cause}", kind, cause.exit_code) from None
         report(cause)

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,10 @@ import torch
 from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+
+from tests.warm_start import WarmStarter
+
+pytest_plugins = ["tests.crafted"]  # the crafted-checkpoint fixture of the safety tests
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -173,6 +178,30 @@ def calibrated_run(tmp_path_factory, segkit_cache) -> Path:
 
 
 # --------------------------------------------------------------------------- subprocesses
+_WARM: list[WarmStarter] = []  # this test process's warm interpreter, started on first use
+
+
+def _cli_env(env: dict | None) -> dict[str, str]:
+    # the repository root on PYTHONPATH: runs may name test-only components (tests.faults)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    full_env.update(env or {})
+    return full_env
+
+
+def _warm_starter() -> WarmStarter | None:
+    if os.environ.get("SEGKIT_TESTS_COLD"):
+        return None
+    if not _WARM:
+        _WARM.append(WarmStarter(Path(tempfile.mkdtemp(prefix="segkit-warm-")), _cli_env(None)))
+    return _WARM[0]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    while _WARM:
+        _WARM.pop().close()
+
+
 def run_cli(
     script: str,
     *args: str,
@@ -180,16 +209,21 @@ def run_cli(
     timeout: int = 300,
     env: dict | None = None,
     new_session: bool = False,
+    cold: bool = False,
 ):
     """Run ``python <script> args`` the way a user does; returns the CompletedProcess.
-    ``new_session``: in its own session and process group (one that a test may signal whole)."""
-    # the repository root on PYTHONPATH: runs may name test-only components (tests.faults)
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    full_env.update(env or {})
-    cmd = [sys.executable, *([str(REPO / script)] if script.endswith(".py") else ["-m", script])]
+    ``new_session``: in its own session and process group (one that a test may signal whole).
+
+    The process is forked from a warm interpreter that has done the imports already
+    (tests/warm_start.py); ``cold=True``, an ``env`` that changes what is read at interpreter
+    start (``PYTHONPATH``...), or ``SEGKIT_TESTS_COLD=1`` start a fresh ``python`` instead."""
+    full_env = _cli_env(env)
+    argv = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
+    warm = None if cold else _warm_starter()
+    if warm is not None and warm.serves(full_env):
+        return warm.run([*argv, *args], cwd, full_env, timeout, new_session)
     return subprocess.run(
-        [*cmd, *args],
+        [sys.executable, *argv, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

@@ -161,3 +161,68 @@ class PreemptedCrossEntropy(CrossEntropyLoss):
                     pid = os.getppid() if self.to_parent else os.getpid()
                     os.kill(pid, getattr(signal, name))
         return super().forward(outputs, target)
+
+
+class GatedCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy that, on training call ``wait_at_step``, creates ``gate + ".reached"`` and
+    waits until ``gate`` exists (at most ``max_wait_s``): a run a test holds live while it starts
+    another one beside it."""
+
+    def __init__(self, *args, gate: str, wait_at_step: int = 1, max_wait_s: float = 300, **kw):
+        super().__init__(*args, **kw)
+        self.gate, self.wait_at_step, self.max_wait_s = gate, wait_at_step, max_wait_s
+        self.calls = 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            if self.calls == self.wait_at_step:
+                open(self.gate + ".reached", "w").close()
+                deadline = time.monotonic() + self.max_wait_s
+                while not os.path.exists(self.gate) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+        return super().forward(outputs, target)
+
+
+class SignalAwaitingCrossEntropy(CrossEntropyLoss):
+    """Cross-entropy that, on training call ``wait_at_step`` of a job's first attempt (no
+    ``marker`` file yet; rank 0), writes ``marker`` (the SLURM job id, else the pid) and blocks
+    until the process gets SIGTERM or SIGUSR2 from outside (``scancel --signal``, ``scontrol
+    requeue``, a time limit), at most ``max_wait_s``: a job signalled mid-training, whatever
+    the scheduler's timing. segkit's own handlers still get the signal."""
+
+    def __init__(self, *args, wait_at_step: int, marker: str, max_wait_s: float = 300, **kw):
+        super().__init__(*args, **kw)
+        self.wait_at_step, self.marker, self.max_wait_s = wait_at_step, marker, max_wait_s
+        self.calls = 0
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if not torch.is_inference_mode_enabled():
+            self.calls += 1
+            first = not os.path.exists(self.marker) and os.environ.get("RANK", "0") == "0"
+            if self.calls == self.wait_at_step and first:
+                self._wait_for_signal()
+        return super().forward(outputs, target)
+
+    def _wait_for_signal(self) -> None:
+        got: list[int] = []
+        sigs = (signal.SIGTERM, signal.SIGUSR2)
+        previous = {sig: signal.getsignal(sig) for sig in sigs}
+
+        def note(signum, frame) -> None:
+            got.append(signum)
+            if callable(previous[signum]):
+                previous[signum](signum, frame)
+
+        for sig in sigs:
+            signal.signal(sig, note)
+        with open(self.marker + ".tmp", "w") as f:
+            f.write(os.environ.get("SLURM_JOB_ID", str(os.getpid())))
+        os.replace(self.marker + ".tmp", self.marker)
+        deadline = time.monotonic() + self.max_wait_s
+        try:
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

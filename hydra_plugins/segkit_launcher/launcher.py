@@ -55,7 +55,8 @@ class SegkitLauncher(BasicLauncher):
                 runs += super().launch([overrides], initial_job_idx + i)
                 if runs[-1].status != JobStatus.FAILED:
                     continue
-                if type(runs[-1]._return_value).__name__ == "Interrupted":
+                error = runs[-1]._return_value  # segkit's errors come as JobFailed(kind=...)
+                if getattr(error, "kind", type(error).__name__) == "Interrupted":
                     log.error("job %d was interrupted: stopping the sweep", initial_job_idx + i)
                     break
                 if self.fail_fast:

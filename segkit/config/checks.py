@@ -44,7 +44,11 @@ from segkit.errors import ConfigError, StorageError
 from segkit.evaluation.predictors import check_scales, parse_mode
 
 # segkit's own keys inside component nodes (not constructor arguments)
-OWN_KEYS = {"dataset": set(DATASET_RUN_KEYS), "model": {"init_from"}}
+OWN_KEYS = {
+    "dataset": set(DATASET_RUN_KEYS),
+    "model": {"init_from"},
+    "optimizer": {"param_groups"},  # segkit.optim.ParamGroups, not an optimiser argument
+}
 COMPONENTS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 
@@ -199,6 +203,9 @@ RULES = (
     Rule("trainer.max_epochs", 1),
     Rule("trainer.val_every", 1),
     Rule("trainer.log_every", 1),
+    Rule("trainer.accumulate_grad_batches", 1),
+    Rule("trainer.max_steps", 1),
+    Rule("trainer.val_every_steps", 1),
     Rule("trainer.num_vis", 0),
     Rule("trainer.freeze_epochs", 0),
     Rule("trainer.grad_clip", 1e-12),
@@ -211,8 +218,6 @@ RULES = (
     Rule("trainer.ema_decay", 1e-12, 0.999999),
     Rule("launch.dist_timeout_s", 1),
     Rule("calibrate.max_images", 1),
-    Rule("dataset.augment.class_crop", 0, 1),
-    Rule("dataset.augment.copy_paste", 0, 1),
     Rule("optimizer.lr", 1e-300),
     Rule("optimizer.weight_decay", 0),
     Rule("optimizer.momentum", 0, 1),
@@ -322,6 +327,27 @@ def check_eval_modes(cfg: DictConfig) -> None:
     scales = OmegaConf.select(cfg, "eval.tta.scales", default=None)
     if scales is not None:
         check_scales(scales, "eval.tta.scales")
+    check_slide(cfg)
+
+
+def check_slide(cfg: DictConfig) -> None:
+    """``eval.slide.window`` ([H, W] or null) and ``eval.slide.overlap`` (in [0, 1))."""
+    window = OmegaConf.select(cfg, "eval.slide.window", default=None)
+    if window is not None:
+        sizes = list(window) if isinstance(window, ListConfig | list | tuple) else [window]
+        if len(sizes) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+        ):
+            raise ConfigError(
+                f"eval.slide.window={window!r}: expected [H, W], two positive integers, or "
+                "null (the training crop); fix: eval.slide.window=[512,512]"
+            )
+    overlap = OmegaConf.select(cfg, "eval.slide.overlap", default=0.5)
+    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0 <= overlap < 1:
+        raise ConfigError(
+            f"eval.slide.overlap={overlap!r}: expected a number in [0, 1) (the share of a "
+            "window that overlaps the next); fix: eval.slide.overlap=0.5"
+        )
 
 
 def check_channels(cfg: DictConfig) -> None:

@@ -1,5 +1,5 @@
 """Which config keys exist: the table of renamed and removed keys, the default config as a schema
-(read as plain yaml), and messages for unknown keys and options with a did-you-mean."""
+(composed by Hydra), and messages for unknown keys and options with a did-you-mean."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra._internal.config_loader_impl import ConfigLoaderImpl  # Hydra 1.3's loader
+from hydra._internal.utils import create_config_search_path
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segkit.errors import ConfigError
 
@@ -38,6 +41,15 @@ RENAMED_KEYS: dict[str, str | None] = {
     "trainer.calibrate": "calibrate.enabled",
     "trainer.calibrate_images": "calibrate.max_images",
     "accelerator": "launch.accelerator",  # eval.py, predict.py
+    # segkit 0.2: dataset.augment is a list of steps (conf/dataset/augment/default.yaml)
+    "dataset.augment.jitter": "dataset.augment.train.resize.jitter",
+    "dataset.augment.scale": "dataset.augment.train.resize.scale",
+    "dataset.augment.flip": "dataset.augment.train.hflip.p",
+    "dataset.augment.hue": "dataset.augment.train.hsv.hue",
+    "dataset.augment.sat": "dataset.augment.train.hsv.sat",
+    "dataset.augment.class_crop": "dataset.augment.train.crop.class_balanced",
+    "dataset.augment.copy_paste": "dataset.augment.train.copy_paste.p",
+    "dataset.augment.paste_classes": "dataset.augment.train.copy_paste.classes",
     "modes": "eval.modes",  # eval.py
     "mode": "eval.modes",  # predict.py
     "tta.scales": "eval.tta.scales",  # eval.py, predict.py
@@ -96,26 +108,19 @@ def composition_error(message: str, config_name: str, chosen: tuple = ()) -> Con
 
 @cache
 def default_config(config_name: str, chosen: tuple = ()) -> DictConfig:
-    """``conf/<config_name>.yaml`` with its default group options (or those ``chosen``, pairs
-    like ``("dataset", "voc")``) merged in, read as plain yaml (no Hydra: this also runs inside
-    a Hydra app). The schema of the plain nodes."""
-    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
-    node = {k: v for k, v in raw.items() if k != "defaults"}  # unresolved: interpolations stay
-    for entry in raw.get("defaults", []):
-        for group, option in entry.items() if isinstance(entry, dict) else ():
-            group = str(group).split()[-1]  # "optional dataset" -> "dataset"
-            option = dict(chosen).get(group, option)
-            path = CONF_DIR / group / f"{option}.yaml"
-            if group.startswith("hydra") or option is None or not path.is_file():
-                continue
-            loaded = OmegaConf.to_container(OmegaConf.load(path))
-            if "_base" in str(loaded.get("defaults", "")):
-                loaded = {
-                    **OmegaConf.to_container(OmegaConf.load(path.parent / "_base.yaml")),
-                    **loaded,
-                }
-            node[group] = {k: v for k, v in loaded.items() if k != "defaults"}
-    return OmegaConf.create(node)
+    """``conf/<config_name>.yaml`` composed by Hydra's own config loader with its default group
+    options (or those ``chosen``, pairs like ``("dataset", "voc")``), without the ``hydra``
+    node; interpolations stay unresolved. The loader is built here rather than taken from the
+    running app, so this works inside a Hydra app and outside one alike."""
+    # an option that does not exist is the error being reported: compose without it
+    valid = [(g, o) for g, o in chosen if (CONF_DIR / g / f"{o}.yaml").is_file()]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    cfg = loader.load_configuration(
+        config_name, overrides=[f"{g}={o}" for g, o in valid], run_mode=RunMode.RUN
+    )
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
 
 
 def default_keys(config_name: str, parent: str, chosen: tuple = ()) -> list[str]:
@@ -142,4 +147,11 @@ def unknown_key_error(key: str, known: Sequence[str]) -> ConfigError:
 
 
 # segkit's own dataset keys: read by segkit.run, never passed to the dataset constructor
-DATASET_RUN_KEYS = ("train_split", "val_split", "check", "val_input_shape", "val_original_size")
+DATASET_RUN_KEYS = (
+    "train_split",
+    "val_split",
+    "check",
+    "val_input_shape",
+    "val_original_size",
+    "val_window",
+)

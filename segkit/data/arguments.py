@@ -7,12 +7,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from segkit.data.transforms import DEFAULT_AUGMENT
 from segkit.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 Channels = tuple[float, ...]  # a per-channel mean or std (3 values for RGB, 1 for gray)
+# The flat dataset.augment keys of segkit <= 0.2 (read as the default step list, see
+# segkit.data.augment.steps_from_flat_keys) and their values there.
+FLAT_AUGMENT_KEYS = {
+    "jitter": 0.3,  # aspect ratio jitter: ratio * U(1-j, 1+j) / U(1-j, 1+j)
+    "scale": (0.25, 2.0),  # longer side of the pasted picture / output side
+    "flip": 0.5,  # probability of a horizontal flip
+    "hue": 0.1,  # hue gain U(1-hue, 1+hue) (OpenCV hue, 0..179, wraps)
+    "sat": 0.7,  # saturation gain U(1-sat, 1+sat)
+    "val": 0.3,  # value (brightness) gain U(1-val, 1+val)
+    "class_crop": 0.0,  # probability that a crop holds a pixel of a class drawn uniformly
+    "copy_paste": 0.0,  # probability that another image's pixels of paste_classes are pasted in
+    "paste_classes": (),  # class ids that copy_paste copies (rare thin ones: poles, signs, ...)
+}
 
 
 def voc_palette(n: int) -> list[list[int]]:
@@ -70,12 +82,15 @@ def check_palette(palette: Sequence | None, num_classes: int) -> list[list[int]]
 
 
 def check_augment(augment: Mapping | None, class_names: Sequence[str]) -> dict:
-    """DEFAULT_AUGMENT updated with `augment`, paste_classes as class ids (names resolved
-    against class_names, one per class); unknown keys or bad values -> DataError."""
-    params = dict(DEFAULT_AUGMENT)
+    """The old flat dataset.augment keys: FLAT_AUGMENT_KEYS updated with `augment`,
+    paste_classes as class ids (names resolved against class_names, one per class); unknown
+    keys or bad values -> DataError."""
+    params = dict(FLAT_AUGMENT_KEYS)
     for key, value in (augment or {}).items():
-        if key not in DEFAULT_AUGMENT:
-            raise DataError(f"unknown key dataset.augment.{key}; known: {sorted(DEFAULT_AUGMENT)}")
+        if key not in FLAT_AUGMENT_KEYS:
+            raise DataError(
+                f"unknown key dataset.augment.{key}; known: {sorted(FLAT_AUGMENT_KEYS)}"
+            )
         params[key] = _augment_value(key, value)
     lo, hi = params["scale"] if len(params["scale"]) == 2 else (0, -1)
     if not 0 < lo <= hi:
@@ -95,7 +110,11 @@ def check_augment(augment: Mapping | None, class_names: Sequence[str]) -> dict:
     return params
 
 
-def paste_class_ids(classes: Sequence[int | str], class_names: Sequence[str]) -> tuple[int, ...]:
+def paste_class_ids(
+    classes: Sequence[int | str],
+    class_names: Sequence[str],
+    key: str = "dataset.augment.paste_classes",
+) -> tuple[int, ...]:
     """dataset.augment.paste_classes as class ids: each entry an id in 0..len(class_names)-1
     or a class name (case-insensitive); anything else -> DataError naming the known names."""
     by_name = {name.lower(): i for i, name in enumerate(class_names)}
@@ -104,7 +123,7 @@ def paste_class_ids(classes: Sequence[int | str], class_names: Sequence[str]) ->
     if bad:
         n = len(class_names)
         raise DataError(
-            f"dataset.augment.paste_classes holds {bad}, not class ids of "
+            f"{key} holds {bad}, not class ids of "
             f"dataset.num_classes={n} (0..{n - 1}) nor class names ({', '.join(class_names)})"
         )
     return tuple(ids)

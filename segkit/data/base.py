@@ -10,9 +10,10 @@ LabelSpace mean/std) and losses get the masks as int64 there.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,21 +26,15 @@ from segkit.data.arguments import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Channels,
-    check_augment,
     check_class_names,
     check_ids,
     check_input_shape,
     check_mean_std,
     check_palette,
 )
+from segkit.data.augment import Context, Pipeline, build_pipelines, dry_run
 from segkit.data.io import encode_mask, read_image, read_mask
-from segkit.data.transforms import (
-    PASTE_KEYS,
-    Normalize,
-    copy_paste,
-    get_random_data,
-    to_tensors,
-)
+from segkit.data.transforms import Normalize, to_tensors
 from segkit.errors import DataError
 
 log = logging.getLogger("segkit.data")
@@ -99,14 +94,18 @@ class LabelSpace:
 class SegmentationDataset(Dataset):
     """Pairs of (image path, mask path) -> (image (C,H,W) uint8, mask (H,W) uint8).
 
-    train=True: rare-class copy-paste from another sample (augment.copy_paste), then random
-    aspect/scale/flip/offset + HSV jitter (see `augment`); train=False: letterbox. Images are
+    train=True: the ``augment["train"]`` steps (`segkit.data.augment`; the default: rare-class
+    copy-paste, random aspect/scale/flip/crop, HSV jitter), train=False: the
+    ``augment["val"]`` steps (the default: letterbox). Both lists are built and checked at
+    construction, whichever split this is. Images are
     RGB (in_channels=3) or gray (in_channels=1, a colour file converted), not normalised:
     `labels.normalizer()` does (x/255 - mean)/std on the device. Masks hold ids in
     [0, num_classes) or ignore_index (also used for padding). A sample that cannot be loaded
     raises DataError naming index, files and cause, or with on_bad_sample="skip" is replaced
     by the next loadable sample.
     `split_file` is the split list the samples come from (VOCDataset), None when there is none.
+    reduce_zero_label (ADE20K, MMSegmentation's key): raw 0 ("other") is ignored and every other
+    raw value v is class v - 1, before label_map (raw 255 stays ignored).
     """
 
     split_file: Path | None = None
@@ -126,6 +125,7 @@ class SegmentationDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         in_channels: int = 3,
         label_map: Mapping | None = None,
+        reduce_zero_label: bool = False,
         color_map: Mapping | None = None,
         seed: int = 0,
         on_bad_sample: str = "raise",
@@ -138,10 +138,14 @@ class SegmentationDataset(Dataset):
         self.input_shape = check_input_shape(input_shape)
         self.class_names = check_class_names(class_names, self.num_classes)
         self.palette = check_palette(palette, self.num_classes)
-        self.augment = check_augment(augment, self.class_names)
+        self.pipelines: dict[str, Pipeline] = build_pipelines(
+            augment, self.class_names, self.ignore_index
+        )
         self.in_channels = int(in_channels)
         self.mean, self.std = check_mean_std(mean, std, self.in_channels)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        if reduce_zero_label:
+            self.label_map = reduce_zero(self.label_map, self.ignore_index)
         self.color_map = {int(k): _plain(v) for k, v in (color_map or {}).items()}
         self.seed = int(seed)
         # shared memory: DataLoader workers (persistent ones too) see set_epoch() of the parent
@@ -232,64 +236,90 @@ class SegmentationDataset(Dataset):
             path=path,
         )
 
+    @property
+    def pipeline(self) -> Pipeline:
+        """The steps this split runs: ``dataset.augment.train`` or ``.val``."""
+        return self.pipelines["train" if self.train else "val"]
+
     def transform(
-        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, index: int = -1
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw pair -> input_shape pair (augmented when train, letterboxed otherwise)."""
-        geometry = {k: v for k, v in self.augment.items() if k not in PASTE_KEYS}
-        return get_random_data(
-            image,
-            mask,
+        """Raw pair -> input_shape pair through this split's pipeline; ``index`` (the sample's)
+        lets copy-paste draw another sample as donor."""
+        pick = None
+        if self.train and index >= 0 and len(self.files) > 1:
+            pick = functools.partial(self.donor, index)
+        ctx = Context(rng, self.input_shape, self.ignore_index, pick)
+        return self.pipeline(image, mask, ctx)
+
+    def check_pipelines(self) -> None:
+        """Run both lists on generated pairs (`segkit.data.augment.dry_run`): DataError naming
+        the step that breaks a pair. Reads no file."""
+        dry_run(
+            self.pipelines,
             self.input_shape,
-            rng,
-            random=self.train,
+            channels=self.in_channels,
+            num_classes=self.num_classes,
             ignore_index=self.ignore_index,
-            **geometry,
         )
 
-    def paste_from_another(
-        self, image: np.ndarray, mask: np.ndarray, i: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """With probability augment.copy_paste (train only): `copy_paste` of the
-        augment.paste_classes pixels of another sample, drawn uniformly, into sample i's raw
-        pair. Draws no random number when copy_paste is 0 (old recipes keep their samples)."""
-        p = self.augment["copy_paste"]
-        if not (self.train and p > 0 and len(self.files) > 1 and rng.uniform() < p):
-            return image, mask
+    def donor(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """Copy-paste's donor for sample i: another sample drawn uniformly, raw; None when it
+        cannot be read in skip mode (it is reported when it is loaded as a sample itself)."""
         j = int(rng.integers(len(self.files) - 1))
         j += j >= i  # any sample but i
         try:
-            donor, donor_mask = self.load_raw(j)
+            return self.load_raw(j)
         except (DataError, OSError) as e:
             if self.on_bad_sample == "raise":
                 raise DataError(
                     f"copy-paste donor sample {j} ({', '.join(self.files[j])}) of sample {i}: "
                     f"{e}. Fix or remove it, or set dataset.on_bad_sample=skip"
                 ) from e
-            return image, mask  # skip mode: the donor is reported when it is a sample itself
-        return copy_paste(image, mask, donor, donor_mask, self.augment["paste_classes"], rng)
+            return None
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """load_raw; its errors name the sample."""
         try:
-            image, mask = self.load_raw(i)
+            return self.load_raw(i)
         except (DataError, OSError) as e:
             image_path, mask_path = self.files[i]
             raise DataError(
                 f"bad sample {i} (image {image_path}, mask {mask_path}): {e}. Fix or remove it, "
                 "or set dataset.on_bad_sample=skip"
             ) from e
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """load_raw + transform with the (seed, epoch, i) stream; errors name the sample."""
+        image, mask = self._read(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return self.transform(image, mask, rng, i)
+
+    def _load_original(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample i read once: (image (C,h,w) uint8 as `_load` makes it, mask (H0,W0) ids)."""
+        image, mask = self._read(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         image, mask = self.paste_from_another(image, mask, i, rng)
-        return self.transform(image, mask, rng)
+        boxed, boxed_mask = self.transform(image, mask, rng)
+        return to_tensors(boxed, boxed_mask)[0], torch.from_numpy(mask)
 
-    def _load_or_skip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Skip mode: the first loadable sample from index on (wrapping), deterministic."""
+    def original_size_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (image (C,h,w) uint8 as ``self[index]`` gives it, mask (H0,W0) uint8 ids at the
+        image's original size) of the same sample: for ``on_bad_sample="skip"`` the one that
+        replaces a bad sample in ``self[index]`` too (the next loadable one)."""
+        if self.on_bad_sample == "skip":
+            return self._load_or_skip(index, self._load_original)
+        return self._load_original(index)
+
+    def _load_or_skip(self, index: int, load: Callable[[int], Any] | None = None) -> Any:
+        """Skip mode: ``load`` (default `_load`) of the first loadable sample from index on
+        (wrapping), deterministic."""
+        load = load or self._load
         n = len(self.files)
         for k in range(n):
             i = (index + k) % n
             try:
-                return self._load(i)
+                return load(i)
             except DataError as e:
                 if i not in self._bad:  # warn once per sample and process, not every epoch
                     log.warning("skipping %s", e)
@@ -308,6 +338,14 @@ class SegmentationDataset(Dataset):
         else:
             image, mask = self._load(index)
         return to_tensors(image, mask)
+
+
+def reduce_zero(label_map: Mapping[int, int], ignore_index: int) -> dict[int, int]:
+    """The full raw -> id table of ``reduce_zero_label`` followed by ``label_map``: raw 0 and
+    255 -> ignore_index, raw v -> label_map.get(v - 1, v - 1). One lookup table, so the dataset
+    check explains values with the same map the loader uses."""
+    table = {raw: label_map.get(raw - 1, raw - 1) for raw in range(1, 255)}
+    return {0: ignore_index, **table, 255: ignore_index}
 
 
 def _plain(value):

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from segkit.data.io import exif_orientation, read_image, read_mask, read_split_file
+from segkit.data.layout import LayoutError
 from segkit.data.problems import (
     ERROR,
     MODE_NOTES,
@@ -37,6 +38,7 @@ from segkit.data.problems import (
     is_lossy,
     is_lossy_rgb,
     list_values,
+    opacity_note,
     rgb_mask_hint,
     size_message,
     top_colors,
@@ -70,6 +72,7 @@ def check_dataset(
     """
     if level not in ("quick", "full"):
         raise ValueError(f"check level must be 'quick' or 'full', got {level!r}")
+    check_augment_lists(train_ds)
     splits = {"train": train_ds} if val_ds is None else {"train": train_ds, "val": val_ds}
     report = CheckReport(
         problems=[],
@@ -86,6 +89,13 @@ def check_dataset(
     if val_ds is not None:
         report.problems += _overlap_problems(train_ds, val_ds)
     return report
+
+
+def check_augment_lists(ds: Any) -> None:
+    """The ``dataset.augment`` lists, before any file is read: each step run on generated pairs
+    (`SegmentationDataset.check_pipelines`); DataError naming the step that breaks one."""
+    if hasattr(ds, "check_pipelines"):
+        ds.check_pipelines()
 
 
 def _check_split(
@@ -157,6 +167,7 @@ def _check_image(path: str, add: Callable[..., None]) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             mode, orientation, fmt = im.mode, exif_orientation(im), im.format
+            alpha = np.asarray(im.getchannel("A")) if mode in ("RGBA", "LA") else None
         loaded = read_image(path)
         if fmt == "JPEG":
             check_jpeg_end(path)
@@ -164,7 +175,8 @@ def _check_image(path: str, add: Callable[..., None]) -> tuple[int, int] | None:
         add(path, "unreadable_image", clean_error(e))
         return None
     if mode != "RGB":
-        add(path, "image_mode", MODE_NOTES.get(mode, f"mode {mode}"), WARNING)
+        note = MODE_NOTES.get(mode, f"mode {mode}")
+        add(path, "image_mode", note + ("" if alpha is None else opacity_note(alpha)), WARNING)
     if orientation != 1:
         add(
             path,
@@ -193,6 +205,9 @@ def _check_mask_values(
         return
     try:
         ids = ds.encode(mask, path)
+    except LayoutError as e:  # a public dataset's own finding: it names the fix itself
+        add(path, e.kind, str(e))
+        return
     except DataError as e:
         _explain_bad_values(ds, path, mask, str(e), add)
         return

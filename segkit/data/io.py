@@ -2,7 +2,8 @@
 
 Conventions:
 - Images come back as (H,W,3) uint8 RGB, whatever the file holds (gray, gray+alpha, RGBA,
-  16-bit, CMYK, palette), or as (H,W,1) uint8 gray when asked for one channel.
+  16-bit, CMYK, palette), or as (H,W,1) uint8 gray when asked for one channel. An alpha channel
+  is dropped: the stored colours are used, transparent pixels too (`ALPHA_RULE`).
 - Masks come back as (H,W) uint8 raw values (palette PNGs give their palette *indices*, never
   colours) or (H,W,3) uint8 RGB for colour-coded masks; `encode_mask` turns either into ids.
 - EXIF orientation: files are decoded WITHOUT any automatic rotation, then the EXIF orientation
@@ -28,7 +29,8 @@ from PIL import Image
 from segkit.errors import DataError
 
 EXIF_ORIENTATION = 0x0112
-GRAY = 128
+# what happens to transparency, in the words the dataset check and the docs use too
+ALPHA_RULE = "alpha channel dropped (the stored colours are used, transparent pixels too)"
 
 
 def _read_bytes(path: str | Path, what: str) -> np.ndarray:
@@ -95,21 +97,17 @@ def _to_uint8(arr: np.ndarray, path: str | Path) -> np.ndarray:
 
 
 def _to_rgb(arr: np.ndarray, bgr: bool) -> np.ndarray:
-    """(H,W), (H,W,1|2|3|4) uint8 -> (H,W,3) uint8 RGB. Alpha is composited on gray 128 (the
-    padding colour), so fully opaque pictures are unchanged and transparent parts look like pad."""
+    """(H,W), (H,W,1|2|3|4) uint8 -> (H,W,3) uint8 RGB; an alpha channel is dropped
+    (`ALPHA_RULE`), as PIL's convert("RGB") and OpenCV's IMREAD_COLOR do: the picture is what the
+    annotation tools showed, and a file whose alpha is wrong (all 0) keeps its pixels."""
     if arr.ndim == 2:
         arr = arr[..., None]
-    channels = arr.shape[2]
-    alpha = None
-    if channels in (2, 4):
-        alpha = arr[..., -1:].astype(np.float32) / 255.0
+    if arr.shape[2] in (2, 4):
         arr = arr[..., :-1]
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif bgr:  # cv2's SIMD conversion: much faster than copying the reversed numpy view
         arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2RGB)
-    if alpha is not None:
-        arr = (arr * alpha + GRAY * (1.0 - alpha) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
 
@@ -119,7 +117,7 @@ def _decode_pil_image(im: Image.Image, path: str | Path) -> np.ndarray:
         if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("RGB")
         elif im.mode == "P":
-            im = im.convert("RGBA")
+            im = im.convert("RGBA")  # a palette's transparency: dropped like any alpha
         elif im.mode in ("1", "F", "I"):
             im = im.convert("L")
         return np.asarray(im)

@@ -9,7 +9,9 @@ from torch.utils.data import DataLoader, Dataset
 class OriginalSizeMasks(Dataset):
     """Wraps a dataset built with ``train=False``: item i is ``(image (C,h,w) uint8 as the model
     sees it (letterboxed, normalised on the device), mask (H0,W0) uint8 ids at the image's
-    original size)``. ``labels`` is the wrapped dataset's (its mean/std normalise the batch).
+    original size)``, both of the sample ``dataset[i]`` is (`original_size_item`: with
+    ``on_bad_sample="skip"`` a bad sample is replaced as there). ``labels`` is the wrapped
+    dataset's (its mean/std normalise the batch).
 
     Batch it with :func:`collate_original`, which keeps the masks as a list (sizes differ).
     """
@@ -25,9 +27,8 @@ class OriginalSizeMasks(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, _ = self.dataset[i]
-        _, mask = self.dataset.load_raw(i)
-        return image, torch.from_numpy(mask)
+        # one read of one sample; with on_bad_sample=skip, the sample the dataset puts at i
+        return self.dataset.original_size_item(i)
 
 
 def collate_original(batch: list[tuple[torch.Tensor, torch.Tensor]]):

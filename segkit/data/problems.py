@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segkit.data.io import ALPHA_RULE
+from segkit.data.layout import LAYOUT_KINDS
 from segkit.data.stats import ClassCounts
 
 MAX_LISTED_VALUES = 12
@@ -33,8 +35,8 @@ ORIENTATIONS = {
 
 MODE_NOTES = {
     "L": "grayscale (mode L), replicated to 3 channels",
-    "LA": "grayscale + alpha (mode LA), alpha dropped",
-    "RGBA": "RGBA, alpha channel dropped",
+    "LA": f"grayscale + alpha (mode LA), {ALPHA_RULE}",
+    "RGBA": f"RGBA, {ALPHA_RULE}",
     "P": "palette image (mode P), expanded to RGB",
     "I;16": "16-bit (mode I;16), scaled to 8 bits",
     "I;16B": "16-bit (mode I;16B), scaled to 8 bits",
@@ -43,6 +45,13 @@ MODE_NOTES = {
     "CMYK": "CMYK, converted to RGB",
     "1": "1-bit (mode 1), expanded to RGB",
 }
+
+
+def opacity_note(alpha: np.ndarray) -> str:
+    """'; N% of the pixels are not opaque' for an (H,W) uint8 alpha channel: how much of the
+    picture `ALPHA_RULE` concerns."""
+    share = 100 * float(np.count_nonzero(alpha < 255)) / max(alpha.size, 1)
+    return f"; {share:.3g}% of the pixels are not opaque"
 
 
 def check_jpeg_end(path: str) -> None:
@@ -104,18 +113,50 @@ def suggest_label_map(values: Iterable[int], num_classes: int, ignore_index: int
 
 
 def is_lossy(mask: np.ndarray) -> bool:
-    """True when many pixels lie strictly between the values 2 px before and after them.
+    """True when many pixels lie strictly between the values 2 px before and after them, in
+    a way that class ids do not explain.
 
     A class-id mask changes value in one step; JPEG ringing and bilinear resampling leave
-    ramps of in-between values along every edge (0, 1, 1, 2 or 0, 3, 128, 252, 255). Counted
-    against the number of value changes between neighbours, along rows and along columns.
+    ramps of in-between values along the edges (0, 1, 1, 2 or 0, 3, 128, 252, 255). But a
+    label layout can put a class between two others on purpose: background 0, a boundary ring
+    1, interior 2 (nuclei, instance boundaries). Such a band is consistent: the two outer
+    values never meet without it. So the in-between pixels of a value pair count as evidence
+    when the pair also meets directly in places (over 10% as often as it is bridged: a ramp
+    that comes and goes), and otherwise only where the band is 1 px thin (what a resize leaves;
+    a drawn band is rarely that thin). Counted against the number of value changes between
+    neighbours, along rows and along columns.
     """
-    between = changes = 0
-    for m in (mask.astype(np.int16), mask.T.astype(np.int16)):
-        a, v, b = m[:, :-4], m[:, 2:-2], m[:, 4:]
-        between += int((((a < v) & (v < b)) | ((a > v) & (v > b))).sum())
-        changes += int((m[:, 1:] != m[:, :-1]).sum())
-    return between >= 16 and between > 0.2 * changes
+    views = [m.astype(np.int16) for m in (mask, mask.T)]  # along rows, then along columns
+    betweens = [_in_between(m) for m in views]
+    if sum(int(x.sum()) for x in betweens) < 16:  # the common case: decided without counting
+        return False
+    bridged, thin, direct = (np.zeros(1 << 16, np.int64) for _ in range(3))
+    changes = 0
+    for m, between in zip(views, betweens):
+        a, before, v, after, b = m[:, :-4], m[:, 1:-3], m[:, 2:-2], m[:, 3:-1], m[:, 4:]
+        lo, hi, mid = a[between], b[between], v[between]  # the two values a band separates
+        alone = (before[between] != mid) & (mid != after[between])  # a 1-px band
+        bridged += _pair_counts(lo, hi)
+        thin += _pair_counts(lo[alone], hi[alone])
+        left, right = m[:, :-1], m[:, 1:]
+        edge = left != right
+        changes += int(edge.sum())
+        direct += _pair_counts(left[edge], right[edge])
+    ramp = 10 * direct > bridged  # the pair meets without the in-between value too
+    evidence = int(np.where(ramp, bridged, thin).sum())
+    return evidence >= 16 and evidence > 0.2 * changes
+
+
+def _in_between(m: np.ndarray) -> np.ndarray:
+    """(H,W-4) bool: the value lies strictly between the ones 2 px before and after it."""
+    a, v, b = m[:, :-4], m[:, 2:-2], m[:, 4:]
+    return ((a < v) & (v < b)) | ((a > v) & (v > b))
+
+
+def _pair_counts(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(65536,) int64 occurrences of each unordered value pair {x, y}, keyed lo << 8 | hi."""
+    x, y = x.astype(np.int32), y.astype(np.int32)
+    return np.bincount(np.minimum(x, y) << 8 | np.maximum(x, y), minlength=1 << 16)
 
 
 def is_lossy_rgb(mask: np.ndarray) -> bool:
@@ -232,6 +273,7 @@ KINDS: dict[str, tuple[str, str]] = {
         "image has an EXIF orientation; it is rotated when loaded",
         "make sure the mask was drawn on the rotated image (or strip the EXIF tag)",
     ),
+    **LAYOUT_KINDS,  # the public datasets' layouts (segkit.data.layout)
 }
 
 

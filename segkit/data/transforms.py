@@ -1,4 +1,6 @@
-"""Image/mask transforms of the notes' `get_random_data`, split into small pure functions.
+"""Image/mask primitives: resize, flip, paste, letterbox, class-balanced offsets, HSV jitter,
+copy-paste; uint8 samples to tensors and their normalisation on the device. The augmentation
+steps of ``dataset.augment`` (`segkit.data.augment`) are built from them.
 
 Conventions: image (H,W,C) uint8 (C = 3 RGB, or 1 gray), mask (H,W) uint8 class ids, sizes
 given as (H,W).
@@ -20,18 +22,6 @@ import numpy as np
 import torch
 
 GRAY = 128
-DEFAULT_AUGMENT = {
-    "jitter": 0.3,  # aspect ratio jitter: ratio * U(1-j, 1+j) / U(1-j, 1+j)
-    "scale": (0.25, 2.0),  # longer side of the pasted picture / output side
-    "flip": 0.5,  # probability of a horizontal flip
-    "hue": 0.1,  # hue gain U(1-hue, 1+hue) (OpenCV hue, 0..179, wraps)
-    "sat": 0.7,  # saturation gain U(1-sat, 1+sat)
-    "val": 0.3,  # value (brightness) gain U(1-val, 1+val)
-    "class_crop": 0.0,  # probability that a crop holds a pixel of a class drawn uniformly
-    "copy_paste": 0.0,  # probability that another image's pixels of paste_classes are pasted in
-    "paste_classes": (),  # class ids that copy_paste copies (rare thin ones: poles, signs, ...)
-}
-PASTE_KEYS = ("copy_paste", "paste_classes")  # applied by the dataset, not get_random_data
 
 
 def resize_pair(
@@ -151,37 +141,6 @@ def random_size(
     return max(nh, 1), max(nw, 1)
 
 
-def random_geometry(
-    image: np.ndarray,
-    mask: np.ndarray,
-    rng: np.random.Generator,
-    out_hw: Sequence[int],
-    *,
-    jitter: float = 0.3,
-    scale: Sequence[float] = (0.25, 2.0),
-    flip: float = 0.5,
-    class_crop: float = 0.0,
-    ignore_index: int = 255,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random aspect/scale resize, horizontal flip with probability `flip`, paste at a random
-    offset on an out_hw canvas (crops when larger). With probability `class_crop` the offset
-    is drawn so that the crop holds a pixel of a class drawn uniformly from the classes in the
-    mask (`class_balanced_offset`). -> ((h,w,C) uint8, (h,w) uint8)."""
-    h, w = out_hw
-    nh, nw = random_size(rng, image.shape[:2], out_hw, jitter, scale)
-    image, mask = resize_pair(image, mask, (nh, nw))
-    if rng.uniform() < flip:
-        image, mask = hflip_pair(image, mask)
-    if class_crop > 0 and rng.uniform() < class_crop:
-        offset = class_balanced_offset(mask, out_hw, rng, ignore_index)
-        if offset is not None:
-            return paste(image, mask, out_hw, offset, ignore_index)
-    # notes' rand(0, w - nw): negative when the picture is larger than the canvas (then cropped)
-    dx = int(rng.random() * (w - nw))
-    dy = int(rng.random() * (h - nh))
-    return paste(image, mask, out_hw, (dy, dx), ignore_index)
-
-
 def class_balanced_offset(
     mask: np.ndarray, out_hw: Sequence[int], rng: np.random.Generator, ignore_index: int = 255
 ) -> tuple[int, int] | None:
@@ -235,44 +194,6 @@ def hsv_jitter(
     h, s, v = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2HSV))
     hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
-def get_random_data(
-    image: np.ndarray,
-    mask: np.ndarray,
-    input_shape: Sequence[int],
-    rng: np.random.Generator | None = None,
-    *,
-    random: bool = True,
-    jitter: float = 0.3,
-    scale: Sequence[float] = (0.25, 2.0),
-    flip: float = 0.5,
-    hue: float = 0.1,
-    sat: float = 0.7,
-    val: float = 0.3,
-    class_crop: float = 0.0,
-    ignore_index: int = 255,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The notes' augmentation: random=True -> geometry + HSV jitter, random=False -> letterbox.
-
-    image (H,W,C) uint8, mask (H,W) uint8 -> (input_shape + (C,)) uint8, input_shape uint8.
-    """
-    if not random:
-        return letterbox(image, mask, input_shape, ignore_index)
-    if rng is None:
-        raise ValueError("get_random_data(random=True) needs rng=np.random.default_rng(...)")
-    image, mask = random_geometry(
-        image,
-        mask,
-        rng,
-        input_shape,
-        jitter=jitter,
-        scale=scale,
-        flip=flip,
-        class_crop=class_crop,
-        ignore_index=ignore_index,
-    )
-    return hsv_jitter(image, rng, hue, sat, val), mask
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

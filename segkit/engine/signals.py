@@ -1,12 +1,15 @@
 """Signals: stopping a run cleanly on SIGINT / SIGTERM (:class:`StopRequest`), submitit's
-preemption / time-limit signal and its requeue (the one place that knows a job runs under
-submitit). The DataLoader workers' part in it is `segkit.engine.loader`."""
+preemption / time-limit signal and its requeue, and SLURM's own requeue (the one place that
+knows how a submitit job ends; its ranks come from `segkit.dist`). The DataLoader workers'
+part in it is `segkit.engine.loader`."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import subprocess
 from typing import Any
 
 import torch
@@ -35,6 +38,35 @@ def slurm_requeues() -> int:
     if _submitit_executor() != "slurm":
         return 0
     return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def requeued_by_slurm() -> bool:
+    """Whether SLURM is requeuing this job right now (``scontrol requeue``, a preemption with
+    ``PreemptMode=REQUEUE``): it signals the job with SIGTERM and has counted the restart by
+    then, so ``Restarts`` of ``scontrol show job`` runs ahead of this attempt's
+    ``SLURM_RESTART_COUNT``. False outside a submitit SLURM job, and when scontrol cannot tell
+    (then the SIGTERM is a plain stop, as from ``scancel``)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if _submitit_executor() != "slurm" or not job:
+        return False
+    try:
+        cmd = ["scontrol", "show", "job", "-o", job]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    found = re.search(r"\bRestarts=(\d+)", out)
+    return found is not None and int(found.group(1)) > slurm_requeues()
+
+
+def end_for_requeue() -> None:
+    """End this process's part in an attempt that is requeued, without a result: a job that
+    SLURM requeues itself (:func:`requeued_by_slurm`), or a rank other than 0 of a SLURM job
+    of several tasks that got submitit's signal (rank 0 requeues the job). submitit then
+    writes no result (it would report the interrupted attempt as the job's outcome, and the
+    sweep's launcher would stop waiting for the next attempt); the next attempt resumes and
+    reports. Raises SystemExit, as submitit's own requeue does."""
+    log.warning("the job is requeued: the next attempt resumes from the saved checkpoint")
+    raise SystemExit(143)
 
 
 def _submitit_executor() -> str | None:

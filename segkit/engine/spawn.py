@@ -211,14 +211,22 @@ def elastic_restarts() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
+def elastic_marker(run_dir: Path) -> Path | None:
+    """Under torchrun, the file in the runs folder of ``run_dir`` that names the job's first
+    run directory (written when the first attempt starts training); None outside torchrun."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id or run_id == "none":
+        return None
+    return run_dir.parent / f".elastic-{run_id}"
+
+
 def first_attempt_dir(run_dir: Path) -> Path:
     """Under torchrun, the run directory of the job's first attempt (restarts continue there,
     so ``resume=auto`` finds its checkpoints): a marker named after torchrun's run id
     in the runs folder remembers it. The directory a restart's Hydra made is removed."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if not run_id or run_id == "none":
+    marker = elastic_marker(run_dir)
+    if marker is None:
         return run_dir
-    marker = run_dir.parent / f".elastic-{run_id}"
     if not marker.is_file():
         marker.write_text(str(run_dir))
         return run_dir

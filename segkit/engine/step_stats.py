@@ -56,6 +56,19 @@ class StepStats:
             self.epoch[key] += window[key]
         return window
 
+    def open_window(self) -> dict[str, float]:
+        """The device sums of the window not yet read, and the run (one sync): what a
+        mid-epoch checkpoint keeps so that the resumed run logs this window whole."""
+        return dict(zip(self.KEYS, torch.cat([self.sums, self.run.view(1).double()]).tolist()))
+
+    def restore(self, epoch: dict[str, float], window: dict[str, float]) -> None:
+        """Continue an epoch from a mid-epoch checkpoint: its epoch totals and open window."""
+        self.epoch.update(epoch)
+        if window:
+            values = [window[k] for k in self.KEYS[:4]]
+            self.sums.copy_(torch.tensor(values, dtype=torch.float64))
+            self.run.fill_(int(window["run"]))
+
     def scalars(self, w: dict[str, float]) -> dict[str, float]:
         """TensorBoard scalars of a window (images/s counts the images of every rank)."""
         seconds = max(w["seconds"], 1e-9)

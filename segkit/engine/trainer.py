@@ -10,6 +10,10 @@ and gradient norm are accumulated there (:class:`StepStats`) and read at the log
 where the scalars go to TensorBoard and divergence is checked. Every decision that changes
 control flow is taken on values all ranks share, so ranks never diverge.
 
+An optimiser step takes ``accumulate_grad_batches`` batches (`train_step`); every count of the
+loop (steps, ``log_every``, ``max_steps``, ``val_every_steps``, the schedule) is in optimiser
+steps, positions inside an epoch (checkpoints, the sampler's skip) in batches.
+
 Non-finite steps: with fp16 the GradScaler skips them (an overflow while it finds its scale is
 normal). With fp32/bf16 a non-finite step has its gradients zeroed on the device before the
 optimiser step, so no NaN/Inf reaches the weights or the optimiser state without a host sync
@@ -24,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,16 +57,32 @@ class TrainState:
     step: int = 0  # optimiser iterations completed
     best_miou: float = -1.0
     best_epoch: int = -1
+    best_step: int = -1  # the optimiser step of the best validation
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     epoch_step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint)
     epoch_stats: dict = field(default_factory=dict)  # StepStats.epoch of those steps
+    window_stats: dict = field(default_factory=dict)  # StepStats.open_window at the save
+    epoch_lr: float | None = None  # the lr at the start of the current epoch (metrics.csv)
     # trainer.max_time_min: seconds of completed epochs (validation included), of training
     # alone, of the last validation; the epochs that fit (the plan)
     elapsed_s: float = 0.0
     train_s: float = 0.0
-    val_s: float = 0.0
+    val_s: float | None = None  # None: no validation measured yet
     planned_epochs: int | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
+        names = [f.name for f in dataclasses.fields(cls)]  # older files lack some
+        return cls(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
+
+    def finished(self, max_epochs: int, budgeted: bool, max_steps: int | None = None) -> bool:
+        """Every epoch of the run is done: ``max_epochs``, or under a time budget
+        (``budgeted``) the epochs it planned; with ``max_steps``, that many steps."""
+        if max_steps is not None and self.step >= max_steps:
+            return True
+        last = self.planned_epochs if budgeted and self.planned_epochs else max_epochs
+        return self.epoch_step == 0 and self.epoch >= last
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,10 @@ class LoopOptions:
     checkpoint_every_steps: int | None
     max_time_min: float | None
     ema_decay: float | None
+    accumulate_grad_batches: int = 1
+    max_steps: int | None = None
+    val_every_steps: int | None = None
+    activation_checkpointing: bool = False  # applied by the builder, before DDP
 
 
 class Trainer:
@@ -107,13 +132,18 @@ class Trainer:
         run_config: dict,
         tracker: Tracker | NullTracker,
         options: LoopOptions,
+        val_predictor: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.val_loader = train_loader, val_loader
         self.labels, self.info, self.checkpoints = labels, info, checkpoints
         self.run_config, self.tracker, self.opt = run_config, tracker, options
-        self.max_epochs = options.max_epochs  # shrinks to the epochs that fit max_time_min
+        # how validation runs the model (e.g. a sliding window over large images); None: whole
+        self.val_predictor = val_predictor
+        # the epochs to train: max_epochs, or those that hold max_steps (then the last one may
+        # end early); under max_time_min the epochs that fit
+        self.max_epochs = options.max_epochs
         self.budget_s = None if options.max_time_min is None else options.max_time_min * 60.0
         self.ema = ModelEMA(self.bare_model, options.ema_decay) if options.ema_decay else None
         self.stop: signals.StopRequest | None = None  # set while signals should stop the loop
@@ -134,15 +164,22 @@ class Trainer:
         self.stats = StepStats(info.device, info.world_size)
         self.step_lr = self.lr  # the lr of the last step (the scheduler has moved on since)
         self._params = list(model.parameters())
+        self.max_epochs = self._epoch_cap
         self.state = TrainState()
         self._last_metrics: dict | None = None  # of the last validation, for metrics.csv
 
     # ----------------------------------------------------------------- helpers
     @property
-    def steps_per_epoch(self) -> int:
+    def batches_per_epoch(self) -> int:
         limit = self.opt.limit_train_batches
         n = len(self.train_loader)
         return n if limit is None else min(n, limit)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch: one per ``accumulate_grad_batches`` batches, the last
+        group of an epoch possibly shorter."""
+        return -(-self.batches_per_epoch // self.opt.accumulate_grad_batches)
 
     @property
     def bare_model(self) -> nn.Module:
@@ -164,22 +201,18 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> TrainState:
-        """Train until ``max_epochs`` (under ``max_time_min``: the epochs that fit, planned
-        again after every epoch); returns the final state (best mIoU etc.)."""
-        if self.state.planned_epochs is not None:
+        """Train until ``max_epochs`` or ``max_steps`` (under ``max_time_min``: the epochs that
+        fit, planned again after every epoch); returns the final state (best mIoU etc.)."""
+        if self.budget_s is not None and self.state.planned_epochs is not None:
             self.max_epochs = self.state.planned_epochs
         epoch = self.state.epoch
-        while epoch < self.max_epochs:
-            t0, lr = time.perf_counter(), self.lr
+        while epoch < self.max_epochs and not self._steps_done():
+            if not self.state.epoch_step:  # else: resumed inside the epoch, which began earlier
+                self.state.epoch_lr = self.lr
+            t0, lr = time.perf_counter(), self.state.epoch_lr
             train_loss = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
-            if self.budget_s is not None:
-                self._plan_epochs(time.perf_counter() - t0)
-            metrics = None
-            if (epoch + 1) % self.opt.val_every == 0 or epoch + 1 == self.max_epochs:
-                t_val = time.perf_counter()
-                metrics = self.validate(epoch)
-                self.state.val_s = time.perf_counter() - t_val
+            metrics = self._validate_and_plan(epoch, t0, time.perf_counter() - t0)
             seconds = time.perf_counter() - t0
             self.state.elapsed_s += seconds
             self._end_epoch(epoch, train_loss, metrics)
@@ -190,53 +223,130 @@ class Trainer:
             epoch += 1
         return self.state
 
-    def _plan_epochs(self, train_s: float) -> None:
-        """Under ``max_time_min``, after each training epoch (before its validation): the
-        epochs that fit, from the mean training epoch so far plus the last validation's share
-        (rank 0's timing), and the learning-rate schedule set to end with them."""
+    def _validation_due(self, epoch: int) -> bool:
+        """At the end of epoch ``epoch``: every ``val_every`` epochs, or under
+        ``val_every_steps`` when this step is one of those; always at the end of training."""
+        if epoch + 1 == self.max_epochs or self._steps_done():
+            return True
+        if self.opt.val_every_steps:
+            return self.state.step % self.opt.val_every_steps == 0
+        return (epoch + 1) % self.opt.val_every == 0
+
+    @property
+    def _epoch_cap(self) -> int:
+        """The most epochs the run may train: ``max_epochs``, or those ``max_steps`` needs."""
+        if self.opt.max_steps is None:
+            return self.opt.max_epochs
+        return -(-self.opt.max_steps // self.steps_per_epoch)
+
+    def _last_step(self, epochs: int) -> int:
+        """The optimiser step at which ``epochs`` epochs end (``max_steps`` at most)."""
+        total = epochs * self.steps_per_epoch
+        return total if self.opt.max_steps is None else min(total, self.opt.max_steps)
+
+    def _steps_done(self) -> bool:
+        return self.opt.max_steps is not None and self.state.step >= self.opt.max_steps
+
+    def _timed_validate(self, epoch: int) -> dict:
+        t_val = time.perf_counter()
+        metrics = self.validate(epoch)
+        self.state.val_s = time.perf_counter() - t_val
+        return metrics
+
+    def _validate_and_plan(self, epoch: int, t0: float, train_s: float) -> dict | None:
+        """Validate epoch ``epoch`` when due; under ``max_time_min`` plan the epochs that fit
+        first, so that the plan decides whether this epoch is the last (then validated). The
+        first plan needs a validation's duration: that epoch is validated to measure it."""
+        if self.budget_s is None:
+            return self._timed_validate(epoch) if self._validation_due(epoch) else None
+        self.state.train_s += train_s
+        if self.state.val_s is None:
+            metrics = self._timed_validate(epoch)
+            self._plan_epochs(time.perf_counter() - t0, validated=True)
+            return metrics
+        self._plan_epochs(time.perf_counter() - t0, validated=False)
+        return self._timed_validate(epoch) if self._validation_due(epoch) else None
+
+    def _plan_epochs(self, spent_s: float, validated: bool) -> None:
+        """Under ``max_time_min``, after each training epoch (``spent_s`` into it; its
+        validation included when ``validated``): the epochs that fit, from the mean training
+        epoch so far and the last validation's duration, every validation still to come
+        reserved (rank 0's timing); the learning-rate schedule set to end with them."""
         s = self.state
-        s.train_s += train_s
-        epoch_s = s.train_s / s.epoch + s.val_s / self.opt.val_every
+        epoch_s = s.train_s / s.epoch
         planned = budget.plan_epochs(
-            self.budget_s, s.elapsed_s + train_s, epoch_s, s.epoch, self.opt.max_epochs
+            self.budget_s,
+            s.elapsed_s + spent_s,
+            epoch_s,
+            s.val_s,
+            done=s.epoch,
+            cap=self._epoch_cap,
+            val_every=self.opt.val_every,
+            validated=validated,
         )
         planned, epoch_s = dist.broadcast_object((planned, epoch_s))
         if planned == s.planned_epochs:
             return
         s.planned_epochs = self.max_epochs = planned
-        total = planned * self.steps_per_epoch
-        if budget.retarget_schedule(self.scheduler, total):
-            how = f"the schedule ends at step {total}"
-        else:
+        total = self._last_step(planned)
+        how = budget.retarget_schedule(self.scheduler, total)
+        if how is None:
             how = f"{type(self.scheduler).__name__} cannot be retargeted: it keeps its length"
         log.info(
-            "trainer.max_time_min=%g: %.0f s spent, an epoch takes %.1f s; planning %d epochs; %s",
+            "trainer.max_time_min=%g: %.0f s spent, an epoch trains in %.1f s, a validation "
+            "takes %.1f s; planning %d epochs; %s",
             self.budget_s / 60,
-            s.elapsed_s + train_s,
+            s.elapsed_s + spent_s,
             epoch_s,
+            s.val_s,
             planned,
             how,
         )
 
     def _end_epoch(self, epoch: int, train_loss: float, metrics: dict | None) -> None:
-        self._last_metrics = metrics
-        improved = metrics is not None and metrics["miou"] > self.state.best_miou
-        if improved:
-            self.state.best_miou, self.state.best_epoch = metrics["miou"], epoch + 1
-            self.state.bad_epochs = 0
-        elif metrics is not None:
-            self.state.bad_epochs += 1
-        entry = {"epoch": epoch + 1, "train_loss": train_loss}
-        if metrics is not None:
-            entry.update(
-                val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
-            )
-        self.state.history.append(entry)
+        improved = self._record(epoch, train_loss, metrics)
         self._check_finite_weights(epoch)
         self.save(ckpt_io.LAST, metrics)
         if improved:
             self.save(ckpt_io.BEST, metrics)
         self.checkpoints.remove(ckpt_io.INTERRUPT, ckpt_io.PERIODIC)  # superseded by last
+        dist.barrier()
+
+    def _record(self, epoch: int, train_loss: float, metrics: dict | None) -> bool:
+        """A history entry (the train loss, the validation if any) at this step; the best
+        score and the validations without gain. True when ``metrics`` is a new best."""
+        s = self.state
+        self._last_metrics = metrics
+        improved = metrics is not None and metrics["miou"] > s.best_miou
+        if improved:
+            s.best_miou, s.best_epoch, s.best_step = metrics["miou"], epoch + 1, s.step
+            s.bad_epochs = 0
+        elif metrics is not None:
+            s.bad_epochs += 1
+        entry = {"epoch": epoch + 1, "train_loss": train_loss}
+        if self.opt.val_every_steps:
+            entry["step"] = s.step
+        if metrics is not None:
+            entry.update(
+                val_loss=metrics["loss"], miou=metrics["miou"], pixel_acc=metrics["pixel_acc"]
+            )
+        s.history.append(entry)
+        return improved
+
+    def _validate_mid_epoch(self, epoch: int, done: int) -> None:
+        """``val_every_steps``: a validation inside epoch ``epoch`` after ``done`` batches: a
+        history entry and a metrics.csv row (train loss: the epoch's mean so far; lr: of the
+        last step), ``best.pt`` when it is a new best (holding the position, like a
+        periodic checkpoint); then training goes on."""
+        e, w = self.stats.epoch, self.stats.open_window()
+        train_loss = (e["loss_sum"] + w["loss_sum"]) / max(e["finite"] + w["finite"], 1)
+        t0 = time.perf_counter()
+        metrics = self._timed_validate(epoch)
+        self.model.train()
+        self._set_freeze(epoch)
+        if self._record(epoch, train_loss, metrics):
+            self._save_position(epoch, done, ckpt_io.BEST, metrics)
+        self.tracker.log_epoch(self._epoch_row(self.step_lr, time.perf_counter() - t0))
         dist.barrier()
 
     def _epoch_row(self, lr: float, seconds: float) -> dict[str, Any]:
@@ -266,26 +376,31 @@ class Trainer:
         for obj in (self.train_loader.sampler, self.train_loader.dataset):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-        total = self.steps_per_epoch
+        total, k = self.batches_per_epoch, self.opt.accumulate_grad_batches
         bar = tqdm(
             total=total,
             desc=f"epoch {epoch + 1}/{self.max_epochs}",
             disable=not self.opt.progress_bar,
             leave=False,
         )
-        start = self._start_epoch_at()
+        done = self._start_epoch_at()
         batches = iter(self.train_loader)
-        bar.update(start)
-        for i in range(start, total):
+        bar.update(done)
+        while done < total and not self._steps_done():
             t_wait = time.perf_counter()
-            images, masks = next(batches)
-            self.stats.waited(time.perf_counter() - t_wait, images.shape[0])
-            self.train_step(images, masks)
-            bar.update(1)
-            at_log = self.state.step % self.opt.log_every == 0 or i + 1 == total
+            group = [next(batches) for _ in range(min(k, total - done))]
+            self.stats.waited(time.perf_counter() - t_wait, sum(len(x) for x, _ in group))
+            self.train_step(group)
+            done += len(group)
+            bar.update(len(group))
+            ends = done == total or self._steps_done()
+            at_log = self.state.step % self.opt.log_every == 0 or ends
             if at_log:
-                self._log_window(bar, position=i)
-            self._mid_epoch_checkpoints(epoch, i + 1, at_log)
+                self._log_window(bar, position=(done - 1) // k)
+            every = self.opt.val_every_steps
+            if every and self.state.step % every == 0 and not ends:
+                self._validate_mid_epoch(epoch, done)
+            self._mid_epoch_checkpoints(epoch, done, at_log)
         bar.close()
         mean, skipped, summary = self.stats.epoch_summary()
         if skipped:
@@ -295,10 +410,12 @@ class Trainer:
 
     def _start_epoch_at(self) -> int:
         """Batches of this epoch already done (resumed from a mid-epoch checkpoint): the
-        sampler skips them and the epoch statistics continue from the saved ones."""
-        start, self.state.epoch_step = self.state.epoch_step, 0
+        sampler skips them and the statistics continue from the saved ones (used once)."""
+        s = self.state
+        start, s.epoch_step = s.epoch_step, 0
         self.stats.start_epoch()
-        self.stats.epoch.update(self.state.epoch_stats)
+        self.stats.restore(s.epoch_stats, s.window_stats)
+        s.epoch_stats, s.window_stats = {}, {}
         sampler = self.train_loader.sampler
         if hasattr(sampler, "skip"):
             sampler.skip = start * (self.train_loader.batch_size or 1)
@@ -309,7 +426,7 @@ class Trainer:
         (agreed across ranks, at logging points under DDP) an ``interrupt`` checkpoint, then
         :class:`Interrupted`. Both record the position inside the epoch."""
         every = self.opt.checkpoint_every_steps
-        if every and self.state.step % every == 0 and done < self.steps_per_epoch:
+        if every and self.state.step % every == 0 and done < self.batches_per_epoch:
             self._save_position(epoch, done, ckpt_io.PERIODIC)
         if self.stop is None or (self.info.distributed and not at_log):
             return
@@ -324,31 +441,39 @@ class Trainer:
             name,
         )
 
-    def _save_position(self, epoch: int, done: int, name: str) -> Path | None:
-        """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it)."""
-        self.stats.read()  # fold the open window into the epoch totals
+    def _save_position(
+        self, epoch: int, done: int, name: str, metrics: dict | None = None
+    ) -> Path | None:
+        """A checkpoint inside epoch ``epoch`` after ``done`` batches (rank 0 writes it), with
+        the epoch's statistics and the open log window, so the resumed run logs the same."""
         self._check_finite_weights(epoch)
-        self.state.epoch_step, self.state.epoch_stats = done, dict(self.stats.epoch)
+        s = self.state
+        s.epoch_step, s.epoch_stats = done, dict(self.stats.epoch)
+        s.window_stats = self.stats.open_window()
         try:
-            return self.save(name, None)
+            return self.save(name, metrics)
         finally:
-            self.state.epoch_step, self.state.epoch_stats = 0, {}
+            s.epoch_step, s.epoch_stats, s.window_stats = 0, {}, {}
 
-    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        """Forward, backward, guarded optimiser step. Nothing here waits for the device; the
-        loss, the gradient norm and the non-finite flag go to ``self.stats``."""
-        dev = self.info.device
-        images = self.normalize(images.to(dev, non_blocking=True))
-        masks = masks.to(dev, non_blocking=True).long()
-        with precision.autocast(dev, self.amp_dtype):
-            loss = self.loss_fn(self.model(images), masks)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
+    def train_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimiser step over ``group``: the ``(images, masks)`` batches accumulated
+        into it (``trainer.accumulate_grad_batches``; one without accumulation). Each batch's
+        loss counts ``1 / len(group)`` (every batch weighs the same, as every rank does under
+        DDP), DDP all-reduces the gradients after the last batch only; then clipping, the
+        guarded optimiser step, the schedule and the EMA. Nothing here waits for the device;
+        the loss (mean over the group), the gradient norm and the non-finite flag go to
+        ``self.stats``."""
+        losses = []
+        for j, (images, masks) in enumerate(group):
+            with self._gradient_sync(j == len(group) - 1):
+                losses.append(self._forward_backward(images, masks, len(group)))
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         grads = [p.grad for p in self._params if p.grad is not None]
+        self.scaler.unscale_(self.optimizer)  # no-op unless fp16
         grad_norm = nn.utils.get_total_norm(grads)
         if self.opt.grad_clip:
             nn.utils.clip_grads_with_norm_(self._params, self.opt.grad_clip, grad_norm)
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm))
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
         if self.info.distributed:  # gradients agree after DDP's all-reduce; losses may not
             bad = dist.all_reduce_sum(bad.int()) > 0
         if not self.scaler.is_enabled():  # fp16: the scaler skips non-finite steps itself
@@ -363,6 +488,25 @@ class Trainer:
         self.stats.add(loss, grad_norm, bad)
         if self.ema is not None:
             self.ema.update(self.bare_model)
+
+    def _forward_backward(
+        self, images: torch.Tensor, masks: torch.Tensor, group_size: int
+    ) -> torch.Tensor:
+        """Forward and backward of one batch, its loss scaled by ``1 / group_size``; returns
+        the (unscaled, detached) loss."""
+        dev = self.info.device
+        images = self.normalize(images.to(dev, non_blocking=True))
+        masks = masks.to(dev, non_blocking=True).long()
+        with precision.autocast(dev, self.amp_dtype):
+            loss = self.loss_fn(self.model(images), masks)
+        share = loss if group_size == 1 else loss / group_size
+        self.scaler.scale(share).backward()
+        return loss.detach()
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's all-reduce on the group's last backward only (``no_sync`` before it)."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
     def _log_window(self, bar: tqdm, position: int) -> None:
         """A logging point: read the device-side stats (the one sync of the window), stop on
@@ -384,8 +528,9 @@ class Trainer:
         if not limit or run < limit:
             return
         run, step = int(run), self.state.step
-        first = position - run + 1  # batch position of the first bad step in this epoch
-        files = batch_files(self.train_loader, max(first, 0) if first >= 0 else position)
+        first = position - run + 1  # step position of the first bad step in this epoch
+        batch = (first if first >= 0 else position) * self.opt.accumulate_grad_batches
+        files = batch_files(self.train_loader, batch)  # its first batch
         scale = f"{self.scaler.get_scale():g}" if self.scaler.is_enabled() else "none"
         raise divergence_error(run, step, limit, self.step_lr, scale, self.precision, files, first)
 
@@ -403,14 +548,39 @@ class Trainer:
                 "(scheduler.warmup_epochs), or set trainer.grad_clip"
             )
 
+    def _fit_schedule_to_run(self) -> None:
+        """After a resume: the schedule's length comes back from the checkpoint; when this
+        run's steps per epoch (another world size or batch size) or epoch count make another
+        last step, the schedule is retargeted to end there (say so in the log)."""
+        s = self.state
+        last_epoch = self.max_epochs
+        if self.budget_s is not None and s.planned_epochs is not None:
+            last_epoch = s.planned_epochs
+        done = -(-s.epoch_step // self.opt.accumulate_grad_batches)  # steps into the epoch
+        total = s.step + (last_epoch - s.epoch) * self.steps_per_epoch - done
+        if self.opt.max_steps is not None:
+            total = min(total, self.opt.max_steps)
+        old = getattr(self.scheduler, "total_steps", None)
+        if old is None or total <= s.step or old == total:
+            return
+        how = budget.retarget_schedule(self.scheduler, total)
+        log.info(
+            "resume: %d steps per epoch, %d epochs: this run ends at step %d; %s",
+            self.steps_per_epoch,
+            last_epoch,
+            total,
+            how or f"{type(self.scheduler).__name__} keeps its length",
+        )
+
     # ----------------------------------------------------------------- eval
     def validate(self, epoch: int) -> dict:
         """Score the val loader (summed across ranks), log it, and hand it to the tracker."""
         samples = SampleCollector(self.opt.num_vis)
         if self.ema is not None:  # BatchNorm statistics may differ between ranks
             dist.broadcast_tensors(list(self.ema.module.buffers()))
+        model = self.eval_model
         metrics = evaluate(
-            self.eval_model,
+            model if self.val_predictor is None else self.val_predictor(model),
             self.val_loader,
             self.cm,
             device=self.info.device,
@@ -474,7 +644,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        names = [f.name for f in dataclasses.fields(TrainState)]  # older files lack some
-        self.state = TrainState(**{k: ckpt[k] for k in names if ckpt.get(k) is not None})
+        self.state = TrainState.from_checkpoint(ckpt)
+        self._fit_schedule_to_run()
         with contextlib.suppress(KeyError, ValueError, RuntimeError):
             ckpt_io.set_rng_state(ckpt["rng"])

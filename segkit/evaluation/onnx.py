@@ -1,12 +1,13 @@
 """Export a trained model to ONNX, run the exported file, and check it against PyTorch.
 
-The exported graph maps ``images (N,3,H,W)`` float32 (normalised as in training) to
-``logits (N,C,H,W)``, with N, H and W dynamic. ``exporter="dynamo"`` goes through
-``torch.export``; ``"legacy"`` through the TorchScript tracer. Either way a model that tests a
-size in Python (``if h % 16: pad``) is silently frozen at the example's size, so every export is
-followed by :func:`parity_check` on real images at several sizes, the export size among them
-and others that are not multiples of 32. The label space and input size travel in the file's
-metadata (``segkit.*`` keys), so ``scripts/predict.py ckpt=model.onnx`` needs nothing else.
+The exported graph maps ``images (N,C_in,H,W)`` float32 (normalised as in training; C_in the
+run's ``in_channels``, 1 for gray) to ``logits (N,C,H,W)``, with N, H and W dynamic.
+``exporter="dynamo"`` goes through ``torch.export``; ``"legacy"`` through the TorchScript
+tracer. Either way a model that tests a size in Python (``if h % 16: pad``) is silently frozen
+at the example's size, so every export is followed by :func:`parity_check` on real images at
+several sizes, the export size among them and others that are not multiples of 32. The label
+space and input size travel in the file's metadata (``segkit.*`` keys), so
+``scripts/predict.py ckpt=model.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ EXPORTERS = ("dynamo", "legacy")
 EXAMPLE_BATCH = 2  # torch.export specialises dimensions of size 0 and 1: use 2
 INPUT, OUTPUT = "images", "logits"
 META_LABELS, META_SHAPE, META_MODEL = "segkit.labels", "segkit.input_shape", "segkit.model"
+META_WINDOW = "segkit.window"  # the default sliding window: the training crop
 ONNX_HINT = 'needs onnxruntime and onnx: pip install -e ".[onnx]"'
 
 
@@ -92,13 +94,22 @@ def export_onnx(
     return path
 
 
-def export_metadata(labels: LabelSpace, input_shape: Sequence[int], model_target: str) -> dict:
-    """The ``segkit.*`` metadata entries of an exported file (JSON strings)."""
-    return {
+def export_metadata(
+    labels: LabelSpace,
+    input_shape: Sequence[int],
+    model_target: str,
+    window: Sequence[int] | None = None,
+) -> dict:
+    """The ``segkit.*`` metadata entries of an exported file (JSON strings): the label space,
+    the input size of ``whole`` and the default ``slide`` window (when given)."""
+    meta = {
         META_LABELS: json.dumps(labels.to_dict()),
         META_SHAPE: json.dumps([int(v) for v in input_shape]),
         META_MODEL: str(model_target),
     }
+    if window is not None:
+        meta[META_WINDOW] = json.dumps([int(v) for v in window])
+    return meta
 
 
 def set_metadata(path: Path, metadata: Mapping[str, str]) -> None:
@@ -119,8 +130,9 @@ def _import(name: str):
 # --------------------------------------------------------------------------- running a file
 class OnnxModel(nn.Module):
     """An exported ``.onnx`` file under ONNX Runtime (CPU) with the model contract:
-    ``forward(x (N,3,H,W)) -> {"out": (N,C,H,W) logits}`` on x's device. ``labels`` and
-    ``input_shape`` come from the file's ``segkit.*`` metadata (None when absent)."""
+    ``forward(x (N,C_in,H,W)) -> {"out": (N,C,H,W) logits}`` on x's device. ``labels``,
+    ``input_shape`` and ``window`` come from the file's ``segkit.*`` metadata (None when
+    absent; files exported before the window was stored lack it)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
@@ -142,6 +154,7 @@ class OnnxModel(nn.Module):
             LabelSpace.from_dict(json.loads(meta[META_LABELS])) if META_LABELS in meta else None
         )
         self.input_shape = tuple(json.loads(meta[META_SHAPE])) if META_SHAPE in meta else None
+        self.window = tuple(json.loads(meta[META_WINDOW])) if META_WINDOW in meta else None
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,6 +19,14 @@ from segkit.errors import CheckpointError
 _DOTTED = re.compile(r"[A-Za-z]\w*(\.[A-Za-z]\w*)+")  # no leading underscores: no dunders
 
 
+# What nested ``_target_``s of a stored config may name besides torch.nn layers: a model's
+# blocks; a dataset's augmentation steps (plain classes of segkit.data, torchvision v2
+# transforms). Classes only, resolved within these packages; nothing else is imported.
+_NESTED = {
+    "model": (("segkit.models", nn.Module),),
+    "dataset": (("segkit.data", object), ("torchvision.transforms.v2", nn.Module)),
+}
+
 _FIX = {
     "model": "build the model from your own config and load the weights with model.init_from=PATH",
     "dataset": "name the dataset yourself (eval.py dataset=NAME)",
@@ -49,7 +57,7 @@ def _check_targets(node: Any, name: str, root: str, base: type, source: str | Pa
         )
     for key, target in _targets(node, name):
         top = key == f"{name}._target_"
-        allowed = [(root, base)] if top else [(root, nn.Module), ("torch.nn", nn.Module)]
+        allowed = [(root, base)] if top else [*_NESTED[name], ("torch.nn", nn.Module)]
         if not any(_resolves_within(target, r, b) for r, b in allowed):
             raise CheckpointError(
                 f"{source}: the stored {name} config names {key}={target!r}, which is not one "

@@ -6,8 +6,9 @@ running code: ``model`` (state dict, no ``module.`` prefix), ``optimizer``, ``sc
 ``scaler``, ``epoch`` (epochs completed), ``step`` (optimiser steps done), ``best_miou``,
 ``best_epoch``, ``rng`` (`rng_state`: generator states as lists and tensors), ``config`` (the
 resolved run config), ``labels`` (``LabelSpace.to_dict()``), ``class_names``, ``palette``,
-``metrics`` (last validation) and ``world_size``. Checkpoints of the previous format (numpy's
-RNG state as an array) load too and are upgraded in memory.
+``metrics`` (last validation), ``world_size`` and ``tracking`` (``{logger: run id}``: the
+experiment trackers' runs, so a resumed run continues them). Checkpoints of the previous
+format (numpy's RNG state as an array) load too and are upgraded in memory.
 
 A weights file (`segkit.io.weights_file.export_weights`) is a ``.safetensors`` file: the model's
 tensors, and as JSON metadata the run config, label space, class names and palette.
@@ -115,6 +116,8 @@ def tidy_checkpoint_dir(folder: Path) -> None:
     state = load(last)
     if state.get("best_epoch") != state.get("epoch") or state.get("epoch_step"):
         return
+    if state.get("best_step", -1) not in (-1, state.get("step")):  # best inside the epoch
+        return
     if best.is_file() and load(best).get("epoch") == state["epoch"]:
         return
     log.warning(
@@ -168,29 +171,16 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """Turn ``resume`` into a checkpoint path, or None for a fresh start.
 
-    ``None``/``""``: fresh. ``auto``: the newest loadable checkpoint in ``run_dir`` if any
-    checkpoint exists there, else fresh; an unsafe file stops it rather than being skipped.
+    ``None``/``""``: fresh. ``auto``: the loadable checkpoint in ``run_dir`` furthest into
+    training (`_furthest_checkpoint`) if any checkpoint exists there, else fresh; an unsafe
+    file stops it rather than being skipped.
     A path: a checkpoint file, or a run directory (its ``checkpoints/last.pt``); missing ->
     CheckpointError.
     """
     if not resume:
         return None
     if str(resume) == "auto":
-        candidates = sorted(
-            (run_dir / CKPT_DIR).glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True
-        )
-        for cand in candidates:
-            try:
-                load(cand)
-                return cand
-            except UnsafeCheckpointError:
-                raise
-            except CheckpointError as e:
-                log.warning("skipping unusable checkpoint: %s", e)
-        if candidates:
-            names = ", ".join(str(c) for c in candidates)
-            raise CheckpointError(f"resume=auto: no loadable checkpoint among {names}")
-        return None
+        return _furthest_checkpoint(run_dir / CKPT_DIR)
     path = Path(resume).expanduser()
     if path.is_dir():
         path = path / CKPT_DIR / LAST
@@ -200,6 +190,36 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
             "directory, or resume=auto"
         )
     return path
+
+
+# on equal progress: the training state before the epoch-end file, ``best`` last (calibration
+# rewrites it after training: it is a deployment file, not where training stands)
+_RESUME_ORDER = (INTERRUPT, PERIODIC, LAST, BEST)
+
+
+def _furthest_checkpoint(folder: Path) -> Path | None:
+    """The loadable checkpoint furthest into training (optimiser step, then epoch and position
+    in it; ties by `_RESUME_ORDER`), never chosen by file time. None when the folder holds no
+    checkpoint; CheckpointError when none of them loads."""
+    candidates = sorted(folder.glob("*.pt"))
+    progress = {}
+    for cand in candidates:
+        try:
+            state = load(cand)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as e:
+            log.warning("skipping unusable checkpoint: %s", e)
+            continue
+        rank = _RESUME_ORDER.index(cand.name) if cand.name in _RESUME_ORDER else len(_RESUME_ORDER)
+        keys = (state.get("step") or 0, state.get("epoch") or 0, state.get("epoch_step") or 0)
+        progress[cand] = (*keys, -rank)
+    if progress:
+        return max(progress, key=progress.__getitem__)
+    if candidates:
+        names = ", ".join(str(c) for c in candidates)
+        raise CheckpointError(f"resume=auto: no loadable checkpoint among {names}")
+    return None
 
 
 # --------------------------------------------------------------------------- RNG
@@ -270,15 +290,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class CheckpointWriter:
-    """Rank 0's checkpoint folder: each checkpoint written atomically under its name."""
+    """Rank 0's checkpoint folder: each checkpoint written atomically under its name.
+    ``extra``: plain entries added to every checkpoint (``tracking``: the loggers' run ids)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.extra: dict[str, Any] = {}
 
     def save(self, name: str, make_state: Callable[[], dict[str, Any]]) -> Path:
         """``make_state()`` saved as ``folder/name``; the state is only built where it is saved."""
         path = self.folder / name
-        save_atomic(make_state(), path)
+        save_atomic({**make_state(), **self.extra}, path)
         return path
 
     def remove(self, *names: str) -> None:

@@ -28,6 +28,7 @@ METRICS_CSV = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 STATUS_FILE = "status.json"
 PLOTS_DIR = "plots"
+REPLACED_DIR = "replaced"  # overwrite=true moves an earlier run's files there (run_ownership)
 STATUSES = ("running", "finished", "failed", "interrupted", "diverged")
 
 
@@ -219,12 +220,14 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
 
 # --------------------------------------------------------------------------- file list
 def log_run_files(run_dir: Path) -> list[Path]:
-    """Log where every file of the run is (all but the event files and Hydra's ``.hydra/``)
-    and how to open TensorBoard; returns the files listed."""
+    """Log where every file of the run is (all but the event files, Hydra's ``.hydra/`` and an
+    earlier run's ``replaced/``) and how to open TensorBoard; returns the files listed."""
     files = sorted(
         p
         for p in run_dir.rglob("*")
-        if p.is_file() and (top := p.relative_to(run_dir).parts[0]) != "tb" and top[0] != "."
+        if p.is_file()
+        and (top := p.relative_to(run_dir).parts[0]) not in ("tb", REPLACED_DIR)
+        and top[0] != "."
     )
     lines = [f"  {p}" for p in files] + [f"  tensorboard --logdir {run_dir / 'tb'}"]
     log.info("run files:\n%s", "\n".join(lines))

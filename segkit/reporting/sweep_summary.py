@@ -22,6 +22,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from segkit.dist import launcher_rank
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("job", "overrides", "status", "best_miou", "best_epoch", "duration_s", "error")
@@ -132,8 +134,8 @@ class SweepSummary(Callback):
         self._start = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
-            return
+        if config.hydra.mode != RunMode.MULTIRUN or launcher_rank() != 0:
+            return  # a job's other ranks ran Hydra too (a SLURM job's tasks): rank 0 reports
         sweep_dir = Path(config.hydra.sweep.dir)
         row = job_row(config, job_return, time.time() - self._start)
         with open(sweep_dir / ROWS_FILE, "a") as f:  # append: jobs may run in other processes

@@ -1,11 +1,14 @@
-"""What a run leaves for people to look at: TensorBoard events, ``metrics.csv``, pictures in
-``plots/``, the config snapshot, ``result.json`` and ``status.json``.
+"""What a run leaves for people to look at: ``metrics.csv``, pictures in ``plots/``,
+``result.json``, and through its loggers (TensorBoard, MLflow, W&B: ``conf/logger``) every
+scalar, picture, table, parameter and artifact.
 
 Only rank 0 has a :class:`Tracker`; every other rank gets a :class:`NullTracker`, so the
-training loop never asks which rank it is on. The Trainer calls :meth:`Tracker.log_scalars`
-every ``log_every`` steps,
+training loop never asks which rank it is on (and the other ranks never open a connection to a
+tracking server). The Trainer calls :meth:`Tracker.log_scalars` every ``log_every`` steps,
 :meth:`Tracker.log_val` per validation, :meth:`Tracker.log_epoch` per epoch and
-:meth:`Tracker.finish` once.
+:meth:`Tracker.finish` once. The Tracker hands each record to every :class:`ExperimentLogger`;
+a logger never raises for a server that is down (it keeps what it could not send), so the
+run's files are written whatever the loggers do.
 """
 
 from __future__ import annotations
@@ -13,21 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from segkit.data.base import LabelSpace
 from segkit.evaluation.metrics import format_table
+from segkit.reporting.experiment_logger import ExperimentLogger, RunContext
 from segkit.reporting.figures import (  # SampleCollector: re-exported for the Trainer
     CALIBRATED_TAG,
     HPARAM_METRICS,
     SampleCollector,
     confusion_figure,
     curves_figure,
-    custom_layout,
     denormalize,
-    hparams_summaries,
     sample_grid,
     save_figure,
     write_eval_report,
@@ -42,6 +46,7 @@ from segkit.reporting.run_files import (
     read_table,
     write_atomic,
 )
+from segkit.reporting.tensorboard_logger import TensorBoardLogger
 
 log = logging.getLogger("segkit")
 
@@ -65,61 +70,86 @@ class NullTracker:
 
 
 class Tracker:
-    """TensorBoard writer in ``run_dir/tb`` plus the run's files; rank 0 only.
+    """The run's files plus its loggers; rank 0 only.
 
-    ``start_step``: the optimiser step the run starts from; a resumed run purges the events
-    and the ``metrics.csv`` rows a killed run wrote after its last checkpoint, so the curves
-    continue without overlap.
-    """
+    ``start_step``: the optimiser step the run starts from; a resumed run drops the
+    ``metrics.csv`` rows a killed run wrote after its last checkpoint (and TensorBoard purges
+    its events), so the curves continue without overlap. ``loggers``: the backends of
+    ``conf/logger``; None -> TensorBoard in ``run_dir/tb``."""
 
-    def __init__(self, run_dir: Path, labels: LabelSpace, start_step: int = 0) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(
+        self,
+        run_dir: Path,
+        labels: LabelSpace,
+        start_step: int = 0,
+        loggers: Sequence[ExperimentLogger] | None = None,
+    ) -> None:
         self.run_dir, self.labels = Path(run_dir), labels
-        purge = start_step + 1 if start_step > 0 else None
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+        if loggers is None:
+            loggers = [TensorBoardLogger(RunContext(self.run_dir, start_step))]
+        self.loggers = list(loggers)
         rows = keep_rows(self.run_dir / METRICS_CSV, start_step) if start_step > 0 else []
         scores = [float(r["miou"]) for r in rows if r.get("miou") not in (None, "")]
         self.best_miou = max(scores, default=-math.inf)  # for val/best_mIoU after a resume
         self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
         self._tags: set[str] = set()
-        self._layout: dict | None = None
+        self._closed = False
 
     wants_samples = True
 
+    def run_ids(self) -> dict[str, str]:
+        """``{logger name: run id}``: what the checkpoint keeps so a resume continues them."""
+        return {lg.name: lg.run_id for lg in self.loggers if lg.run_id is not None}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for lg in self.loggers:
+            lg.log_params(params)
+
     def close(self) -> None:
-        """Flush and close the event file (an interrupted run; `finish` closes a finished one)."""
-        self.writer.flush()
-        self.writer.close()
+        """An interrupted or failed run: flush and end every logger's run (once), saying what
+        was not sent."""
+        self._close(finished=False)
+
+    def _close(self, finished: bool) -> None:
+        if self._closed:  # an interrupt closes, then the failure path again
+            return
+        self._closed = True
+        for lg in self.loggers:
+            for line in lg.close(finished):
+                log.warning("%s: %s", lg.name, line)
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        """TensorBoard scalars ``{tag: value}`` at optimiser step ``step``."""
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, step)
+        """Scalars ``{tag: value}`` at optimiser step ``step``, to every logger."""
+        for lg in self.loggers:
+            lg.log_scalars(step, scalars)
         self._tags.update(scalars)
+
+    def _log_figure(self, tag: str, figure: Any, step: int) -> None:
+        image = figure_image(figure)  # drawn once for every logger
+        for lg in self.loggers:
+            lg.log_image(tag, image, step)
+
+    def _flush(self, step: int) -> None:
+        for lg in self.loggers:
+            lg.flush(step)
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch to ``metrics.csv`` (header on first write). ``row``: epoch, step,
         lr, train_loss, val_loss, miou, pixel_acc (None when not validated), iou (per-class
         list or None), epoch_time_s; per-class IoU becomes one ``iou/<class>`` column each.
-        ``train_loss`` also goes to TensorBoard as ``train/loss_epoch`` at ``step``."""
+        ``train_loss`` also goes to the loggers as ``train/loss_epoch`` at ``step``."""
         iou = row.get("iou") or [None] * self.labels.num_classes
         flat = {k: v for k, v in row.items() if k != "iou"}
         flat.update({f"iou/{n}": v for n, v in zip(self.labels.class_names, iou)})
         append_row(self.run_dir / METRICS_CSV, flat)
         if row.get("train_loss") is not None:
             self.log_scalars(row["step"], {"train/loss_epoch": row["train_loss"]})
-        layout = custom_layout(self._tags)
-        if layout != self._layout:  # written again whenever a new tag appears
-            from torch.utils.tensorboard.summary import custom_scalars
-
-            self.writer.file_writer.add_summary(custom_scalars(layout), row["step"])
-            self._layout = layout
-        self.writer.flush()
+        self._flush(row["step"])
 
     def log_val(self, step: int, epoch: int, metrics: dict, samples: SampleCollector) -> None:
-        """Scalars (val/best_mIoU: the best so far), per-class IoU, the sample grid and the
-        labelled confusion matrix; one console line with mIoU and the three worst classes."""
+        """Scalars (val/best_mIoU: the best so far), per-class IoU (scalars and a table), the
+        sample grid and the labelled confusion matrix; one console line with mIoU and the three
+        worst classes."""
         lab = self.labels
         if not math.isnan(metrics["miou"]):
             self.best_miou = max(self.best_miou, metrics["miou"])
@@ -131,27 +161,35 @@ class Tracker:
         }
         if math.isfinite(self.best_miou):
             scalars["val/best_mIoU"] = self.best_miou
-        ious = zip(lab.class_names, metrics["iou"])
+        ious = list(zip(lab.class_names, metrics["iou"]))
         scalars.update({f"val_iou/{n}": v for n, v in ious if not math.isnan(v)})
         self.log_scalars(step, scalars)
+        rows = [[n, None if math.isnan(v) else float(v)] for n, v in ious]
+        for lg in self.loggers:
+            lg.log_table("val/per_class_iou", ["class", "iou"], rows, step)
         if samples.samples:
             triples = [(denormalize(i, lab.mean, lab.std), m, p) for i, m, p in samples.samples]
             grid = sample_grid(triples, lab.class_names, lab.palette, lab.ignore_index)
-            self.writer.add_figure("val/image|label|pred", grid, step)
+            self._log_figure("val/image|label|pred", grid, step)
         title = f"confusion matrix (row-normalised), epoch {epoch}"
         conf = confusion_figure(metrics["confusion"], lab.class_names, title)
-        self.writer.add_figure("val/confusion", conf, step)
-        self.writer.flush()
+        self._log_figure("val/confusion", conf, step)
+        self._flush(step)
         self.last_val = (epoch, metrics)
         log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
 
     def finish(
-        self, hparams: dict[str, Any], result: dict, *, varied: Iterable[str] = ()
+        self,
+        hparams: dict[str, Any],
+        result: dict,
+        *,
+        varied: Iterable[str] = (),
+        artifacts: Sequence[Path] = (),
     ) -> list[Path]:
-        """Log hparams (+ params/FLOPs) into the run's event stream, close it, write
-        ``result.json`` and the report (:meth:`write_report`); log where every file is.
-        ``varied``: the hparams a sweep varies (:func:`override_keys`), listed first in the
-        HParams tab. Returns the report's files."""
+        """Log hparams (+ params/FLOPs) and ``artifacts`` to the loggers and end their runs
+        (saying what was not sent), write ``result.json`` and the report (:meth:`write_report`);
+        log where every file is. ``varied``: the hparams a sweep varies (:func:`override_keys`),
+        listed first in TensorBoard's HParams tab. Returns the report's files."""
         if result.get("calibrated_val_miou") is not None:  # at the last step, next to val/mIoU
             self.log_scalars(result["steps"], {CALIBRATED_TAG: result["calibrated_val_miou"]})
         hp = dict(hparams)
@@ -160,9 +198,11 @@ class Tracker:
             hp["gflops"] = result["complexity"]["flops"] / 1e9
         # the calibrated score only where there is one (an empty column otherwise)
         metrics = [t for t in HPARAM_METRICS if t != CALIBRATED_TAG or t in self._tags]
-        for summary in hparams_summaries(hp, varied, metrics):
-            self.writer.file_writer.add_summary(summary)
-        self.writer.close()
+        for lg in self.loggers:
+            lg.log_hparams(hp, list(varied), metrics)
+            for path in artifacts:
+                lg.log_artifact(Path(path))
+        self._close(finished=True)
         write_atomic(self.run_dir / RESULT_FILE, json.dumps(result, indent=2))
         files = self.write_report()
         log_run_files(self.run_dir)
@@ -182,6 +222,12 @@ class Tracker:
             table = format_table(metrics, lab.class_names)
             log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
         return files
+
+
+def figure_image(figure: Any) -> np.ndarray:
+    """A matplotlib figure on the Agg canvas as an ``(H, W, 3)`` uint8 RGB array."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
 def worst_classes(metrics: dict, labels: LabelSpace, k: int = 3) -> str:

@@ -2,6 +2,7 @@
 
 - ``models``: a model from a config node, a ``conf/model`` name or a checkpoint's stored config;
 - ``building``: config nodes -> datasets, loaders, loss, optimizer, schedule, Trainer;
+- ``start_checks``: train.py's Hydra callback: the run directory claimed, every sweep job checked;
 - ``training``: the train task of ``train.py`` (spawning, resume, status, result files);
 - ``evaluation``: the evaluate task of ``eval.py`` (evaluation modes, metrics files);
 - ``calibration``: fitting and scoring a checkpoint's logit biases (``calibrate.enabled``).

@@ -4,7 +4,10 @@ Trainer's loop keyword arguments). Pure construction; the tasks are in ``trainin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.util
+import inspect
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -18,18 +21,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segkit import dist, precision
+from segkit.config.checks import accepted_kwargs, locate
 from segkit.config.keys import DATASET_RUN_KEYS
 from segkit.data.doctor import check_for_training
 from segkit.data.original_size import OriginalSizeMasks, collate_original
 from segkit.data.problems import write_bad_samples
 from segkit.data.stats import CLASS_WEIGHT_METHODS, auto_class_weights, is_class_weight_method
+from segkit.engine.activation_checkpointing import checkpoint_encoder
 from segkit.engine.loader import StopSafeLoader
-from segkit.engine.trainer import LoopOptions, Trainer
+from segkit.engine.trainer import LoopOptions, Trainer, TrainState
 from segkit.errors import CheckpointError, ConfigError
+from segkit.evaluation.predictors import make_predictor
 from segkit.io import checkpoint as ckpt_io
 from segkit.losses.detail import DetailGuided
-from segkit.optim import param_groups
-from segkit.reporting.tracker import NullTracker
+from segkit.optim import ParamGroups, log_table
+from segkit.reporting.experiment_logger import RunContext
+from segkit.reporting.run_files import hparams_of, task_overrides
+from segkit.reporting.tracker import NullTracker, Tracker
 from segkit.run.models import instantiate_model
 
 log = logging.getLogger("segkit")
@@ -124,8 +132,19 @@ def build_loaders(cfg: DictConfig, train_ds, val_ds, info: dist.DistInfo):
 
 
 def build_model(cfg: DictConfig, info: dist.DistInfo) -> nn.Module:
-    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn)."""
+    """``cfg.model`` on this rank's device (SyncBatchNorm under DDP on CUDA with sync_bn;
+    activation checkpointing of its encoder with ``trainer.activation_checkpointing``)."""
     model = instantiate_model(cfg.model)
+    if cfg.trainer.get("activation_checkpointing"):
+        blocks = checkpoint_encoder(model)
+        if blocks:
+            log.info("trainer.activation_checkpointing: %d encoder blocks", len(blocks))
+        else:
+            log.warning(
+                "trainer.activation_checkpointing: %s has no encoder block to checkpoint "
+                "(nothing changes)",
+                type(model).__name__,
+            )
     if cfg.launch.sync_bn and info.distributed:
         if info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -179,14 +198,32 @@ def build_loss(cfg: DictConfig, train_ds) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over two groups: with and without weight decay (norm, bias)."""
-    return instantiate(cfg.optimizer)(params=param_groups(model))
+    """``cfg.optimizer`` over the groups of ``optimizer.param_groups`` (per-module lr and
+    weight decay multipliers, no decay on norms and biases); their table goes to the log."""
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    rules = node.pop("param_groups", None)
+    make = instantiate(node)
+    groups = (instantiate(rules) if rules else ParamGroups())(
+        model, lr=node["lr"], weight_decay=_default_arg(make, node, "weight_decay", 0.0)
+    )
+    log.info("optimizer parameter groups:\n%s", log_table(groups))
+    return make(params=groups)
+
+
+def _default_arg(make: functools.partial, node: dict, name: str, fallback: Any) -> Any:
+    """``node[name]``, else the default of that argument of the partial's class."""
+    if name in node:
+        return node[name]
+    param = inspect.signature(make.func).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def build_scheduler(cfg: DictConfig, optimizer, loader_len: int):
-    """``cfg.scheduler``, stepped per iteration; step counts come from the loader length."""
-    per_epoch = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
-    total = cfg.trainer.max_epochs * per_epoch
+    """``cfg.scheduler``, stepped per optimiser step; step counts come from the loader length
+    (one step per ``trainer.accumulate_grad_batches`` batches)."""
+    batches = min(loader_len, cfg.trainer.limit_train_batches or loader_len)
+    per_epoch = -(-batches // cfg.trainer.accumulate_grad_batches)
+    total = cfg.trainer.max_steps or cfg.trainer.max_epochs * per_epoch
     return instantiate(cfg.scheduler)(optimizer, total_steps=total, steps_per_epoch=per_epoch)
 
 
@@ -203,17 +240,114 @@ def check_resume_fits(stored: dict, cfg: DictConfig, path: Any) -> None:
         )
 
 
-def resume(trainer: Trainer, cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> None:
-    """``resume``: restore the trainer from a checkpoint (see checkpoint.resolve_resume)."""
+def load_resume(cfg: DictConfig, run_dir: Path, info: dist.DistInfo) -> tuple[Path, dict] | None:
+    """``resume`` -> (path, checkpoint) to continue from (see checkpoint.resolve_resume), or
+    None for a fresh start; the checkpoint must hold the configured model."""
     path = ckpt_io.resolve_resume(cfg.resume, run_dir)
-    if path is not None:
-        ckpt = ckpt_io.load(path, map_location=info.device)
-        check_resume_fits(ckpt["config"], cfg, path)
-        trainer.load_state(ckpt)
-        n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
-        log.info(
-            "resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n
-        )
+    if path is None:
+        return None
+    ckpt = ckpt_io.load(path, map_location=info.device)
+    check_resume_fits(ckpt["config"], cfg, path)
+    return path, ckpt
+
+
+def run_finished(ckpt: dict, cfg: DictConfig) -> bool:
+    """Whether the run of ``ckpt`` has nothing left to do under this config (``max_steps``
+    steps, or its planned epochs under ``trainer.max_time_min``, else ``max_epochs``)."""
+    t = cfg.trainer
+    state = TrainState.from_checkpoint(ckpt)
+    return state.finished(t.max_epochs, t.max_time_min is not None, t.max_steps)
+
+
+def resume(trainer: Trainer, path: Path, ckpt: dict) -> dict[str, str]:
+    """Restore the trainer from ``ckpt`` (read from ``path`` by :func:`load_resume`). Returns
+    the checkpoint's tracker run ids (``{logger: run id}``)."""
+    trainer.load_state(ckpt)
+    n, epoch, step = ckpt.get("world_size", 1), ckpt["epoch"], ckpt["step"]
+    log.info("resumed from %s at epoch %d, step %d (saved by %d process(es))", path, epoch, step, n)
+    return dict(ckpt.get("tracking") or {})
+
+
+def val_predictor(cfg: DictConfig) -> Callable[[nn.Module], nn.Module] | None:
+    """``dataset.val_window``: validation runs the model in windows of that size, overlapping
+    by ``eval.slide.overlap`` (as eval.py's slide mode); None: on the whole picture."""
+    window = cfg.dataset.get("val_window")
+    if not window:
+        return None
+    return functools.partial(
+        make_predictor,
+        mode="slide",
+        window=list(window),
+        overlap=cfg.eval.slide.overlap,
+        batch=cfg.loader.val_batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- loggers
+def check_loggers(cfg: DictConfig) -> None:
+    """Before any work: each ``logger.<name>`` imports, its package is installed (else the
+    install command), and each of its keys is an argument it takes."""
+    for key, node in (cfg.get("logger") or {}).items():
+        cls = locate(node._target_, f"logger.{key}")
+        package, extra = getattr(cls, "requires", (None, None))
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger.{key}: the {package} package is not installed; install it with "
+                f'`pip install -e ".[{extra}]"` in the segkit folder (or `pip install {package}`), '
+                "or choose another logger (logger=tensorboard)"
+            )
+        known = accepted_kwargs(cls) or set()
+        for arg in node:
+            if not str(arg).startswith("_") and arg not in known:
+                raise ConfigError(
+                    f"logger.{key}.{arg}: {cls.__name__} has no argument {arg!r}; its arguments: "
+                    f"{sorted(known - {'context'})}"
+                )
+
+
+def sweep_group(run_dir: Path) -> str | None:
+    """The sweep folder of a multirun job (its ``.hydra/hydra.yaml`` says MULTIRUN), else
+    None: the group its tracker runs share."""
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return None
+    mode = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.mode")
+    return str(run_dir.resolve().parent) if str(mode) == "MULTIRUN" else None
+
+
+def flat_params(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested plain config; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def build_tracker(
+    cfg: DictConfig, trainer: Trainer, out_dir: Path, run_config: dict, run_ids: dict[str, str]
+) -> Tracker:
+    """Rank 0's tracker with the ``logger`` backends, given the resolved config and the
+    overridden keys as params; their run ids go into every checkpoint from now on (a resume
+    continues the same runs). ``run_ids``: from the checkpoint resumed, if any."""
+    overrides = task_overrides(out_dir)
+    base = RunContext(
+        out_dir,
+        trainer.state.step,
+        group=sweep_group(out_dir),
+        name=out_dir.name,
+        tags={"segkit.overrides": " ".join(overrides)[:5000]},
+    )
+    loggers = []
+    for key, node in (cfg.get("logger") or {}).items():
+        make = instantiate(node)
+        loggers.append(make(context=dataclasses.replace(base, run_id=run_ids.get(key))))
+    tracker = Tracker(out_dir, trainer.labels, trainer.state.step, loggers=loggers)
+    tracker.log_params({**flat_params(run_config), **hparams_of(run_config, overrides)})
+    trainer.checkpoints.extra = {"tracking": tracker.run_ids()}
+    return tracker
 
 
 def build_trainer(
@@ -247,5 +381,6 @@ def build_trainer(
         run_config=run_config or {},
         tracker=NullTracker(),
         options=loop_options(cfg, show_progress=out_dir is not None),
+        val_predictor=val_predictor(cfg),
     )
     return trainer, model

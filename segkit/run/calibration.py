@@ -21,7 +21,7 @@ from segkit.evaluation.predictors import predictor_for
 from segkit.io import checkpoint as ckpt_io
 from segkit.run.building import dataset_factory
 from segkit.run.evaluation import eval_dataset_config, eval_modes, eval_precision
-from segkit.run.models import checkpoint_input_shape, load_model
+from segkit.run.models import checkpoint_input_shape, checkpoint_window, load_model
 
 log = logging.getLogger("segkit")
 
@@ -63,8 +63,9 @@ def calibrate_checkpoint(
     images = spread_indices(len(train), max_images)
     loader = original_size_loader(train, batch_size, num_workers, images)
     biases, pixels = fit_mode_biases(
-        model, loader, train, ["whole", *modes], shape=shape, scales=scales, device=device, amp=amp
-    )
+        model, loader, train, ["whole", *modes],
+        window=checkpoint_window(ckpt), scales=scales, device=device, amp=amp,
+    )  # fmt: skip
     record = {"logit_bias": biases, "images": len(loader.sampler), "pixels": pixels}
     val_split = ds_cfg.get("val_split", "val")
     val = make(split=val_split, train=False) if val_split else None
@@ -99,18 +100,21 @@ def score_whole(
 
 
 def fit_mode_biases(
-    model, loader, dataset, modes: list[str], *, shape, scales, device, amp
+    model, loader, dataset, modes: list[str], *, window, scales, device, amp
 ) -> tuple[dict[str, list[float]], int]:
     """One set of logit biases per evaluation mode (each mode once, in order), fitted on
     ``loader`` (original-size batches of ``dataset``, or of the images its sampler picks)
-    -> ({mode: C floats}, pixels per mode)."""
+    -> ({mode: C floats}, pixels per mode). ``window``: of the ``slide`` modes (as eval.py's
+    default, `checkpoint_window`)."""
 
     per_image = max(1, math.ceil(MAX_PIXELS / max(1, len(loader.sampler))))
     biases: dict[str, list[float]] = {}
     pixels = 0
     for spec in dict.fromkeys(modes):
         t0 = time.perf_counter()
-        predictor = predictor_for(spec, model, window=shape, scales=scales, batch=loader.batch_size)
+        predictor = predictor_for(
+            spec, model, window=window, scales=scales, batch=loader.batch_size
+        )
         logits, labels = collect(
             predictor, loader, dataset.num_classes, dataset.ignore_index,
             device=device, amp_dtype=amp, pixels_per_image=per_image,

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segkit import dist
 from segkit import precision as prec
-from segkit.config.checks import check_eval_config
+from segkit.config.checks import check_components, check_eval_config
 from segkit.data.original_size import original_size_loader
 from segkit.errors import ConfigError
 from segkit.evaluation.logit_bias import stored_biases, with_bias
@@ -31,18 +31,19 @@ from segkit.io.allowlist import check_dataset_target
 from segkit.reporting.figures import PredictionWriter, write_eval_report
 from segkit.reporting.run_files import log_to_files
 from segkit.run.building import dataset_factory
-from segkit.run.models import checkpoint_input_shape, load_model
+from segkit.run.models import checkpoint_input_shape, checkpoint_window, load_model
 
 log = logging.getLogger("segkit")
 
 
-def evaluate(cfg: DictConfig) -> dict:
+def evaluate(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     """Score ``cfg.ckpt`` on ``cfg.split`` at the original resolution, once per evaluation mode;
     prints per-class and per-mode tables, writes ``metrics.json`` (the first mode, plus every
-    mode's means), pictures, and ``predictions/*.png`` with ``save_masks``."""
+    mode's means), pictures, and ``predictions/*.png`` with ``save_masks`` into ``out_dir``
+    (default: Hydra's run directory)."""
 
     check_eval_config(cfg)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = Path(out_dir or HydraConfig.get().runtime.output_dir)
     device = dist.select_device(cfg.launch.accelerator, 0)
     model, ckpt = load_model(cfg.ckpt, map_location="cpu")
     precision = eval_precision(cfg.precision, ckpt, device)
@@ -54,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ds = dataset_factory(ds_cfg)(split=cfg.split, train=False)
     loader = original_size_loader(ds, cfg.loader.batch_size, cfg.loader.num_workers)
     writer = PredictionWriter(ds.files, ds.palette, out_dir / "predictions")
-    window = cfg.eval.slide.window or checkpoint_input_shape(ckpt)
+    window = cfg.eval.slide.window or checkpoint_window(ckpt)
     modes, scales = eval_modes(cfg, ckpt)
     biases = stored_biases(ckpt, ds.num_classes, str(cfg.ckpt)) if cfg.logit_bias else {}
     if biases:
@@ -167,14 +168,19 @@ def eval_precision(chosen: str | None, ckpt: dict, device, key: str = "precision
 
 
 def eval_dataset_config(cfg: DictConfig, stored: dict, source: str) -> dict:
-    """The dataset to score: ``dataset=NAME`` if given, else the checkpoint's own config (only
-    segkit's dataset classes: a checkpoint is data, never code); ``dataset_root`` replaces its
-    root (same dataset, data somewhere else)."""
-    if cfg.get("dataset"):
-        ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    """The dataset to score: ``dataset=NAME`` (a whole config, with its ``_target_``) if given,
+    else the checkpoint's own config (only segkit's dataset classes: a checkpoint is data, never
+    code) with the keys of ``+dataset.KEY=VALUE`` overrides merged on top, each checked against
+    the dataset's arguments; ``dataset_root`` replaces its root (same dataset, data somewhere
+    else)."""
+    chosen = cfg.get("dataset") or OmegaConf.create({})
+    if "_target_" in chosen:
+        ds = OmegaConf.to_container(chosen, resolve=True)
     else:
         check_dataset_target(stored, source)
-        ds = dict(stored)
+        ds = OmegaConf.to_container(OmegaConf.merge(stored, chosen), resolve=True)
+        if chosen:  # a key the dataset does not take: one message naming it, not a TypeError
+            check_components(OmegaConf.create({"dataset": ds}))
     if cfg.dataset_root:
         ds["root"] = cfg.dataset_root
     return ds

@@ -116,3 +116,19 @@ def checkpoint_input_shape(ckpt: Mapping[str, Any]) -> tuple[int, int]:
     ds = ckpt["config"]["dataset"]
     shape = ds.get("val_input_shape") or ds.get("input_shape") or ds.get("image_size")
     return check_input_shape(shape)
+
+
+def checkpoint_window(ckpt: Mapping[str, Any]) -> tuple[int, int]:
+    """(H, W) of the ``slide`` windows when the command line sets none: the recipe's
+    ``eval.slide.window``, else the dataset's validation windows (``dataset.val_window``),
+    else the training crop (its ``dataset.input_shape``). A crop-trained
+    recipe scores at a larger `checkpoint_input_shape`; windows of the crop size show the model
+    what it learned on, and only windows smaller than the image make ``slide`` differ from
+    ``whole``."""
+    config = ckpt["config"]
+    slide = (config.get("eval") or {}).get("slide") if isinstance(config, Mapping) else None
+    window = slide.get("window") if isinstance(slide, Mapping) else None
+    ds = config["dataset"]
+    return check_input_shape(
+        window or ds.get("val_window") or ds.get("input_shape") or ds.get("image_size")
+    )

@@ -17,7 +17,7 @@ from segkit.config import schema
 from segkit.config.checks import check_train_config
 from segkit.engine import signals
 from segkit.engine import spawn as launch
-from segkit.engine.trainer import Trainer
+from segkit.engine.trainer import Trainer, TrainState
 from segkit.errors import Interrupted
 from segkit.io import checkpoint as ckpt_io
 from segkit.io.weights_file import export_weights
@@ -32,9 +32,17 @@ from segkit.reporting.run_files import (
     write_config,
     write_status,
 )
+from segkit.reporting.run_ownership import check_not_live
 from segkit.reporting.sweep_summary import finished_result
-from segkit.reporting.tracker import Tracker
-from segkit.run.building import build_trainer, resume, seed_everything
+from segkit.run.building import (
+    build_tracker,
+    build_trainer,
+    check_loggers,
+    load_resume,
+    resume,
+    run_finished,
+    seed_everything,
+)
 from segkit.run.calibration import calibrate_checkpoint
 
 log = logging.getLogger("segkit")
@@ -43,14 +51,17 @@ log = logging.getLogger("segkit")
 def train(cfg: DictConfig) -> float:
     """Train as configured; returns the best validation mIoU (what sweepers optimise)."""
     check_train_config(cfg)
+    check_loggers(cfg)  # a missing optional package stops here, before any work
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a relaunched sweep: skip or resume
+        check_not_live(run_dir)  # (a single run claimed its directory before Hydra wrote there)
         done = finished_result(run_dir)
         if done is not None:
             log.info("job already finished in %s (best mIoU %.4f)", run_dir, done["best_miou"])
             return done["best_miou"]
         if cfg.resume is None and list(run_dir.glob(f"{ckpt_io.CKPT_DIR}/*.pt")):
             cfg.resume = "auto"
+    dist.adopt_slurm_tasks()  # hydra/launcher=slurm with tasks_per_node x nodes > 1
     devices = dist.resolve_devices(cfg.launch.devices, cfg.launch.accelerator)
     try:
         if devices > 1 and not dist.launched_by_torchrun():
@@ -59,8 +70,10 @@ def train(cfg: DictConfig) -> float:
             return read_result(run_dir)["best_miou"]
         return train_rank(cfg, run_dir)
     except Interrupted:
-        if signals.preempted():  # submitit's time-limit / preemption signal: requeue the job
+        if signals.preempted() and dist.launcher_rank() == 0:  # submitit's signal: requeue
             requeue_preempted(run_dir)  # the process ends there, unless submitit refuses
+        elif signals.preempted() or signals.requeued_by_slurm():  # the other ranks of a job
+            signals.end_for_requeue()  # that submitit requeues; scontrol requeue's SIGTERM
         raise
 
 
@@ -78,7 +91,8 @@ def train_rank(cfg: DictConfig, run_dir: Path) -> float:
         out_dir = run_dir if info.is_main else None
         if launch.elastic_restarts() and cfg.resume is None:  # torchrun --max-restarts
             log.warning(
-                "elastic restart %d: resuming from the newest checkpoint", launch.elastic_restarts()
+                "elastic restart %d: resuming from the furthest checkpoint",
+                launch.elastic_restarts(),
             )
             cfg.resume = "auto"
         return _train(cfg, run_dir, out_dir, info)
@@ -96,6 +110,19 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     """seed -> data -> model -> loss/optimizer/schedule -> DDP -> resume -> fit -> result.
     Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
     t0 = time.time()
+    resume_from = load_resume(cfg, run_dir, info)
+    if resume_from is not None and run_finished(resume_from[1], cfg):  # leave every file as is
+        ckpt = resume_from[1]
+        log.info(
+            "the run already finished (epoch %d, step %d); nothing to do",
+            ckpt["epoch"],
+            ckpt["step"],
+        )
+        if out_dir is not None and (read_status(out_dir) or {}).get("status") != "finished":
+            # the directory's claim marked it running: it is the finished run it was
+            state = TrainState.from_checkpoint(ckpt)
+            write_status(out_dir, "finished", **finished_fields(state, out_dir))
+        return ckpt["best_miou"]
     seed_everything(cfg.seed)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     if out_dir is not None:
@@ -104,16 +131,17 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
         ckpt_io.tidy_checkpoint_dir(out_dir / ckpt_io.CKPT_DIR)
     dist.log_devices(info)
     trainer, model = build_trainer(cfg, info, out_dir=out_dir, run_config=run_config)
-    resume(trainer, cfg, run_dir, info)
-    if trainer.state.epoch >= trainer.max_epochs:  # resuming a finished run changes nothing
-        log.info("the run already finished %d epochs; nothing to do", trainer.state.epoch)
-        return trainer.state.best_miou
+    run_ids = resume(trainer, *resume_from) if resume_from is not None else {}
     report = log_complexity(model, cfg.dataset.input_shape)
     if out_dir is not None:
-        trainer.tracker = Tracker(out_dir, trainer.labels, trainer.state.step)
+        trainer.tracker = build_tracker(cfg, trainer, out_dir, run_config, run_ids)
     with signals.StopRequest() as stop:  # SIGINT / SIGTERM / submitit's: save, stop after the step
         trainer.stop = stop
-        state = trainer.fit()
+        try:
+            state = trainer.fit()
+        except Exception:
+            trainer.tracker.close()  # the loggers' runs end as not finished, with what is unsent
+            raise
     if out_dir is not None:
         finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
     log.info(
@@ -159,8 +187,8 @@ def restart_record(run_dir: Path) -> dict[str, Any]:
 
 def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) -> None:
     """Rank 0 at the end: with ``calibrate.enabled``, the logit biases of ``best.pt``
-    (`segkit.run.calibration`); hparams, plots and result.json (tracker), ``best.safetensors``
-    (the best weights to share), status.json."""
+    (`segkit.run.calibration`); ``best.safetensors`` (the best weights to share); hparams,
+    plots, result.json and the loggers' artifacts (tracker); status.json."""
     best = out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST
     calibrate = schema.build(schema.CalibrateOptions, run_config.get("calibrate"))
     if calibrate.enabled and best.is_file():
@@ -172,19 +200,24 @@ def finish_run(trainer: Trainer, out_dir: Path, run_config: dict, result: dict) 
             max_images=calibrate.max_images,
         )
         result["calibrated_val_miou"] = record["val_miou"]
-    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
-    trainer.tracker.finish(
-        hparams_of(run_config, overrides), result, varied=override_keys(overrides)
-    )
     if best.is_file():
         export_weights(best, best.with_suffix(".safetensors"))
-    state = trainer.state
-    write_status(
-        out_dir,
-        "finished",
-        epoch=state.epoch,
-        step=state.step,
-        best_miou=state.best_miou,
-        best_epoch=state.best_epoch,
-        best_checkpoint=best,
+    overrides = task_overrides(out_dir)  # .hydra/overrides.yaml; [] outside Hydra
+    trainer.tracker.finish(
+        hparams_of(run_config, overrides),
+        result,
+        varied=override_keys(overrides),
+        artifacts=[best.with_suffix(".safetensors")] if best.is_file() else [],
     )
+    write_status(out_dir, "finished", **finished_fields(trainer.state, out_dir))
+
+
+def finished_fields(state: Any, out_dir: Path) -> dict[str, Any]:
+    """What status.json says of a finished run (``TrainState``)."""
+    return {
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_miou": state.best_miou,
+        "best_epoch": state.best_epoch,
+        "best_checkpoint": out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST,
+    }

@@ -126,3 +126,30 @@ def test_sweep_of_ddp_jobs_records_failures_and_writes_a_summary(tmp_path):
     md = (sweep / "summary.md").read_text()
     assert "| job" in md and "failed" in md
     assert "Sweep" in proc.stdout
+
+
+def test_accumulation_on_two_processes_equals_one_process_with_the_same_global_batch(tmp_path):
+    """Per step 4 single images: 2 processes x 2 accumulated batches of 1, against 1 process
+    x 4 accumulated batches of 1 (run in this process). Each image is its own batch, so
+    BatchNorm sees the same batches in both, and every batch weighs 1/4 of the step: the
+    parameters agree to float rounding after 2 SGD steps (Adam would turn rounding in tiny
+    gradients into whole steps; BatchNorm running statistics are rank 0's alone under DDP and
+    are not compared)."""
+    import torch
+
+    from segkit.run import train_rank
+
+    common = [*DDP_ARGS, "loader.batch_size=1", "trainer.max_epochs=1", "optimizer=sgd"]
+    two = [*common, "launch.devices=2", "trainer.accumulate_grad_batches=2"]
+    proc = run_cli(
+        "train.py", *two, "trainer.limit_train_batches=4", "hydra.run.dir=two", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = [*common, "trainer.accumulate_grad_batches=4", "trainer.limit_train_batches=8"]
+    train_rank(compose_train(*one), tmp_path / "one")
+    a = ck.load(tmp_path / "two" / "checkpoints" / "last.pt")
+    b = ck.load(tmp_path / "one" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 2 and a["world_size"] == 2
+    params = [n for n in b["model"] if not n.endswith(("running_mean", "running_var", "tracked"))]
+    for name in params:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-4, atol=1e-6)

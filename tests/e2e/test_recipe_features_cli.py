@@ -18,11 +18,15 @@ from tests.unit.test_recipe_features import _cpu
 
 def test_copy_paste_bad_class_on_the_command_line_is_one_message(tmp_path):
     proc = run_cli(
-        "train.py", *TINY, "dataset.augment.copy_paste=0.5", "dataset.augment.paste_classes=[9]",
+        "train.py", *TINY, "dataset.augment.train.copy_paste.p=0.5",
+        "dataset.augment.train.copy_paste.classes=[9]",
         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == DataError.exit_code, proc.stderr[-2000:]
-    assert proc.stderr.count("paste_classes holds [9]") == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.count("train.copy_paste: classes holds [9]") == 1
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_validation_at_original_size_equals_eval_py(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +15,8 @@ from segkit.io import checkpoint as ck
 from segkit.io.partial_load import UnsafeCheckpointError
 from segkit.run import build_model
 from tests.conftest import compose_train, run_cli
-from tests.unit.test_safety import EXIT, ONE, RISK, RunsShell
-
-
-@pytest.fixture
-def run(tiny_run: Path) -> Path:
-    """``TINY`` trained once per session (tests/conftest.py); read-only."""
-    return tiny_run
-
-
-@pytest.fixture
-def crafted(run: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """``(a real segkit checkpoint plus one RunsShell object, the file it would create)``."""
-    ckpt = ck.load(run / "checkpoints" / "last.pt")
-    marker = tmp_path / "marker"
-    ckpt["metrics"]["note"] = RunsShell(marker)
-    path = tmp_path / "crafted.pt"
-    torch.save(ckpt, path)
-    return path, marker
+from tests.crafted import EXIT, RISK
+from tests.unit.test_safety import ONE
 
 
 def test_eval_cli_refuses_it_with_one_message(crafted, tmp_path):
@@ -45,9 +28,9 @@ def test_eval_cli_refuses_it_with_one_message(crafted, tmp_path):
     assert not marker.exists()
 
 
-def test_export_script_then_eval_cli_on_the_weights_file(run, tmp_path):
+def test_export_script_then_eval_cli_on_the_weights_file(tiny_run, tmp_path):
     out = tmp_path / "best.safetensors"
-    best = run / "checkpoints" / "best.pt"
+    best = tiny_run / "checkpoints" / "best.pt"
     proc = run_cli("scripts/export_weights.py", str(best), str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and "segkit.models.UNet" in proc.stdout
@@ -79,8 +62,8 @@ def test_convert_needs_trust_and_then_gives_a_loadable_file(tmp_path):
         assert torch.equal(loaded.state_dict()[key], tensor), key
 
 
-def test_eval_cli_refuses_a_stored_dataset_target_outside_segkit(run, tmp_path):
-    ckpt = ck.load(run / "checkpoints" / "last.pt")
+def test_eval_cli_refuses_a_stored_dataset_target_outside_segkit(tiny_run, tmp_path):
+    ckpt = ck.load(tiny_run / "checkpoints" / "last.pt")
     made = tmp_path / "made"
     ckpt["config"]["dataset"] = {"_target_": "os.mkdir", "_partial_": False, "path": str(made)}
     path = tmp_path / "ds.pt"

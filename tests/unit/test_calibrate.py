@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import shutil
+import time
 
 import pytest
 import torch
@@ -24,7 +27,7 @@ from segkit.evaluation.logit_bias import (
     with_bias,
 )
 from segkit.io import checkpoint as ck
-from segkit.run import dataset_factory
+from segkit.run import dataset_factory, train_rank
 from tests.conftest import CALIBRATED, REPO, TINY, compose_train
 
 
@@ -202,7 +205,7 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     # predict runs the mode it is asked for with that mode's biases (from either file)
     predict = _load_script("predict")
     for path in (best_path, weights):
-        model, _, _ = predict.load(str(path), "whole+flip")
+        model, *_ = predict.load(str(path), "whole+flip")
         assert isinstance(model, LogitBias)
         assert model.bias.tolist() == pytest.approx(biases["whole+flip"])
     assert not isinstance(predict.load(str(best_path), "slide")[0], LogitBias)
@@ -288,3 +291,18 @@ def test_calibrate_precision_replaces_the_runs_autocast(
     assert seen == ["fp32", "bf16"]
     assert "--precision=bf16 on a CPU without native bf16" in caplog.text
     assert "set --precision=auto" in caplog.text
+
+
+def test_resume_auto_of_a_finished_calibrated_run_changes_nothing(calibrated_run, tmp_path):
+    """best.pt is rewritten by calibration after last.pt: resume=auto must still see the run
+    as finished (it resumes by progress, not by file time) and leave every file as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    best = run / "checkpoints" / "best.pt"
+    os.utime(best, (time.time() + 60, time.time() + 60))  # the newest file, whatever the clock
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_rank(compose_train(*CALIBRATED, "resume=auto"), run)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)  # no new event file, checkpoint or output
+    changed = [str(p.relative_to(run)) for p in before if before[p] != after[p]]
+    assert changed == [], changed

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data import doctor
+from segkit.data import doctor, problems
 from segkit.data.doctor import check_dataset, check_for_training, check_split_file
+from segkit.data.io import ALPHA_RULE
 from segkit.data.problems import CheckReport, Problem, format_warnings, write_bad_samples
 from segkit.data.stats import ClassCounts, auto_class_weights, class_pixel_counts, class_weights
 from segkit.data.voc import VOCDataset
@@ -211,6 +212,52 @@ def test_bilinear_resized_png_mask_is_lossy(voc):
     assert_reported(report, "lossy_mask", path_of(voc, "mask", "a"), "resampled")
 
 
+def ring_layout(size: int = 48, ring: int = 2) -> np.ndarray:
+    """(size,size) uint8: background 0, objects 2 inside a ``ring``-px boundary band of 1 (the
+    nuclei / instance-boundary layout: 0 never touches 2)."""
+    yy, xx = np.mgrid[:size, :size]
+    objects = np.zeros((size, size), bool)
+    for cy, cx, ry, rx in ((12, 14, 8, 6), (30, 32, 9, 12), (36, 10, 6, 5)):
+        objects |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    inside = objects.copy()
+    for _ in range(ring):  # erode by one pixel (4-neighbourhood) per step
+        inside[1:-1, 1:-1] &= inside[:-2, 1:-1] & inside[2:, 1:-1]
+        inside[1:-1, 1:-1] &= inside[1:-1, :-2] & inside[1:-1, 2:]
+    return (objects.astype(np.uint8) + inside).astype(np.uint8)
+
+
+def jpeg_roundtrip(mask: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buf))
+
+
+def test_ring_layouts_are_crisp_and_resampled_masks_stay_lossy():
+    block = np.zeros((48, 48), np.uint8)
+    block[10:30, 12:40] = 2
+    for ring in (2, 3):  # a consistent band of 1 between 0 and 2: class ids, not a ramp
+        assert not problems.is_lossy(ring_layout(ring=ring)), ring
+    # the same 0|2 edges JPEG-compressed (saved as PNG afterwards: no suffix to go by) or
+    # resized bilinear: the in-between 1s come and go, 0 still meets 2 in places
+    assert problems.is_lossy(jpeg_roundtrip(block, 75))
+    assert problems.is_lossy(jpeg_roundtrip(block, 95))
+    shrunk = np.asarray(Image.fromarray(block).resize((33, 33), Image.BILINEAR))
+    assert problems.is_lossy(shrunk)
+    classes = np.zeros((40, 50), np.uint8)  # VOC-like ids: ramps through many values
+    classes[5:25, 5:30], classes[20:35, 25:45] = 15, 8
+    assert problems.is_lossy(np.asarray(Image.fromarray(classes).resize((68, 55), Image.BILINEAR)))
+
+
+def test_ring_layout_masks_pass_the_training_check(tmp_path):
+    root = make_voc(tmp_path, ["a", "b"], ["c"])
+    for k, name in enumerate("abc"):
+        Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(path_of(root, "image", name))
+        save_palette_png(path_of(root, "mask", name), np.rot90(ring_layout(), k))
+    report, drop = check_for_training(*datasets(root), level="quick")  # the default check
+    assert report.problems == [] and drop == {}, report.format()
+    assert report.counts["train"].pixels[1] > 0 and report.counts["train"].pixels[2] > 0
+
+
 def test_empty_split_file(voc):
     split = voc / "VOC2007/ImageSets/Segmentation/val.txt"
     split.write_text("\n  \n")
@@ -279,6 +326,18 @@ def test_odd_image_modes_are_warnings(voc, mode, fragment):
     (warning,) = report.warnings
     assert warning.file == str(path) and fragment in warning.message
     assert "WARNING [" in report.format() and str(path) in report.format()
+    if mode == "RGBA":  # the words of the loader (segkit.data.io), with the share it affects
+        assert ALPHA_RULE in warning.message and "100% of the pixels" in warning.message
+
+
+def test_transparent_pixels_are_counted_in_the_alpha_warning(voc):
+    path = path_of(voc, "image", "b")
+    rgba = np.full((H, W, 4), 200, np.uint8)
+    rgba[..., 3] = 255
+    rgba[:3, :, 3] = 0  # 3 of 12 rows transparent
+    Image.fromarray(rgba).save(path, format="PNG")
+    (warning,) = check_dataset(*datasets(voc), level="full").warnings
+    assert warning.message == f"RGBA, {ALPHA_RULE}; 25% of the pixels are not opaque"
 
 
 def test_crlf_bom_split_file_is_accepted(voc):

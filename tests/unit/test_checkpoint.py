@@ -172,3 +172,23 @@ def test_a_failed_write_leaves_the_previous_file_and_no_partial(tmp_path, monkey
     assert "the file needs about 0.0 MB" in message and "resume=auto" in message
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left
     assert ck.load(path)["epoch"] == 1
+
+
+def test_resume_auto_chooses_by_training_progress_not_file_time(tmp_path):
+    """Calibration rewrites best.pt at the end of a run: the newest file, yet behind last.pt.
+    Mid-epoch checkpoints (interrupt, periodic) are ahead of the last.pt of their epoch."""
+    folder = tmp_path / "run" / ck.CKPT_DIR
+
+    def write(name: str, epoch: int, step: int, epoch_step: int = 0, mtime: int = 0) -> None:
+        state = {**_ckpt(1.0), "epoch": epoch, "step": step, "epoch_step": epoch_step}
+        ck.save_atomic(state, folder / name)
+        os.utime(folder / name, (mtime, mtime))
+
+    write(ck.LAST, 2, 12, mtime=10)
+    write(ck.BEST, 1, 6, mtime=20)  # newest: rewritten by calibration
+    assert ck.resolve_resume("auto", tmp_path / "run") == folder / ck.LAST
+    write(ck.BEST, 2, 12, mtime=30)  # best is the last epoch: last.pt still wins the tie
+    assert ck.resolve_resume("auto", tmp_path / "run") == folder / ck.LAST
+    write(ck.INTERRUPT, 2, 14, epoch_step=2, mtime=5)  # oldest file, furthest progress
+    write(ck.PERIODIC, 2, 13, epoch_step=1, mtime=40)
+    assert ck.resolve_resume("auto", tmp_path / "run") == folder / ck.INTERRUPT

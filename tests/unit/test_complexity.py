@@ -128,3 +128,36 @@ def test_training_benchmark_compares_memory_formats_and_precisions(tmp_path, mon
     printed = capsys.readouterr().out
     assert "stdc1 in-memory: contiguous | channels-last" in printed
     assert "stdc1 in-memory: bf16 | fp32" in printed
+
+
+def test_saved_activations_count_what_autograd_keeps_by_hand():
+    """conv(3->4) then ReLU on 1x3x8x8 float32: the conv keeps its input (3*64*4 = 768 B; its
+    weight is a parameter, not counted), the ReLU its output (4*64*4 = 1024 B)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPTS / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with bench.SavedActivations(model.parameters()) as saved:
+        model(x).sum().backward()
+    assert sum(saved.storages.values()) == 768 + 1024
+
+
+def test_benchmark_memory_mode_reports_each_batch_size(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "mem.json"
+    args = ["--memory", "--memory-model", "unet_resnet18", "--memory-size", "64",
+            "--memory-batches", "1", "2", "--workers", "0", "--precision", "fp32",
+            "--out", str(out)]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        run_script("benchmark.py", *args, monkeypatch=monkeypatch)
+    assert done.value.code == 0
+    rows = json.loads(out.read_text())["memory"]
+    saved = {
+        (r["batch_size"], r["activation_checkpointing"]): r["saved_activations_mb"] for r in rows
+    }
+    assert set(saved) == {(1, False), (2, False), (1, True), (2, True)}
+    assert saved[(2, False)] == pytest.approx(2 * saved[(1, False)], rel=0.02)  # per image
+    assert saved[(1, True)] < saved[(1, False)]  # the encoder's blocks keep nothing
+    assert "| size | batch_size | activation_checkpointing |" in capsys.readouterr().out

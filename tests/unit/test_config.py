@@ -18,8 +18,7 @@ from omegaconf import open_dict
 from segkit.config.checks import check_command_line, check_train_config
 from segkit.dist import DistInfo
 from segkit.errors import ConfigError
-from segkit.optim import param_groups
-from segkit.run import build_loss, build_model, dataset_factory
+from segkit.run import build_loss, build_model, build_optimizer, dataset_factory
 from tests.conftest import CONF, TINY, compose_train
 
 
@@ -34,7 +33,7 @@ def test_every_loss_and_optimizer_takes_a_step(loss, optimizer):
     train_ds = dataset_factory(cfg.dataset)(split="train", train=True)
     model = build_model(cfg, DistInfo())
     loss_fn = build_loss(cfg, train_ds)
-    opt = instantiate(cfg.optimizer)(params=param_groups(model))
+    opt = build_optimizer(cfg, model)
     sched = instantiate(cfg.scheduler)(opt, total_steps=10, steps_per_epoch=5)
     images, masks = zip(*(train_ds[i] for i in range(2)))
     before = [p.detach().clone() for p in model.parameters()]
@@ -104,6 +103,8 @@ def test_each_plain_node_is_its_schema():
         ("trainer.precision=fp8", "trainer.precision='fp8': expected 'auto' or 'fp32'"),
         ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an integer >= 1, found float"),
         ("calibrate.max_images=0", "calibrate.max_images=0: expected an integer >= 1 or null"),
+        ("eval.slide.overlap=1", "eval.slide.overlap=1: expected a number in [0, 1)"),
+        ("eval.slide.window=[64]", "eval.slide.window=[64]: expected [H, W], two positive"),
     ],
 )
 def test_plain_node_types_come_from_the_schema(override, message):
@@ -122,6 +123,8 @@ def test_plain_node_types_come_from_the_schema(override, message):
         ("modes=[whole]", "eval.modes"),
         ("tta.scales=[1.0]", "eval.tta.scales"),
         ("accelerator=cpu", "launch.accelerator"),
+        ("dataset.augment.class_crop=0.5", "dataset.augment.train.crop.class_balanced"),
+        ("dataset.augment.scale=[0.5,2]", "dataset.augment.train.resize.scale"),
     ],
 )
 def test_keys_renamed_in_0_2_stop_with_their_new_name(old, new):

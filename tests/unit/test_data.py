@@ -97,13 +97,16 @@ def test_read_image_conversions(tmp_path):
 
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = (10, 20, 30)
-    rgba[0, :, 3] = 255  # opaque row: unchanged
-    rgba[1, 0, 3] = 0  # transparent: gray 128
-    rgba[1, 1:, 3] = 102  # 40 %: 0.4 * c + 0.6 * 128
+    rgba[0, :, 3] = 255  # opaque row
+    rgba[1, 0, 3] = 0  # transparent
+    rgba[1, 1:, 3] = 102  # 40 %
     out = read_image(save_png(tmp_path / "a.png", rgba))
-    assert out[0].tolist() == [[10, 20, 30]] * 3
-    assert out[1, 0].tolist() == [128, 128, 128]
-    assert out[1, 1].tolist() == [81, 85, 89]  # 0.4*10+76.8=80.8, 84.8, 88.8 rounded
+    assert out.tolist() == [[[10, 20, 30]] * 3] * 2  # alpha dropped: the stored colours
+    transparent = np.zeros((2, 3, 2), np.uint8)
+    transparent[..., 0] = 90  # gray + alpha 0 everywhere: still the picture, not flat gray
+    Image.fromarray(transparent, mode="LA").save(tmp_path / "la.png")
+    assert (read_image(tmp_path / "la.png") == 90).all()
+    assert (read_image(tmp_path / "la.png", channels=1) == 90).all()
 
     deep = np.array([[0, 65535, 257 * 100]], np.uint16)
     cv2.imwrite(str(tmp_path / "d.png"), deep)
@@ -567,7 +570,7 @@ def test_shared_isbi():
 
 # ---------------------------------------------------------------- configs
 
-RUN_KEYS = {"_target_", "_partial_", *DATASET_RUN_KEYS}
+RUN_KEYS = {"_target_", "_partial_", "_recursive_", *DATASET_RUN_KEYS}
 
 
 def _own_kwargs(cls) -> set[str]:
@@ -589,12 +592,11 @@ def test_dataset_config_lists_every_kwarg(name):
     assert set(cfg) - RUN_KEYS == expected
     assert len(cfg.class_names) == cfg.num_classes
     assert cfg.palette is None or len(cfg.palette) == cfg.num_classes
-    assert cfg.augment == {"jitter": 0.3, "flip": 0.5, "hue": 0.1, "sat": 0.7, "val": 0.3} | {
-        "class_crop": 0.0,
-        "copy_paste": 0.0,
-        "paste_classes": [],
-        "scale": [0.5, 1.5] if name == "demo" else [0.25, 2.0],
-    }
+    assert cfg._recursive_ is False  # the dataset builds and checks its augment steps
+    assert list(cfg.augment.train) == ["copy_paste", "resize", "hflip", "crop", "hsv"]
+    scale = [0.5, 1.5] if name == "demo" else [0.25, 2.0]
+    assert cfg.augment.train.resize.scale == scale
+    assert list(cfg.augment.val) == ["letterbox"]
     assert cfg.seed == 42 and cfg.on_bad_sample == "raise" and cfg.max_bad_fraction == 0.1
 
 

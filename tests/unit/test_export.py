@@ -3,18 +3,26 @@ a broken export (static shapes, or a Python-level shape branch frozen at the exp
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from PIL import Image
 from torch import nn
 
 from segkit.data.base import LabelSpace
 from segkit.data.demo import make_demo_sample
 from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
+from segkit.io.checkpoint import save_atomic
 from segkit.models import UNet
 from segkit.run import compose_model_config, instantiate_model, model_config_names
 from tests.conftest import SIZE_VARIANTS
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -121,3 +129,45 @@ def test_parity_fails_on_a_static_export(tmp_path):
     assert not report.passed
     assert report.row_ok(report.rows[0]) and report.rows[0].max_abs < 1e-4
     assert all("cannot run at this size" in r.error for r in report.rows[1:])
+
+
+def _load_script(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_command_takes_the_input_channels_of_the_checkpoint(tmp_path):
+    """A gray run (``dataset.in_channels=1``): ``scripts/export.py``'s ``export`` traces and
+    checks at 1 channel; the parity images (colour files) are turned gray as in training."""
+    model_cfg = compose_model_config("unet", 3, ["model.base_channels=4"], in_channels=1)
+    model = with_statistics(instantiate_model(model_cfg))
+    gray = {**LABELS.to_dict(), "mean": [0.5], "std": [0.25]}
+    dataset = {"_target_": "segkit.data.demo.DemoDataset", "num_classes": 3, "in_channels": 1}
+    ckpt = {
+        "model": model.state_dict(),
+        "config": {"model": model_cfg, "dataset": {**dataset, "input_shape": [32, 32]}},
+        "labels": gray,
+    }
+    save_atomic(ckpt, tmp_path / "gray.pt")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, picture in enumerate(demo_images()):
+        Image.fromarray(picture).save(images / f"{i}.png")
+    out = tmp_path / "gray.onnx"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "export",
+            [f"ckpt={tmp_path / 'gray.pt'}", f"out={out}", "exporter=legacy",
+             f"parity.images={images}", "parity.sizes=[[32,32],[37,29]]"],
+        )  # fmt: skip
+    assert _load_script("export").export(cfg) == 0
+    exported = OnnxModel(out)
+    assert exported.session.get_inputs()[0].shape[1] == 1
+    assert exported.labels.in_channels == 1 and exported.window == (32, 32)  # slide default
+    x = torch.randn(2, 1, 37, 29)
+    with torch.no_grad():
+        expected = model(x)["out"]
+    assert torch.allclose(exported(x)["out"], expected, atol=1e-4)

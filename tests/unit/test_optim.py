@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from segkit import dist
 from segkit.errors import ConfigError
 from segkit.optim import (
     WarmupCosineLR,
@@ -12,6 +13,7 @@ from segkit.optim import (
     warmup_cosine_factor,
     warmup_poly_factor,
 )
+from tests.conftest import CONF, compose_train
 
 
 def test_factor_hand_values():
@@ -152,3 +154,116 @@ def test_poly_rejects_bad_values_naming_the_key(kwargs, key):
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(ConfigError, match=key):
         WarmupPolyLR(opt, total_steps=10, steps_per_epoch=2, **kwargs)
+
+
+def _stepped(total: int, steps: int, **kwargs) -> WarmupCosineLR:
+    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    sched = WarmupCosineLR(opt, total_steps=total, steps_per_epoch=4, eta_min=0.0, **kwargs)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    return sched
+
+
+@pytest.mark.parametrize("new_total", [10, 24])
+def test_retarget_continues_from_the_current_lr_and_ends_at_the_new_last_step(new_total):
+    # 16 steps, warmup 4 (1 epoch of 4): retargeted at step 8 to end at step 10 or 24
+    sched = _stepped(16, 8, warmup_epochs=1)
+    lr_now = sched.get_last_lr()[0]
+    assert lr_now == pytest.approx(0.1 * warmup_cosine_factor(8, 16, 4, 0.1, 0.0))
+    sched.retarget(new_total)
+    assert sched.get_last_lr()[0] == lr_now  # no jump
+    lrs = []
+    for _ in range(new_total - 8):
+        sched.optimizer.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert all(a > b for a, b in zip([lr_now, *lrs], lrs))  # decays every step
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15)  # eta_min at the new last step
+    # the progress runs linearly from where it stood (4 of 12 decay steps) to 1 at the new end
+    p0 = (8 - 4) / (16 - 4)
+    mid = 8 + (new_total - 8) // 2
+    p_mid = p0 + (1 - p0) * (mid - 8) / (new_total - 8)
+    expected = 0.1 * 0.5 * (1 + math.cos(math.pi * p_mid))
+    assert lrs[mid - 9] == pytest.approx(expected)
+    # the retargeted schedule resumes from its state
+    again = _stepped(16, 0, warmup_epochs=1)
+    again.load_state_dict(sched.state_dict())
+    assert again.total_steps == new_total and again.get_last_lr() == sched.get_last_lr()
+
+
+def test_retarget_in_warmup_keeps_it_and_an_ended_schedule_restarts_at_the_new_length():
+    sched = _stepped(16, 2, warmup_epochs=1)  # in warmup (4 steps)
+    sched.retarget(32)
+    assert sched.warmup_steps == 4 and sched.get_last_lr()[0] == pytest.approx(
+        0.1 * warmup_cosine_factor(2, 32, 4, 0.1, 0.0)
+    )
+    ended = _stepped(8, 8, warmup_epochs=1)  # a finished run trained for longer
+    assert ended.get_last_lr()[0] == pytest.approx(0.0, abs=1e-15)
+    ended.retarget(12)
+    assert ended.get_last_lr()[0] == pytest.approx(0.1 * warmup_cosine_factor(8, 12, 4, 0.1, 0.0))
+    assert ended.get_last_lr()[0] > 0.01
+
+
+# --------------------------------------------------------------------------- parameter groups
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+FINE_TUNE = (
+    "optimizer.param_groups.rules=[{match: encoder, lr_mult: 0.1},"
+    "{match: '*head*', lr_mult: 10, decay_mult: 0.5}]"
+)
+
+
+def _expected(model: nn.Module, name: str, p: nn.Parameter, lr: float, wd: float):
+    """What the rules above ask for, worked out apart from ParamGroups: the encoder's
+    parameters at lr x0.1, other names containing 'head' at x10 with half the decay; no
+    decay on norm layers' parameters, biases and 1-D tensors."""
+    encoder = {id(q) for m in model.encoder_modules() for q in m.parameters()}
+    norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+    norms = {id(q) for m in model.modules() if isinstance(m, norm_types) for q in m.parameters()}
+    exempt = id(p) in norms or name.endswith(".bias") or p.ndim <= 1
+    if id(p) in encoder:
+        return lr * 0.1, 0.0 if exempt else wd
+    if "head" in name:
+        return lr * 10, 0.0 if exempt else wd * 0.5
+    return lr, 0.0 if exempt else wd
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_of_every_model_is_in_one_group_with_its_rate(name, caplog):
+    from segkit.run import build_model, build_optimizer
+
+    cfg = compose_train(f"model={name}", "model.pretrained=false", "optimizer=sgd", FINE_TUNE)
+    model = build_model(cfg, dist.DistInfo())
+    caplog.set_level("INFO")
+    opt = build_optimizer(cfg, model)
+    lr, wd = cfg.optimizer.lr, cfg.optimizer.weight_decay
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # each exactly once
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for pname, p in model.named_parameters():
+        group = group_of[id(p)]
+        assert (group["lr"], group["weight_decay"]) == pytest.approx(
+            _expected(model, pname, p, lr, wd)
+        ), pname
+    assert "optimizer parameter groups" in caplog.text and "encoder" in caplog.text
+
+
+def test_param_group_rules_globs_first_match_and_bad_rules():
+    from segkit.optim import ParamGroups, log_table
+
+    m = _model()  # 0: conv, 1: batchnorm, 2: conv
+    rules = [{"match": "2.*", "lr_mult": 5.0}, {"match": "*.weight", "decay_mult": 0.0}]
+    groups = ParamGroups(rules)(m, lr=0.1, weight_decay=0.5)
+    table = {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"]) for g in groups}
+    assert table == {
+        "2.*": (1, 0.5, 0.5),  # 2.weight: the first rule wins over *.weight
+        "2.* (no decay)": (1, 0.5, 0.0),  # 2.bias
+        "*.weight": (1, 0.1, 0.0),  # 0.weight, decay x0
+        "*.weight (no decay)": (1, 0.1, 0.0),  # 1.weight (a norm)
+        "rest (no decay)": (2, 0.1, 0.0),  # 0.bias, 1.bias
+    }
+    assert "2.* (no decay)" in log_table(groups)
+    with pytest.raises(ConfigError, match=r"rules\[0\].*'match'"):
+        ParamGroups([{"pattern": "x"}])
+    with pytest.raises(ConfigError, match="needs a model with an encoder"):
+        ParamGroups([{"match": "encoder"}])(m, lr=0.1, weight_decay=0.0)

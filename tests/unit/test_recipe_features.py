@@ -6,6 +6,7 @@ tests/e2e/test_recipe_features_cli.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,14 +19,17 @@ from torch import nn
 from segkit import precision
 from segkit.config.checks import check_train_config
 from segkit.data.arguments import check_augment
+from segkit.data.augment import Context, get_random_data
 from segkit.data.base import SegmentationDataset
-from segkit.data.transforms import class_balanced_offset, copy_paste, random_geometry
+from segkit.data.transforms import class_balanced_offset, copy_paste
+from segkit.data.voc_aug import convert_sbd
 from segkit.engine import time_budget as budget
 from segkit.engine.ema import ModelEMA
 from segkit.errors import ConfigError, DataError
 from segkit.io import checkpoint as ck
 from segkit.run import build_trainer, dataset_factory, train_rank
 from segkit.run.models import checkpoint_input_shape
+from tests import public_replicas as rep
 from tests.conftest import CONF, TINY, compose_train
 
 
@@ -61,9 +65,9 @@ def test_class_crop_raises_how_often_a_rare_class_is_seen():
     def rare_fraction(class_crop: float) -> float:
         rng, hits = np.random.default_rng(1), 0
         for _ in range(300):
-            _, m = random_geometry(
-                image, mask, rng, (40, 40), jitter=0.0, scale=(5.0, 5.0), flip=0.5,
-                class_crop=class_crop, ignore_index=255,
+            _, m = get_random_data(
+                image, mask, (40, 40), rng, jitter=0.0, scale=(5.0, 5.0), flip=0.5,
+                class_crop=class_crop, hue=0, sat=0, val=0,
             )  # fmt: skip
             hits += bool((m == 7).any())
         return hits / 300
@@ -76,7 +80,8 @@ def test_class_crop_zero_keeps_the_augmentation_stream():
     """class_crop=0 draws no extra random numbers: old recipes give the same samples."""
     image = np.random.default_rng(3).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     mask = np.random.default_rng(4).integers(0, 3, (50, 60), dtype=np.uint8)
-    a = random_geometry(image, mask, np.random.default_rng(9), (32, 32), class_crop=0.0)
+    no_hsv = dict(hue=0, sat=0, val=0)  # draws its 3 numbers last, changes nothing
+    a = get_random_data(image, mask, (32, 32), np.random.default_rng(9), class_crop=0, **no_hsv)
     rng = np.random.default_rng(9)  # the draws of the code before class_crop existed
     from segkit.data.transforms import hflip_pair, paste, random_size, resize_pair
 
@@ -89,10 +94,10 @@ def test_class_crop_zero_keeps_the_augmentation_stream():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def test_class_crop_out_of_range_is_a_config_error():
-    cfg = compose_train(*TINY, "dataset.augment.class_crop=1.5")
-    with pytest.raises(ConfigError, match="dataset.augment.class_crop"):
-        check_train_config(cfg)
+def test_class_crop_out_of_range_names_the_step():
+    cfg = compose_train(*TINY, "dataset.augment.train.crop.class_balanced=1.5")
+    with pytest.raises(DataError, match=r"dataset\.augment\.train\.crop \(RandomCrop\): class_bal"):
+        dataset_factory(cfg.dataset)(split="train", train=True)
 
 
 # --------------------------------------------------------------------------- copy-paste
@@ -145,10 +150,16 @@ def _two_sample_dataset(tmp_path: Path, **augment) -> SegmentationDataset:
     )
 
 
+def _paste(ds: SegmentationDataset, image, mask, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The train list's copy_paste step alone on sample 0's raw pair."""
+    step = dict(ds.pipelines["train"].steps)["copy_paste"]
+    return step(image, mask, Context(rng, (6, 8), 255, lambda r: ds.donor(0, r)))
+
+
 def test_dataset_pastes_another_samples_classes_with_probability_copy_paste(tmp_path):
     ds = _two_sample_dataset(tmp_path, copy_paste=1.0, paste_classes=[2])
     image, mask = ds.load_raw(0)
-    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    out, out_mask = _paste(ds, image, mask, np.random.default_rng(0))
     assert set(np.unique(out_mask)) == {1, 2} and (out_mask == 2).sum() == 6  # from sample 1
     assert (out[out_mask == 2] == 101).all() and not out[out_mask == 1].any()
     # half of the training samples: about half of them hold class 2 after the full pipeline
@@ -169,7 +180,7 @@ def test_copy_paste_zero_draws_no_random_numbers(tmp_path):
     ds = _two_sample_dataset(tmp_path)
     image, mask = ds.load_raw(0)
     rng = np.random.default_rng(5)
-    out, out_mask = ds.paste_from_another(image, mask, 0, rng)
+    out, out_mask = _paste(ds, image, mask, rng)
     assert out is image and out_mask is mask
     assert rng.random() == np.random.default_rng(5).random()
 
@@ -179,16 +190,16 @@ def test_copy_paste_unreadable_donor_is_named_or_skipped(tmp_path):
     (tmp_path / "1.png").write_bytes(b"not a png")
     image, mask = ds.load_raw(0)
     with pytest.raises(DataError, match=r"copy-paste donor sample 1 \(.*1\.png.*of sample 0"):
-        ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+        _paste(ds, image, mask, np.random.default_rng(0))
     ds.on_bad_sample = "skip"  # the donor is reported when it is loaded as a sample itself
-    out, out_mask = ds.paste_from_another(image, mask, 0, np.random.default_rng(0))
+    out, out_mask = _paste(ds, image, mask, np.random.default_rng(0))
     assert out is image and out_mask is mask
 
 
 def test_copy_paste_bad_values_name_the_key(tmp_path):
-    cfg = compose_train(*TINY, "dataset.augment.copy_paste=1.5")
-    with pytest.raises(ConfigError, match="dataset.augment.copy_paste"):
-        check_train_config(cfg)
+    cfg = compose_train(*TINY, "dataset.augment.train.copy_paste.p=1.5")
+    with pytest.raises(DataError, match=r"train\.copy_paste \(CopyPaste\): p must be in \[0, 1\]"):
+        dataset_factory(cfg.dataset)(split="train", train=True)
     with pytest.raises(DataError, match="needs the classes to paste"):
         _two_sample_dataset(tmp_path, copy_paste=0.5)
     with pytest.raises(DataError, match=r"paste_classes holds \[4\].*0\.\.3"):
@@ -349,10 +360,25 @@ def test_ema_checkpoints_deploy_the_average_and_resume_exactly(tmp_path):
 
 # --------------------------------------------------------------------------- time budget
 def test_budget_arithmetic():
-    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 50) == 10  # 1 done + 9 more fit
-    assert budget.plan_epochs(100.0, 10.0, 10.0, 1, 5) == 5  # capped by max_epochs
-    assert budget.plan_epochs(5.0, 10.0, 10.0, 1, 50) == 1  # already over: stop now
-    assert budget.plan_epochs(100.0, 95.0, 10.0, 9, 50) == 9  # the next one would overrun
+    def plan(left_after: float, epoch_s: float, val_s: float, done: int, cap: int = 50, **kw):
+        kw = {"val_every": 1, "validated": False, **kw}
+        return budget.plan_epochs(
+            100.0, 100.0 - left_after, epoch_s, val_s, done=done, cap=cap, **kw
+        )
+
+    assert plan(90.0, 10.0, 0.0, 1) == 10  # 1 done + 9 more fit
+    assert plan(90.0, 10.0, 0.0, 1, cap=5) == 5  # capped by max_epochs
+    assert plan(-5.0, 10.0, 0.0, 1) == 1  # already over: stop now
+    assert plan(5.0, 10.0, 0.0, 9) == 9  # the next one would overrun
+    # 90 s left, epochs of 10 s, validations of 5 s, each epoch validated: the current one's
+    # validation (5) + 5 x (10 + 5) = 80; 6 more would need 95
+    assert plan(90.0, 10.0, 5.0, 1) == 6
+    assert plan(90.0, 10.0, 5.0, 1, validated=True) == 7  # this one's is spent: 6 x 15 = 90
+    # validated every 4th epoch and at the end: after epoch 4 (due, not yet run) 3 more
+    # epochs need 5 (epoch 4) + 30 + 5 (epoch 7) = 40; 4 more need 5 + 40 + 5 (epoch 8) = 50
+    assert plan(45.0, 10.0, 5.0, 4, val_every=4) == 7
+    assert budget.validations_left(4, 4, 4, False) == 2  # epochs 4 and 8
+    assert budget.validations_left(4, 5, 4, True) == 2  # epochs 8 and 9
 
 
 class _Clock:
@@ -372,8 +398,8 @@ def _timed_trainer(monkeypatch, clock: _Clock, *overrides: str):
     trainer, _ = build_trainer(compose_train(*TINY, *overrides), _cpu())
     step = trainer.train_step
 
-    def timed_step(images, masks):
-        step(images, masks)
+    def timed_step(group):
+        step(group)
         clock.now += clock.step_s
 
     trainer.train_step = timed_step
@@ -388,7 +414,8 @@ def test_max_time_plans_the_epochs_and_ends_the_schedule_on_time(monkeypatch):
     assert state.planned_epochs == 5 and state.epoch == 5 and state.step == 30
     assert trainer.scheduler.total_steps == 30
     assert trainer.lr == pytest.approx(0.0, abs=1e-12)  # annealed exactly at the last step
-    assert [h["epoch"] for h in state.history if "miou" in h] == [5]  # the last is validated
+    # the first is validated to measure a validation; the last is validated
+    assert [h["epoch"] for h in state.history if "miou" in h] == [1, 5]
     assert state.elapsed_s == pytest.approx(30.0)
 
 
@@ -408,7 +435,7 @@ def test_max_time_replans_when_epochs_get_slower(monkeypatch, caplog):
     # after 1 epoch (6 s): 5 planned; after 2 (18 s, 9 s each): 2 + floor(12 / 9) = 3;
     # after 3 (30 s): no time left -> 3, validated, and the schedule ended with it
     assert state.epoch == 3 and state.planned_epochs == 3 and state.step == 18
-    assert [h["epoch"] for h in state.history if "miou" in h] == [3]
+    assert [h["epoch"] for h in state.history if "miou" in h] == [1, 3]
     assert trainer.scheduler.total_steps == 18 and trainer.lr == pytest.approx(0.0, abs=1e-12)
     assert "planning 5 epochs" in caplog.text and "planning 3 epochs" in caplog.text
 
@@ -444,6 +471,14 @@ def _dataset_like(experiment: str, root: Path) -> list[str]:
     if "isbi" in experiment:
         _write_pairs(root / "Images", root / "Labels", names, 2, scale=255)
         return []
+    public = {"CityscapesDataset": rep.cityscapes, "ADE20KDataset": rep.ade20k}
+    public["COCOStuffDataset"] = rep.coco_stuff
+    if kind in public:  # replicas of the official layouts (tests/public_replicas.py)
+        public[kind](root)
+        return []
+    if kind == "VOCAugDataset":
+        convert_sbd(*rep.sbd_and_voc(root / "sources"), root)
+        return []
     assert kind == "VOCDataset", kind
     voc = root / "VOC2007"
     _write_pairs(voc / "JPEGImages", voc / "SegmentationClass", names, 21)
@@ -475,3 +510,66 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
     assert best["step"] == 2 and math.isfinite(best["metrics"]["miou"])
     if cfg.calibrate.enabled:  # the recipe's own modes got their biases
         assert set(best["logit_bias"]) == {"whole", *cfg.eval.modes}
+
+
+def _clocked(monkeypatch, step_s: float, val_s: float) -> _Clock:
+    """Every Trainer made from now on runs on a fake clock: a training step costs ``step_s``
+    seconds, a validation ``val_s``, nothing else any time."""
+    import segkit.engine.trainer as trainer_mod
+
+    clock = _Clock(step_s)
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", clock)
+    step, validate = trainer_mod.Trainer.train_step, trainer_mod.Trainer.validate
+
+    def timed_step(self, group):
+        step(self, group)
+        clock.now += clock.step_s
+
+    def timed_validate(self, epoch):
+        clock.now += val_s
+        return validate(self, epoch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(trainer_mod.Trainer, "validate", timed_validate)
+    return clock
+
+
+@pytest.mark.parametrize(
+    ("val_s", "val_every", "epochs", "validated"),
+    [
+        (3.0, 1, 3, [1, 2, 3]),  # epochs of 6 + 3 s: 3 fit in 30 s (4 would take 36)
+        (8.0, 1, 2, [1, 2]),  # validating costs more than training: 2 x (6 + 8) = 28
+        (4.0, 3, 3, [1, 3]),  # every 3rd: 6 + 4 (measured) + 6 + 6 + 4 = 26; a 4th: 36
+    ],
+)
+def test_max_time_plans_with_validation_from_the_first_epoch(
+    monkeypatch, caplog, val_s, val_every, epochs, validated
+):
+    """With steady speeds the first plan is the final one: it counts validation from the
+    start (one is measured after the first epoch) and reserves each one still due, so the
+    schedule anneals over the planned epochs and the run ends within the budget."""
+    _clocked(monkeypatch, 1.0, val_s)
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.5", f"trainer.val_every={val_every}"]
+    trainer, _ = build_trainer(compose_train(*TINY, *over, "scheduler.eta_min=0"), _cpu())
+    caplog.set_level("INFO")
+    state = trainer.fit()
+    assert caplog.text.count("planning") == 1, caplog.text  # never re-planned
+    assert state.epoch == state.planned_epochs == epochs and state.step == 6 * epochs
+    assert [h["epoch"] for h in state.history if "miou" in h] == validated
+    assert state.elapsed_s <= 30.0
+    assert trainer.scheduler.total_steps == state.step
+    assert trainer.lr == pytest.approx(0.0, abs=1e-12)  # annealed at the last planned step
+
+
+def test_resuming_a_finished_time_budget_run_changes_nothing(monkeypatch, tmp_path):
+    _clocked(monkeypatch, 1.0, 1.0)
+    over = ["trainer.max_epochs=50", "trainer.max_time_min=0.1", "trainer.limit_train_batches=2"]
+    over += ["dataset.check=off"]  # epochs of 2 + 1 s: 2 fit in 6 s
+    run = tmp_path / "run"
+    train_rank(compose_train(*TINY, *over), run)
+    assert json.loads((run / "result.json").read_text())["epochs"] == 2
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_rank(compose_train(*TINY, *over, "resume=auto"), run)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)  # no second event file
+    assert [str(p.relative_to(run)) for p in before if before[p] != after[p]] == []

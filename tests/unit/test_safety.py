@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -22,41 +21,13 @@ from segkit.io.weights_file import export_weights
 from segkit.run import build_model, train_rank
 from segkit.run.models import load_model
 from tests.conftest import TINY, compose_train
+from tests.crafted import RISK
 
 ONE = [*TINY, "trainer.max_epochs=1", "dataset.check=off"]
-RISK = r"(?s)posix\.system.*arbitrary code.*convert_checkpoint\.py .*--trust"
-EXIT = getattr(CheckpointError, "exit_code", 1)  # what the CLI ends with on a refused file
 
 
-class RunsShell:
-    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-@pytest.fixture
-def run(tiny_run: Path) -> Path:
-    """``TINY`` trained once per session (tests/conftest.py); read-only."""
-    return tiny_run
-
-
-@pytest.fixture
-def crafted(run: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """``(a real segkit checkpoint plus one RunsShell object, the file it would create)``."""
-    ckpt = ck.load(run / "checkpoints" / "last.pt")
-    marker = tmp_path / "marker"
-    ckpt["metrics"]["note"] = RunsShell(marker)
-    path = tmp_path / "crafted.pt"
-    torch.save(ckpt, path)
-    return path, marker
-
-
-def test_a_training_checkpoint_is_plain_data(run):
-    path = run / "checkpoints" / "last.pt"
+def test_a_training_checkpoint_is_plain_data(tiny_run):
+    path = tiny_run / "checkpoints" / "last.pt"
     assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
     raw = torch.load(path, weights_only=True)  # no allow-list needed
     assert len(raw["rng"]["python"]["state"]) == 625 and len(raw["rng"]["numpy"]["key"]) == 624
@@ -75,12 +46,12 @@ def test_resume_refuses_it(crafted, tmp_path):
     assert not marker.exists()
 
 
-def test_resume_auto_stops_at_it_rather_than_skipping_to_an_older_file(run, crafted, tmp_path):
+def test_resume_auto_stops_at_it_rather_than_skipping_to_an_older_file(tiny_run, crafted, tmp_path):
     path, marker = crafted
     run_dir = tmp_path / "run"
     (run_dir / ck.CKPT_DIR).mkdir(parents=True)
     best = run_dir / ck.CKPT_DIR / ck.BEST
-    best.write_bytes((run / "checkpoints" / "best.pt").read_bytes())
+    best.write_bytes((tiny_run / "checkpoints" / "best.pt").read_bytes())
     os.utime(best, (1, 1))  # older than the crafted last.pt
     (run_dir / ck.CKPT_DIR / ck.LAST).write_bytes(path.read_bytes())
     with pytest.raises(UnsafeCheckpointError, match=RISK):
@@ -102,8 +73,8 @@ def test_load_model_refuses_it(crafted):  # what predict and feature_maps use
     assert not marker.exists()
 
 
-def _with_model_config(run: Path, tmp_path: Path, model_cfg: dict) -> Path:
-    ckpt = ck.load(run / "checkpoints" / "last.pt")
+def _with_model_config(tiny_run: Path, tmp_path: Path, model_cfg: dict) -> Path:
+    ckpt = ck.load(tiny_run / "checkpoints" / "last.pt")
     ckpt["config"]["model"] = model_cfg
     path = tmp_path / "ckpt.pt"
     ck.save_atomic(ckpt, path)  # plain data: loads with weights_only=True
@@ -121,36 +92,36 @@ def _with_model_config(run: Path, tmp_path: Path, model_cfg: dict) -> Path:
     ],
 )
 def test_model_target_outside_segkit_models_is_refused_before_building(
-    run, tmp_path, capsys, target
+    tiny_run, tmp_path, capsys, target
 ):
     made = tmp_path / "made_by_the_target"
-    path = _with_model_config(run, tmp_path, {"_target_": target, "_args_": [str(made)]})
+    path = _with_model_config(tiny_run, tmp_path, {"_target_": target, "_args_": [str(made)]})
     with pytest.raises(CheckpointError, match=re.escape(f"model._target_={target!r}")):
         load_model(path)
     assert not made.exists() and str(made) not in capsys.readouterr().out
 
 
-def test_nested_targets_are_checked_too(run, tmp_path):
-    stored = ck.load(run / "checkpoints" / "last.pt")["config"]["model"]
+def test_nested_targets_are_checked_too(tiny_run, tmp_path):
+    stored = ck.load(tiny_run / "checkpoints" / "last.pt")["config"]["model"]
     made = tmp_path / "made_by_the_target"
     evil = {**stored, "norm": {"_target_": "os.mkdir", "path": str(made)}}
     with pytest.raises(CheckpointError, match=r"model\.norm\._target_='os\.mkdir'"):
-        load_model(_with_model_config(run, tmp_path, evil))
+        load_model(_with_model_config(tiny_run, tmp_path, evil))
     assert not made.exists()
     check_model_target({**stored, "act": {"_target_": "torch.nn.ReLU"}})  # torch.nn layers
     with pytest.raises(CheckpointError, match="torch.nn.ReLU"):  # ... but not as the model
         check_model_target({"_target_": "torch.nn.ReLU"})
 
 
-def test_a_stored_dataset_target_is_checked_too(run):  # eval.py builds the stored dataset
-    stored = ck.load(run / "checkpoints" / "last.pt")["config"]["dataset"]
+def test_a_stored_dataset_target_is_checked_too(tiny_run):  # eval.py builds the stored dataset
+    stored = ck.load(tiny_run / "checkpoints" / "last.pt")["config"]["dataset"]
     check_dataset_target(stored)  # segkit's demo dataset
     with pytest.raises(CheckpointError, match=r"dataset\._target_='os\.system'.*dataset=NAME"):
         check_dataset_target({**stored, "_target_": "os.system"})
 
 
-def test_weights_file_loads_into_a_fresh_model_with_identical_outputs(run, tmp_path):
-    source = run / "checkpoints" / "last.pt"
+def test_weights_file_loads_into_a_fresh_model_with_identical_outputs(tiny_run, tmp_path):
+    source = tiny_run / "checkpoints" / "last.pt"
     stored = ck.load(source)
     out = export_weights(stored, tmp_path / "w.safetensors")
     with safe_open(str(out), framework="pt") as f:  # weights and metadata, nothing else

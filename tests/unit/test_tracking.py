@@ -176,9 +176,9 @@ def test_resume_drops_csv_rows_after_the_checkpoint_and_keeps_the_best(tmp_path)
     t = Tracker(tmp_path, LABELS)
     for epoch, miou in ((1, 0.4), (2, 0.6), (3, 0.5)):
         t.log_epoch(_row(epoch, 10 * epoch, miou))
-    t.writer.close()
+    t.close()
     resumed = Tracker(tmp_path, LABELS, start_step=10)  # the checkpoint of epoch 1
-    resumed.writer.close()
+    resumed.close()
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1"] and resumed.best_miou == 0.4
@@ -298,7 +298,7 @@ def test_log_val_names_the_three_worst_classes(tmp_path, caplog):
     samples = SampleCollector(0)
     with caplog.at_level(logging.INFO, logger="segkit"):
         t.log_val(8, 2, _metrics(), samples)
-    t.writer.close()
+    t.close()
     # IoU: background 3/(4+4-3)=0.6, circle 4/(4+7-4)=0.571, square 0.7
     assert "epoch 2 val mIoU 0.6238; worst IoU: circle 0.571, background 0.600, square 0.700" in (
         caplog.text

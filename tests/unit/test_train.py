@@ -13,7 +13,7 @@ from PIL import Image
 
 from segkit import dist
 from segkit.io import checkpoint as ck
-from segkit.run import train_rank
+from segkit.run import build_trainer, train_rank
 from tests.conftest import TINY, compose_train
 from tests.faults import failing
 
@@ -71,15 +71,41 @@ def test_tensorboard_has_every_panel(trained):
     assert {"val/image|label|pred", "val/confusion"} <= set(tags["images"])
 
 
-def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
-    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=1"]  # a train/loss every step
+# what depends on the wall clock, not on the training: never compared between two runs
+WALL_TIME = ("train/images_per_s", "train/data_wait", "train/peak_mem_gb", "epoch_time_s")
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar curve of a run but the wall-time ones: {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t not in WALL_TIME]
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
+
+
+def _metrics_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in WALL_TIME} for r in csv.DictReader(f)]
+
+
+def test_resume_after_a_crash_mid_epoch_gives_identical_weights_and_records(tmp_path):
+    """A crash in epoch 2 of 3, resumed from the periodic checkpoint inside that epoch: the
+    weights, metrics.csv and every TensorBoard curve equal the uninterrupted run's (wall times
+    aside), also the epoch after the resumed one and the log window open at the save."""
+    three = [*TINY, "trainer.max_epochs=3", "trainer.log_every=3"]
+    three += ["trainer.checkpoint_every_steps=4", "dataset.check=off"]
     straight = tmp_path / "straight"
     train_rank(compose_train(*three), straight)
     crashed = tmp_path / "crashed"
-    # 6 steps per epoch: step 9 is the middle of epoch 2, after epoch 1's checkpoint
+    # 6 steps per epoch: periodic.pt at step 8 (epoch 2, batch 2, inside the log window of
+    # steps 7-9); the failure in step 9
     with pytest.raises(RuntimeError, match="injected failure at training step 9"):
         train_rank(compose_train(*three, *failing(9)), crashed)
-    assert ck.load(crashed / "checkpoints" / "last.pt")["epoch"] == 1
+    assert ck.load(crashed / "checkpoints" / "periodic.pt")["epoch_step"] == 2
     train_rank(compose_train(*three, "resume=auto"), crashed)
     a = ck.load(straight / "checkpoints" / "last.pt")
     b = ck.load(crashed / "checkpoints" / "last.pt")
@@ -87,14 +113,11 @@ def test_resume_after_a_crash_mid_epoch_gives_identical_weights(tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
-    assert a["history"] == b["history"]
-    # the resumed curve continues without overlap: one value per step
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(crashed / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    steps = [e.step for e in acc.Scalars("train/loss")]
-    assert steps == list(range(1, 19))
+    assert a["history"] == b["history"] and a["epoch_stats"] == b["epoch_stats"] == {}
+    assert _metrics_rows(crashed) == _metrics_rows(straight)
+    resumed, reference = _scalars(crashed), _scalars(straight)
+    assert resumed == reference
+    assert [s for s, _ in reference["train/loss"]] == [3, 6, 9, 12, 15, 18]  # one per window
 
 
 def test_periodic_checkpoints_record_the_position(tmp_path):
@@ -252,3 +275,77 @@ def test_metrics_csv_has_one_row_per_epoch_equal_to_tensorboard(trained):
     for r in rows:
         assert float(r["miou"]) == pytest.approx(tb[int(r["step"])], rel=1e-6)
         assert float(r["iou/circle"]) >= 0.0 and float(r["epoch_time_s"]) > 0
+
+
+def _checkpoint_at(epoch: int, *overrides: str) -> dict:
+    """A trainer's checkpoint after ``epoch`` epochs, its schedule stepped there (no
+    training: the schedule and the counters are what a resume reads)."""
+    trainer, _ = build_trainer(compose_train(*TINY, *overrides), dist.DistInfo())
+    for _ in range(epoch * trainer.steps_per_epoch):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    trainer.state.epoch, trainer.state.step = epoch, epoch * trainer.steps_per_epoch
+    return trainer.state_dict(None)
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "total"),
+    [
+        # saved with 6 steps per epoch (batch 4) after 2 of 4 epochs, resumed with 3 (batch 8,
+        # as with 2 processes): 12 + 2 x 3
+        (["trainer.max_epochs=4"], ["trainer.max_epochs=4", "loader.batch_size=8"], 18),
+        # a run of 4 epochs resumed with max_epochs=6: 12 + 4 x 6
+        (["trainer.max_epochs=4"], ["trainer.max_epochs=6"], 36),
+    ],
+)
+def test_resume_retargets_the_schedule_to_the_new_last_step(saved, resumed, total, caplog):
+    ckpt = _checkpoint_at(2, *saved, "scheduler.eta_min=0")
+    lr = ckpt["scheduler"]["_last_lr"][0]
+    trainer, _ = build_trainer(
+        compose_train(*TINY, *resumed, "scheduler.eta_min=0"), dist.DistInfo()
+    )
+    caplog.set_level("INFO")
+    trainer.load_state(ckpt)
+    assert trainer.scheduler.total_steps == total
+    assert f"this run ends at step {total}" in caplog.text
+    assert trainer.lr == lr  # from the current lr ...
+    for _ in range(total - 12):
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert trainer.lr == pytest.approx(0.0, abs=1e-15)  # ... to eta_min at the new last step
+    same, _ = build_trainer(compose_train(*TINY, *saved, "scheduler.eta_min=0"), dist.DistInfo())
+    same.load_state(ckpt)  # nothing changed: the schedule is the checkpoint's
+    assert same.scheduler.state_dict() == ckpt["scheduler"]
+
+
+def test_iteration_schedule_with_accumulation_validates_every_n_steps(tmp_path):
+    """The demo with accumulate_grad_batches=2, batch 4: 6 batches, 3 optimiser steps per
+    epoch. max_steps=5 ends inside epoch 2; val_every_steps=2 validates at steps 2 and 4
+    (inside epochs) and at the end; step and epoch go to metrics.csv, TensorBoard and the
+    checkpoints; the schedule (warmup in steps) ends at step 5; resuming changes nothing."""
+    args = [*TINY, "loader.batch_size=4", "trainer.accumulate_grad_batches=2"]
+    args += ["trainer.max_steps=5", "trainer.val_every_steps=2", "trainer.log_every=1"]
+    args += ["scheduler.warmup_steps=2", "scheduler.eta_min=0", "dataset.check=off"]
+    run = tmp_path / "run"
+    train_rank(compose_train(*args), run)
+    last = ck.load(run / "checkpoints" / "last.pt")
+    assert (last["step"], last["epoch"], last["epoch_step"]) == (5, 2, 0)
+    sched = last["scheduler"]
+    assert (sched["total_steps"], sched["warmup_steps"], sched["_last_lr"][0]) == (5, 2, 0.0)
+    rows = _metrics_rows(run)
+    assert [(int(r["epoch"]), int(r["step"]), bool(r["miou"])) for r in rows] == [
+        (1, 2, True),  # inside epoch 1
+        (1, 3, False),  # the end of epoch 1: not a validation step
+        (2, 4, True),
+        (2, 5, True),  # max_steps: the end, validated
+    ]
+    assert [h["step"] for h in last["history"]] == [2, 3, 4, 5]
+    scalars = _scalars(run)
+    assert [s for s, _ in scalars["val/mIoU"]] == [2, 4, 5]
+    assert [v for _, v in scalars["val/epoch"]] == [1, 2, 2]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5]
+    best = ck.load(run / "checkpoints" / "best.pt")
+    assert best["best_step"] == best["step"] and best["metrics"]["miou"] == last["best_miou"]
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    train_rank(compose_train(*args, "resume=auto"), run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
