@@ -299,8 +299,7 @@ class SegmentationDataset(Dataset):
         """Sample i read once: (image (C,h,w) uint8 as `_load` makes it, mask (H0,W0) ids)."""
         image, mask = self._read(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        image, mask = self.paste_from_another(image, mask, i, rng)
-        boxed, boxed_mask = self.transform(image, mask, rng)
+        boxed, boxed_mask = self.transform(image, mask, rng, i)
         return to_tensors(boxed, boxed_mask)[0], torch.from_numpy(mask)
 
     def original_size_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
