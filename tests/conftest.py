@@ -48,6 +48,11 @@ TINY = [
     "trainer.num_vis=2",
 ]
 
+# Model configs that only scale another one up (SegFormer B1-B5 are segformer_b0 with a larger
+# MiT): the per-model contract tests run the smallest; test_models_segformer.py checks these
+# on the meta device (names, shapes, sizes), results/models.md has their export parity.
+SIZE_VARIANTS = frozenset(f"segformer_b{i}" for i in range(1, 6))
+
 torch.set_num_threads(1)  # the box has 2 cores and tests often run beside other work
 
 

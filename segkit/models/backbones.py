@@ -39,6 +39,8 @@ __all__ = [
     "encoder_names",
     "find_stages",
     "iter_blocks",
+    "hf_cache_files",
+    "hf_hub_cache",
     "hub_cache_file",
     "load_encoder_weights",
     "load_torchvision_weights",
@@ -66,6 +68,27 @@ FAMILIES = (
 # the children torchvision names the classifier head (pooling, flatten, linear layers)
 _HEAD_NAMES = ("avgpool", "fc", "classifier", "head")
 _PROBE_SIZE = 64  # a multiple of the deepest stride (32): every stage's size divides it
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``), where timm and transformers keep downloaded weights."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    return Path(home) / "hub"
+
+
+def hf_cache_files(repo_id: str) -> list[Path]:
+    """The weight files of Hugging Face model ``repo_id`` in the hub cache, newest first by
+    name order of their snapshots (``model.safetensors`` before ``pytorch_model.bin``)."""
+    snapshots = hf_hub_cache() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    return [
+        f
+        for name in ("model.safetensors", "pytorch_model.bin")
+        for f in sorted(snapshots.glob(f"*/{name}"))
+        if f.is_file()
+    ]
 
 
 def hub_cache_file(weights: WeightsEnum) -> Path:

@@ -18,21 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.models.backbones import (
-    check_encoder_name,
-    iter_blocks,
-    load_encoder_weights,
-    torchvision_encoder,
-    vgg16_features,
-)
+from segkit.models.backbones import check_encoder_name, load_encoder_weights, vgg16_features
 from segkit.models.blocks import (
     ConvBNReLU,
     SegmentationModel,
     check_input,
     init_conv_weights,
 )
+from segkit.models.encoders import TIMM_PREFIX, TimmEncoder, TorchvisionEncoder
 
-__all__ = ["UNet"]
+__all__ = ["TorchvisionEncoder", "UNet"]  # TorchvisionEncoder: its old home
 
 _OWN_ENCODERS = ("plain", "vgg16")
 
@@ -107,43 +102,6 @@ class VGG16Encoder(nn.Module):
         return feats
 
 
-class TorchvisionEncoder(nn.Module):
-    """A torchvision classification CNN run block by block, tapped at the end of each output
-    stride (see `segkit.models.backbones.torchvision_encoder`); ResNet50 gives its stem ReLU
-    and layer1..4: channels ``(64, 256, 512, 1024, 2048)``, strides ``(2, 4, 8, 16, 32)``.
-
-    ``body`` holds torchvision's top-level modules under their own names
-    (``encoder.body.layer1.0.conv1.weight``, ``encoder.body.features.3...``).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        in_channels: int,
-        pretrained: bool,
-        weights_path: str | None,
-        weights_tag: str | None,
-    ) -> None:
-        super().__init__()
-        self.body, taps, self.channels, self.strides = torchvision_encoder(
-            name,
-            pretrained=pretrained,
-            weights_path=weights_path,
-            in_channels=in_channels,
-            weights_tag=weights_tag,
-        )
-        self.taps = frozenset(taps)
-        self.multiple = self.strides[-1]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for i, (_, block) in enumerate(iter_blocks(self.body)):
-            x = block(x)
-            if i in self.taps:
-                feats.append(x)
-        return feats
-
-
 class UpBlock(nn.Module):
     """bubbliiiing's ``unetUp``: upsample the deeper map to the skip's size, concat, 2 convs."""
 
@@ -168,8 +126,9 @@ class UNet(SegmentationModel):
             ``mobilenet_v2``, ``mobilenet_v3_large|small``, ``efficientnet_b0`` ... ``b7``,
             ``efficientnet_v2_s|m|l``, ``regnet_[xy]_*``, ``convnext_tiny|small|base|large``,
             ``vgg11|13|19[_bn]``, ``vgg16_bn``, ``shufflenet_v2_*``, ``mnasnet*`` (see
-            `segkit.models.backbones.encoder_names`). Non-plain encoders get bubbliiiing's
-            decoder without BatchNorm.
+            `segkit.models.backbones.encoder_names`), or ``tu-<timm name>`` (any timm model
+            with ``features_only``; the ``segkit[timm]`` extra). Non-plain encoders get
+            bubbliiiing's decoder without BatchNorm.
         base_channels: width of the plain UNet's first stage (ignored by the other backbones).
         pretrained: load ImageNet encoder weights (torch hub cache or ``weights_path``; never
             downloads). The plain encoder has no public weights and needs ``weights_path``.
@@ -288,6 +247,8 @@ def _build_encoder(
     in_ch: int,
     weights_tag: str | None,
 ) -> nn.Module:
+    if backbone.startswith(TIMM_PREFIX):
+        return TimmEncoder(backbone, in_ch, pretrained, weights_path)
     check_encoder_name(backbone, _OWN_ENCODERS)
     if backbone == "vgg16":
         return VGG16Encoder(in_ch, pretrained, weights_path, weights_tag)

@@ -498,7 +498,8 @@ def test_every_experiment_trains_a_few_steps(experiment, tmp_path):
     extra = _dataset_like(experiment, root)
     cfg = compose_train(
         f"experiment={experiment}", f"dataset.root={root}", "model.pretrained=false",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.max_epochs=1", "trainer.max_steps=null", "trainer.val_every_steps=null",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.progress_bar=false", "launch.accelerator=cpu", "trainer.precision=fp32",
         "loader.batch_size=2", "loader.num_workers=0", "dataset.input_shape=[64,64]",
         "dataset.val_input_shape=[64,64]", *extra,  # validation and calibration at 64x64 too
