@@ -296,18 +296,28 @@ def _probe(model: nn.Module, in_channels: int) -> tuple[torch.Tensor, list[tuple
     """One eval-mode, no-grad forward of a zero image; ``(input, [(block, in, out), ...])``."""
     calls: list[tuple] = []
     hooks = [m.register_forward_hook(partial(_record, calls, n)) for n, m in iter_blocks(model)]
-    param = next(model.parameters())
-    x = torch.zeros(1, in_channels, _PROBE_SIZE, _PROBE_SIZE, dtype=param.dtype)
-    x = x.to(param.device)
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(x)
+        x, _ = probe_forward(model, in_channels)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return x, calls
+
+
+def probe_forward(
+    model: nn.Module, in_channels: int, size: int = _PROBE_SIZE
+) -> tuple[torch.Tensor, object]:
+    """``(x, model(x))`` for a zero image ``(1, in_channels, size, size)`` on the model's device
+    and dtype, in eval mode without gradients (BatchNorm statistics untouched; the model's
+    train/eval mode is restored)."""
+    param = next(model.parameters())
+    x = torch.zeros(1, in_channels, size, size, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return x, model.eval()(x)
+    finally:
+        model.train(was_training)
 
 
 def find_stages(model: nn.Module, in_channels: int, name: str) -> list[tuple[int, int, int]]:

@@ -27,6 +27,7 @@ from segkit.models.backbones import (
     adapt_first_conv,
     hf_cache_files,
     iter_blocks,
+    probe_forward,
     torchvision_encoder,
 )
 
@@ -200,13 +201,5 @@ class TimmEncoder(nn.Module):
 def _probe_maps(model: nn.Module, in_channels: int) -> tuple[list[int], list[int]]:
     """(channels, strides) of the maps ``model`` returns for a zero image, without gradients,
     in eval mode (BatchNorm statistics are not touched)."""
-    param = next(model.parameters())
-    x = torch.zeros(1, in_channels, _PROBE_SIZE, _PROBE_SIZE, dtype=param.dtype)
-    x = x.to(param.device)
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            maps = model.eval()(x)
-    finally:
-        model.train(was_training)
+    _, maps = probe_forward(model, in_channels, _PROBE_SIZE)
     return [m.shape[1] for m in maps], [_PROBE_SIZE // m.shape[-1] for m in maps]
