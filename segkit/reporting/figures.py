@@ -151,7 +151,8 @@ def sample_grid(
     h, w = samples[0][0].shape[:2]
     scale = PANEL_PX / min(h, w)
     panel_w, panel_h = w * scale / DPI, h * scale / DPI
-    legend_rows = math.ceil((len(class_names) + 1) / 6)
+    shown = legend_classes(samples, len(class_names), ignore_index)
+    legend_rows = math.ceil((len(shown) + 1) / 6)
     top, bottom = 0.4, 0.3 + 0.3 * legend_rows  # inches for the titles and the legend
     fig = new_figure(3 * panel_w + 0.4, len(samples) * (panel_h + 0.1) + top + bottom)
     axes = fig.subplots(len(samples), 3, squeeze=False)
@@ -166,8 +167,19 @@ def sample_grid(
             ax.set_yticks([])
     for ax, title in zip(axes[0], ("image", "ground truth", "prediction")):
         ax.set_title(title, fontsize=12)
-    class_legend(fig, class_names, palette)
+    class_legend(fig, [class_names[i] for i in shown], [palette[i] for i in shown])
     return fig
+
+
+def legend_classes(
+    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int, ignore_index: int
+) -> list[int]:
+    """The classes the legend lists: all of them up to ``MAX_ANNOTATED`` classes; beyond
+    (ADE20K's 150, COCO-Stuff's 171) those that appear in the shown labels or predictions."""
+    if n <= MAX_ANNOTATED:
+        return list(range(n))
+    ids = np.unique(np.concatenate([np.unique(m) for _, *masks in samples for m in masks]))
+    return [int(i) for i in ids if i != ignore_index and 0 <= i < n]
 
 
 def normalize_rows(mat: np.ndarray) -> np.ndarray:

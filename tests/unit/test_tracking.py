@@ -85,6 +85,16 @@ def test_iou_bars_name_every_class_and_mark_absent_ones():
     assert ax.get_legend().get_texts()[0].get_text() == "mIoU 0.375"  # mean of 0.5, 0.25
 
 
+def test_sample_grid_legend_lists_only_the_shown_classes_when_there_are_many():
+    names = [f"c{i}" for i in range(150)]
+    palette = [[i, i, i] for i in range(150)]
+    image = np.zeros((16, 16, 3), np.uint8)
+    label, pred = np.full((16, 16), 7), np.full((16, 16), 42)
+    label[0] = 255
+    fig = sample_grid([(image, label, pred)], names, palette)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["c7", "c42", "ignore"]
+
+
 def test_sample_grid_rows_are_upscaled_with_titles_and_legend():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (32, 48, 3), np.uint8)
