@@ -46,32 +46,45 @@ TINY = [
     "trainer.progress_bar=false",
     "launch.accelerator=cpu",
     "trainer.num_vis=2",
+    "trainer.figures=false",  # no matplotlib: FIGURES turns the pictures on where a test reads them
 ]
+# the pictures of a run (sample grid and confusion matrix per validation, plots/*.png)
+FIGURES = "trainer.figures=true"
 
 # Model configs that only scale another one up (SegFormer B1-B5 are segformer_b0 with a larger
 # MiT): the per-model contract tests run the smallest; test_models_segformer.py checks these
 # on the meta device (names, shapes, sizes), results/models.md has their export parity.
 SIZE_VARIANTS = frozenset(f"segformer_b{i}" for i in range(1, 6))
+MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in SIZE_VARIANTS)
+
+
+def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:
+    """Hydra wraps constructor errors in InstantiationException; return the original."""
+    err = excinfo.value
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
 
 torch.set_num_threads(1)  # the box has 2 cores and tests often run beside other work
 
 
 # --------------------------------------------------------------------------- markers, order
 def pytest_collection_modifyitems(config, items) -> None:
-    """Marker by folder (``unit`` / ``e2e``); then the order: the e2e tests marked ``slow``
-    (multi-process), the other e2e tests, the unit tests. With xdist the long tests start first
-    and the short ones fill the workers' gaps at the end (a stable sort: the collection order
-    otherwise)."""
+    """Marker by folder (``unit`` / ``contract`` / ``e2e``); then the order: the e2e tests
+    marked ``slow`` (multi-process), the other e2e tests, the contracts, the unit tests. With
+    xdist the long tests start first and the short ones fill the workers' gaps at the end (a
+    stable sort: the collection order otherwise)."""
+    folders = {"unit": pytest.mark.unit, "contracts": pytest.mark.contract, "e2e": pytest.mark.e2e}
     for item in items:
-        path = Path(str(item.path))
-        if TESTS / "unit" in path.parents:
-            item.add_marker(pytest.mark.unit)
-        elif TESTS / "e2e" in path.parents:
-            item.add_marker(pytest.mark.e2e)
+        parents = Path(str(item.path)).parents
+        for folder, marker in folders.items():
+            if TESTS / folder in parents:
+                item.add_marker(marker)
 
     def rank(item) -> int:
         if item.get_closest_marker("e2e") is None:
-            return 2
+            return 2 if item.get_closest_marker("contract") else 3
         return 0 if item.get_closest_marker("slow") else 1
 
     items.sort(key=rank)
@@ -148,11 +161,13 @@ def _train_logging(cfg: DictConfig, run_dir: Path) -> None:
 def tiny_run(tmp_path_factory, segkit_cache) -> Path:
     """The run directory of ``TINY`` trained in-process (2 epochs of 6 steps, 24 train / 7 val
     images of 32x32), once per test session for every file that reads a trained run: its
-    checkpoints (last.pt, best.pt, best.safetensors), events, metrics.csv, plots, and
-    ``LOGGED``. Identical, weight for weight, to ``python train.py`` with ``TINY``. Read-only:
-    copy what a test changes."""
+    checkpoints (last.pt, best.pt, best.safetensors), events, metrics.csv, plots (with
+    ``FIGURES``), and ``LOGGED``. Identical, weight for weight, to ``python train.py`` with
+    ``TINY``. Read-only: copy what a test changes."""
     return built_once(
-        tmp_path_factory, "tiny-run", lambda run_dir: _train_logging(compose_train(*TINY), run_dir)
+        tmp_path_factory,
+        "tiny-run",
+        lambda run_dir: _train_logging(compose_train(*TINY, FIGURES), run_dir),
     )
 
 

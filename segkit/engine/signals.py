@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from segkit.dist import DistInfo, all_reduce_sum
+from segkit.errors import Interrupted
 
 log = logging.getLogger("segkit")
 
@@ -152,6 +153,30 @@ class StopRequest:
         flags = all_reduce_sum(flags.to(info.device, torch.float32)).cpu()
         got = [n for n, f in zip(names, flags.tolist()) if f > 0]
         return got[-1] if got else None  # the preemption signal, else SIGTERM, else SIGINT
+
+
+class StopRaises:
+    """While active (main thread), SIGINT / SIGTERM (and submitit's signal) raise
+    :class:`~segkit.errors.Interrupted` with ``message``, instead of killing the process
+    unannounced: for work after the loop (calibration, result files) that has no step to
+    finish, so the run's status says where it stopped and what is intact."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRaises:
+        for sig in stop_signals():
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        raise Interrupted(f"interrupted by {name} {self.message}", name)
 
 
 def stop_signals() -> tuple[signal.Signals, ...]:

@@ -112,6 +112,7 @@ class LoopOptions:
     max_steps: int | None = None
     val_every_steps: int | None = None
     activation_checkpointing: bool = False  # applied by the builder, before DDP
+    figures: bool = True  # given by the builder to the Tracker
 
 
 class Trainer:

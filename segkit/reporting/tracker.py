@@ -75,7 +75,9 @@ class Tracker:
     ``start_step``: the optimiser step the run starts from; a resumed run drops the
     ``metrics.csv`` rows a killed run wrote after its last checkpoint (and TensorBoard purges
     its events), so the curves continue without overlap. ``loggers``: the backends of
-    ``conf/logger``; None -> TensorBoard in ``run_dir/tb``."""
+    ``conf/logger``; None -> TensorBoard in ``run_dir/tb``. ``figures``: False draws no
+    pictures (no sample grid or confusion matrix per validation, no ``plots/*.png``); the
+    scalars, tables, ``metrics.csv`` and ``plots/metrics.txt`` stay."""
 
     def __init__(
         self,
@@ -83,8 +85,10 @@ class Tracker:
         labels: LabelSpace,
         start_step: int = 0,
         loggers: Sequence[ExperimentLogger] | None = None,
+        figures: bool = True,
     ) -> None:
         self.run_dir, self.labels = Path(run_dir), labels
+        self.figures = self.wants_samples = figures
         if loggers is None:
             loggers = [TensorBoardLogger(RunContext(self.run_dir, start_step))]
         self.loggers = list(loggers)
@@ -94,8 +98,6 @@ class Tracker:
         self.last_val: tuple[int, dict] | None = None  # (epoch, metrics) of the last validation
         self._tags: set[str] = set()
         self._closed = False
-
-    wants_samples = True
 
     def run_ids(self) -> dict[str, str]:
         """``{logger name: run id}``: what the checkpoint keeps so a resume continues them."""
@@ -167,6 +169,16 @@ class Tracker:
         rows = [[n, None if math.isnan(v) else float(v)] for n, v in ious]
         for lg in self.loggers:
             lg.log_table("val/per_class_iou", ["class", "iou"], rows, step)
+        if self.figures:
+            self._log_val_figures(step, epoch, metrics, samples)
+        self._flush(step)
+        self.last_val = (epoch, metrics)
+        log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
+
+    def _log_val_figures(
+        self, step: int, epoch: int, metrics: dict, samples: SampleCollector
+    ) -> None:
+        lab = self.labels
         if samples.samples:
             triples = [(denormalize(i, lab.mean, lab.std), m, p) for i, m, p in samples.samples]
             grid = sample_grid(triples, lab.class_names, lab.palette, lab.ignore_index)
@@ -174,9 +186,6 @@ class Tracker:
         title = f"confusion matrix (row-normalised), epoch {epoch}"
         conf = confusion_figure(metrics["confusion"], lab.class_names, title)
         self._log_figure("val/confusion", conf, step)
-        self._flush(step)
-        self.last_val = (epoch, metrics)
-        log.info("epoch %d val mIoU %.4f; %s", epoch, metrics["miou"], worst_classes(metrics, lab))
 
     def finish(
         self,
@@ -214,12 +223,21 @@ class Tracker:
         logged). Returns the files written."""
         plots = self.run_dir / PLOTS_DIR
         _, rows = read_table(self.run_dir / METRICS_CSV)
-        files = [save_figure(curves_figure(rows), plots / "curves.png")] if rows else []
+        files = []
+        if rows and self.figures:
+            files.append(save_figure(curves_figure(rows), plots / "curves.png"))
         if self.last_val is not None:
             epoch, metrics = self.last_val
             lab = self.labels
-            files += write_eval_report(plots, metrics, lab.class_names, lab.palette, epoch=epoch)
             table = format_table(metrics, lab.class_names)
+            if self.figures:
+                files += write_eval_report(
+                    plots, metrics, lab.class_names, lab.palette, epoch=epoch
+                )
+            else:
+                plots.mkdir(parents=True, exist_ok=True)
+                (plots / "metrics.txt").write_text(table + "\n")
+                files.append(plots / "metrics.txt")
             log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
         return files
 

@@ -143,11 +143,20 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
             trainer.tracker.close()  # the loggers' runs end as not finished, with what is unsent
             raise
     if out_dir is not None:
-        finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
+        with signals.StopRaises(FINISHING.format(best=out_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST)):
+            finish_run(trainer, out_dir, run_config, run_result(state, time.time() - t0, report))
     log.info(
         "best val mIoU %.4f at epoch %d; run dir %s", state.best_miou, state.best_epoch, run_dir
     )
     return state.best_miou
+
+
+# what a stop after the loop says (segkit.engine.signals.StopRaises)
+FINISHING = (
+    "after training, while finishing the run (calibrating best.pt, writing best.safetensors, "
+    "the plots and result.json): the trained checkpoints are intact ({best}); calibrate it "
+    "with `python scripts/calibrate.py {best} <out.pt>`, or evaluate it as it is with eval.py"
+)
 
 
 def requeue_preempted(run_dir: Path) -> None:

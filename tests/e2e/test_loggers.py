@@ -28,11 +28,11 @@ import torch
 
 from segkit.io import checkpoint as ck
 from segkit.losses import CrossEntropyLoss
-from tests.conftest import TINY, compose_train, run_cli
+from tests.conftest import FIGURES, TINY, compose_train, run_cli
 
 pytestmark = pytest.mark.xdist_group("mlflow_server")  # one server: one worker runs them all
 
-BASE = [*TINY, "trainer.log_every=1", "dataset.check=off"]  # 2 epochs of 6 steps
+BASE = [*TINY, FIGURES, "trainer.log_every=1", "dataset.check=off"]  # 2 epochs of 6 steps
 
 
 class Server:

@@ -1,12 +1,12 @@
-"""ONNX export with a parity check: every model is right at every size, and the check catches
-a broken export (static shapes, or a Python-level shape branch frozen at the export size)."""
+"""ONNX export with a parity check: the check catches a broken export (static shapes, or a
+Python-level shape branch frozen at the export size); calibrated models, opsets, the CLI's
+pieces. Every model config at every size: tests/contracts/test_every_model.py."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,46 +14,16 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 
-from segkit.data.base import LabelSpace
-from segkit.data.demo import make_demo_sample
 from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
 from segkit.io.checkpoint import save_atomic
 from segkit.models import UNet
-from segkit.run import compose_model_config, instantiate_model, model_config_names
-from tests.conftest import SIZE_VARIANTS
+from segkit.run import compose_model_config, instantiate_model
+from tests.onnx_parity import EXPORT_HW, LABELS, SIZES, demo_images, with_statistics
 
 REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-
-LABELS = LabelSpace.from_dict(
-    {
-        "num_classes": 3,
-        "ignore_index": 255,
-        "class_names": ["a", "b", "c"],
-        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-    }
-)
-EXPORT_HW = (64, 64)
-SIZES = [EXPORT_HW, (50, 75), (37, 29), (96, 80)]  # the export size, then others
-
-
-def demo_images(n: int = 2) -> list[np.ndarray]:
-    """Real pictures (the demo generator's), not noise: logits have realistic ranges."""
-    return [make_demo_sample(i, (90, 120))[0] for i in range(n)]
-
-
-def with_statistics(model: nn.Module) -> nn.Module:
-    """Random BatchNorm statistics, so that a wrong graph cannot hide behind identity BNs."""
-    torch.manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 class OldPadUNet(nn.Module):
@@ -73,21 +43,6 @@ class OldPadUNet(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         y = F.interpolate(self.head(torch.relu(self.down(x))), scale_factor=2.0, mode="bilinear")
         return {"out": y[..., :h, :w]}
-
-
-@pytest.mark.parametrize("name", sorted(set(model_config_names()) - SIZE_VARIANTS))
-def test_every_model_exports_right_at_every_size(name, tmp_path):
-    """Every ``conf/model/*.yaml`` (of SegFormer the B0: B1-B5 add blocks, not operations).
-    The legacy (tracing) exporter: fast, and just as prone to freezing Python shape tests as
-    torch.export."""
-    overrides = ["model.base_channels=4"] if name == "unet" else []
-    model = with_statistics(instantiate_model(compose_model_config(name, 3, overrides)))
-    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
-    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
-    assert report.passed, report.format()
-    assert [r.size for r in report.rows] == SIZES
-    # float32 rounding only: far inside the tolerance (a frozen branch gives ~1e-1)
-    assert all(r.relative < 2e-5 for r in report.rows), report.format()
 
 
 def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):

@@ -121,6 +121,20 @@ def test_the_tracker_hands_every_record_to_every_logger(tmp_path, caplog):
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "result.json").is_file()
 
 
+def test_without_figures_the_tracker_draws_nothing_and_keeps_the_numbers(tmp_path):
+    rec = Recorder()
+    t = Tracker(tmp_path, LABELS, loggers=[rec], figures=False)
+    assert not t.wants_samples  # the loop keeps no validation pictures for it
+    t.log_val(6, 1, _metrics(), SampleCollector(2))
+    t.log_epoch(dict(epoch=1, step=6, lr=0.1, train_loss=1.2, iou=[0.6, 4 / 7, 0.7]))
+    files = t.finish({"seed": 1}, {"best_miou": 0.6, "steps": 6})
+    methods = {c[0] for c in rec.calls}
+    assert "log_image" not in methods and {"log_scalars", "log_table"} <= methods
+    assert [f.name for f in files] == ["metrics.txt"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["metrics.txt"]
+    assert "circle" in (tmp_path / "plots" / "metrics.txt").read_text()
+
+
 # --------------------------------------------------------------------------- MLflow, no server
 def _closed_port() -> int:
     with socket.socket() as s:

@@ -1,10 +1,11 @@
-"""Model contract over every conf/model/*.yaml: shapes at odd sizes, aux only in training,
-backward, encoder freezing, offline pretrained handling; plus the STDC detail loss."""
+"""Model details: aux heads, the STDC skip decoder and strip pooling, grouped convs under
+autocast, frozen BatchNorm, pretrained weights from the hub cache or a file, input errors, UNet
+padding and dynamic export; the STDC detail loss. The contract over every conf/model/*.yaml is
+tests/contracts/test_every_model.py."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +16,8 @@ from segkit.losses.detail import DetailLoss
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet
 from segkit.models.blocks import GroupedConv2d, StripPooling
 from segkit.run import compose_model_config, instantiate_model
-from tests.conftest import SIZE_VARIANTS
+from tests.conftest import root_error
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in SIZE_VARIANTS)
 NUM_CLASSES = 3
 
 
@@ -27,86 +26,9 @@ def build(name: str, *overrides: str) -> nn.Module:
     return instantiate_model(cfg)
 
 
-def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:
-    """Hydra wraps constructor errors in InstantiationException; return the original."""
-    err = excinfo.value
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
-def encoder_batchnorms(model) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [
-        m
-        for enc in model.encoder_modules()
-        for m in enc.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
-
-
-def test_every_model_config_is_tested():
-    shipped = {"unet", "unet_vgg16", "unet_resnet50", "unet_resnet18", "unet_mobilenetv3"}
-    shipped |= {"unet_efficientnet_b0", "unet_convnext_tiny", "unet_regnet"}
-    shipped |= {"deeplabv3plus", "segformer_b0"}
-    assert shipped | {"bisenetv1", "bisenetv2"} <= set(MODEL_NAMES)
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_output_contract_and_backward(name):
-    torch.manual_seed(0)
-    model = build(name)
-    model.eval()
-    with torch.no_grad():
-        for h, w in ((67, 93), (64, 64)):
-            out = model(torch.randn(1, 3, h, w))
-            assert set(out) == {"out"}, "eval mode must return only 'out'"
-            assert out["out"].shape == (1, NUM_CLASSES, h, w)
-            assert out["out"].dtype == torch.float32
-    model.train()
-    out = model(torch.randn(2, 3, 67, 93))
-    assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
-    has_aux = getattr(model, "aux_heads", None) is not None
-    assert ("aux" in out) == has_aux
-    for logits in out.get("aux", []):
-        assert logits.ndim == 4 and logits.shape[:2] == (2, NUM_CLASSES)
-    assert set(out) <= {"out", "aux", "detail"}
-    loss = out["out"].mean() + sum(a.mean() for a in out.get("aux", []))
-    if "detail" in out:
-        loss = loss + out["detail"].mean()
-    loss.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
 def test_aux_false_gives_no_aux():
     model = build("bisenetv2", "model.aux=false").train()
     assert set(model(torch.randn(2, 3, 32, 32))) == {"out"}
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_freeze_encoder_keeps_bn_stats_and_grads(name):
-    torch.manual_seed(0)
-    model = build(name)
-    enc_params = {id(p) for p in model.encoder_parameters()}
-    assert 0 < len(enc_params) < len(list(model.parameters()))
-    model.freeze_encoder(True)
-    model.train()
-    bns = encoder_batchnorms(model)
-    before = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
-    model(torch.randn(2, 3, 32, 32) * 3 + 1)  # stats far from the init (0, 1)
-    assert all(not bn.training for bn in bns)
-    for bn, (mean, var) in zip(bns, before):
-        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
-    for p in model.parameters():
-        assert p.requires_grad == (id(p) not in enc_params)
-    decoder_bns = [
-        m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m not in set(bns)
-    ]
-    assert all(m.training for m in decoder_bns)
-    model.freeze_encoder(False)
-    assert all(p.requires_grad for p in model.parameters())
-    assert all(bn.training for bn in bns)
 
 
 @pytest.mark.parametrize("stride, head_hw", [(4, (17, 24)), (2, (34, 47))])
@@ -202,26 +124,6 @@ def test_freeze_bn_survives_train_after_eval():
     model.eval().train()
     assert not model.encoder.inc[0].bn.training
     assert model.ups[0].conv[0].bn.training
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_pretrained_offline_raises_helpful_error(name, tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("a model tried to download weights")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    with pytest.raises(Exception) as excinfo:
-        build(name, "model.pretrained=true")
-    err = root_error(excinfo)
-    assert isinstance(err, RuntimeError)
-    assert "model.weights_path" in str(err)
-    if name == "bisenetv1" or (name.startswith("unet_")):
-        # torchvision encoders: says which file to put where
-        assert str(tmp_path / "checkpoints") in str(err)
-        assert ".pth" in str(err) and "download.pytorch.org" in str(err)
 
 
 def test_pretrained_loads_from_hub_cache(tmp_path, monkeypatch):

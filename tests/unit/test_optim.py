@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from segkit import dist
 from segkit.errors import ConfigError
 from segkit.optim import (
     WarmupCosineLR,
@@ -13,7 +12,7 @@ from segkit.optim import (
     warmup_cosine_factor,
     warmup_poly_factor,
 )
-from tests.conftest import CONF, SIZE_VARIANTS, compose_train
+from tests.conftest import CONF
 
 
 def test_factor_hand_values():
@@ -138,8 +137,6 @@ def test_poly_config_builds_the_scheduler():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from tests.conftest import CONF
-
     cfg = OmegaConf.load(CONF / "scheduler" / "poly.yaml")
     opt = torch.optim.SGD(_model().parameters(), lr=1.0)
     sched = instantiate(cfg)(opt, total_steps=10, steps_per_epoch=2)
@@ -203,50 +200,6 @@ def test_retarget_in_warmup_keeps_it_and_an_ended_schedule_restarts_at_the_new_l
     ended.retarget(12)
     assert ended.get_last_lr()[0] == pytest.approx(0.1 * warmup_cosine_factor(8, 12, 4, 0.1, 0.0))
     assert ended.get_last_lr()[0] > 0.01
-
-
-# --------------------------------------------------------------------------- parameter groups
-# segformer_b1-b5 are segformer_b0 with wider layers: the same modules, the same groups
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in SIZE_VARIANTS)
-FINE_TUNE = (
-    "optimizer.param_groups.rules=[{match: encoder, lr_mult: 0.1},"
-    "{match: '*head*', lr_mult: 10, decay_mult: 0.5}]"
-)
-
-
-def _expected(model: nn.Module, name: str, p: nn.Parameter, lr: float, wd: float):
-    """What the rules above ask for, worked out apart from ParamGroups: the encoder's
-    parameters at lr x0.1, other names containing 'head' at x10 with half the decay; no
-    decay on norm layers' parameters, biases and 1-D tensors."""
-    encoder = {id(q) for m in model.encoder_modules() for q in m.parameters()}
-    norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
-    norms = {id(q) for m in model.modules() if isinstance(m, norm_types) for q in m.parameters()}
-    exempt = id(p) in norms or name.endswith(".bias") or p.ndim <= 1
-    if id(p) in encoder:
-        return lr * 0.1, 0.0 if exempt else wd
-    if "head" in name:
-        return lr * 10, 0.0 if exempt else wd * 0.5
-    return lr, 0.0 if exempt else wd
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_every_parameter_of_every_model_is_in_one_group_with_its_rate(name, caplog):
-    from segkit.run import build_model, build_optimizer
-
-    cfg = compose_train(f"model={name}", "model.pretrained=false", "optimizer=sgd", FINE_TUNE)
-    model = build_model(cfg, dist.DistInfo())
-    caplog.set_level("INFO")
-    opt = build_optimizer(cfg, model)
-    lr, wd = cfg.optimizer.lr, cfg.optimizer.weight_decay
-    seen = [id(p) for g in opt.param_groups for p in g["params"]]
-    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # each exactly once
-    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
-    for pname, p in model.named_parameters():
-        group = group_of[id(p)]
-        assert (group["lr"], group["weight_decay"]) == pytest.approx(
-            _expected(model, pname, p, lr, wd)
-        ), pname
-    assert "optimizer parameter groups" in caplog.text and "encoder" in caplog.text
 
 
 def test_param_group_rules_globs_first_match_and_bad_rules():

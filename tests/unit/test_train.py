@@ -349,3 +349,32 @@ def test_iteration_schedule_with_accumulation_validates_every_n_steps(tmp_path):
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     train_rank(compose_train(*args, "resume=auto"), run)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_sigterm_while_finishing_is_an_interrupt_that_names_what_is_intact(tmp_path, monkeypatch):
+    """A real SIGTERM to this process after the loop (calibration, result files: no step to
+    finish there) stops the run as interrupted, exit 143, with the trained checkpoints intact
+    and status.json saying so; the default handler is back afterwards."""
+    import os
+    import signal
+
+    import segkit.run.training as training
+    from segkit.errors import Interrupted
+
+    def killed_while_finishing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the finishing")
+
+    monkeypatch.setattr(training, "finish_run", killed_while_finishing)
+    before = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted) as e:
+        train_rank(compose_train(*TINY, "trainer.max_epochs=1", "dataset.check=off"), run)
+    assert e.value.exit_code == 143
+    best = run / "checkpoints" / "best.pt"
+    message = str(e.value)
+    assert f"scripts/calibrate.py {best}" in message and "SIGTERM after training" in message
+    assert ck.load(best)["step"] == 6
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and "while finishing the run" in status["reason"]
+    assert signal.getsignal(signal.SIGTERM) == before
