@@ -105,7 +105,27 @@ def requeue() -> None:
     handler(sig, None)
 
 
-class StopRequest:
+class _StopHandlers:
+    """While active (main thread), ``_handle`` receives the stop signals (:func:`stop_signals`);
+    the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopHandlers:
+        for sig in stop_signals():
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+
+class StopRequest(_StopHandlers):
     """While active (``with StopRequest() as stop:``, main thread), SIGINT / SIGTERM set a flag
     instead of killing the process, so the training loop can finish its step, save and stop
     (``requested``). A second SIGINT stops at once (KeyboardInterrupt). Under submitit its
@@ -114,19 +134,14 @@ class StopRequest:
     plain stop, as submitit has it (``scancel`` sends SIGTERM too)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.signal_name: str | None = None
-        self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in stop_signals():
-            self._previous[sig] = signal.signal(sig, self._handle)
+        super().__enter__()
         if _preempted:  # a DDP worker got it before training began
             self.signal_name = preemption_signal().name
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -155,24 +170,15 @@ class StopRequest:
         return got[-1] if got else None  # the preemption signal, else SIGTERM, else SIGINT
 
 
-class StopRaises:
+class StopRaises(_StopHandlers):
     """While active (main thread), SIGINT / SIGTERM (and submitit's signal) raise
     :class:`~segkit.errors.Interrupted` with ``message``, instead of killing the process
     unannounced: for work after the loop (calibration, result files) that has no step to
     finish, so the run's status says where it stopped and what is intact."""
 
     def __init__(self, message: str) -> None:
+        super().__init__()
         self.message = message
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopRaises:
-        for sig in stop_signals():
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
