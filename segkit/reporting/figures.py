@@ -291,13 +291,20 @@ def write_eval_report(
     when = f", epoch {epoch}" if epoch is not None else ""
     conf = confusion_figure(metrics["confusion"], class_names, f"confusion (row-normalised){when}")
     bars = iou_bar_figure(metrics["iou"], class_names, palette, f"per-class IoU{when}")
-    text = out_dir / "metrics.txt"
-    text.write_text(format_table(metrics, class_names) + "\n")
     return [
         save_figure(conf, out_dir / "confusion_matrix.png"),
         save_figure(bars, out_dir / "per_class_iou.png"),
-        text,
+        write_metrics_text(out_dir, metrics, class_names),
     ]
+
+
+def write_metrics_text(out_dir: Path, metrics: dict, class_names: list[str]) -> Path:
+    """``out_dir/metrics.txt``: the per-class table and the means
+    (:func:`segkit.evaluation.metrics.format_table`). Returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = out_dir / "metrics.txt"
+    text.write_text(format_table(metrics, class_names) + "\n")
+    return text
 
 
 # --------------------------------------------------------------------------- TensorBoard layout

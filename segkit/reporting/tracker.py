@@ -35,6 +35,7 @@ from segkit.reporting.figures import (  # SampleCollector: re-exported for the T
     sample_grid,
     save_figure,
     write_eval_report,
+    write_metrics_text,
 )
 from segkit.reporting.run_files import (
     METRICS_CSV,
@@ -229,15 +230,13 @@ class Tracker:
         if self.last_val is not None:
             epoch, metrics = self.last_val
             lab = self.labels
-            table = format_table(metrics, lab.class_names)
             if self.figures:
                 files += write_eval_report(
                     plots, metrics, lab.class_names, lab.palette, epoch=epoch
                 )
             else:
-                plots.mkdir(parents=True, exist_ok=True)
-                (plots / "metrics.txt").write_text(table + "\n")
-                files.append(plots / "metrics.txt")
+                files.append(write_metrics_text(plots, metrics, lab.class_names))
+            table = format_table(metrics, lab.class_names)
             log.info("per-class metrics of the last validation (epoch %d):\n%s", epoch, table)
         return files
 

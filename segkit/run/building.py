@@ -344,7 +344,7 @@ def build_tracker(
     for key, node in (cfg.get("logger") or {}).items():
         make = instantiate(node)
         loggers.append(make(context=dataclasses.replace(base, run_id=run_ids.get(key))))
-    figures = bool(cfg.trainer.get("figures", True))
+    figures = trainer.opt.figures
     tracker = Tracker(out_dir, trainer.labels, trainer.state.step, loggers, figures=figures)
     tracker.log_params({**flat_params(run_config), **hparams_of(run_config, overrides)})
     trainer.checkpoints.extra = {"tracking": tracker.run_ids()}
