@@ -58,6 +58,14 @@ SIZE_VARIANTS = frozenset(f"segformer_b{i}" for i in range(1, 6))
 MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in SIZE_VARIANTS)
 
 
+def model_from_config(name: str, *overrides: str, num_classes: int = 3) -> torch.nn.Module:
+    """``conf/model/<name>.yaml`` built with random weights (``overrides``: ``model.KEY=V``)."""
+    from segkit.run import compose_model_config, instantiate_model
+
+    cfg = compose_model_config(name, num_classes, ["model.pretrained=false", *overrides])
+    return instantiate_model(cfg)
+
+
 def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:
     """Hydra wraps constructor errors in InstantiationException; return the original."""
     err = excinfo.value

@@ -11,16 +11,11 @@ from torch import nn
 
 from segkit.dist import DistInfo
 from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
-from segkit.run import build_model, build_optimizer, compose_model_config, instantiate_model
-from tests.conftest import MODEL_NAMES, compose_train, root_error
+from segkit.run import build_model, build_optimizer
+from tests.conftest import MODEL_NAMES, compose_train, model_from_config, root_error
 from tests.onnx_parity import EXPORT_HW, LABELS, SIZES, demo_images, with_statistics
 
 NUM_CLASSES = 3
-
-
-def build(name: str, *overrides: str) -> nn.Module:
-    cfg = compose_model_config(name, NUM_CLASSES, ["model.pretrained=false", *overrides])
-    return instantiate_model(cfg)
 
 
 def encoder_batchnorms(model) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -42,7 +37,7 @@ def test_every_model_config_is_tested():
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_output_contract_and_backward(name):
     torch.manual_seed(0)
-    model = build(name)
+    model = model_from_config(name)
     model.eval()
     with torch.no_grad():
         for h, w in ((67, 93), (64, 64)):
@@ -70,7 +65,7 @@ def test_output_contract_and_backward(name):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_freeze_encoder_keeps_bn_stats_and_grads(name):
     torch.manual_seed(0)
-    model = build(name)
+    model = model_from_config(name)
     enc_params = {id(p) for p in model.encoder_parameters()}
     assert 0 < len(enc_params) < len(list(model.parameters()))
     model.freeze_encoder(True)
@@ -102,7 +97,7 @@ def test_pretrained_offline_raises_helpful_error(name, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     with pytest.raises(Exception) as excinfo:
-        build(name, "model.pretrained=true")
+        model_from_config(name, "model.pretrained=true")
     err = root_error(excinfo)
     assert isinstance(err, RuntimeError)
     assert "model.weights_path" in str(err)
@@ -118,7 +113,7 @@ def test_every_model_exports_right_at_every_size(name, tmp_path):
     The legacy (tracing) exporter: fast, and just as prone to freezing Python shape tests as
     torch.export."""
     overrides = ["model.base_channels=4"] if name == "unet" else []
-    model = with_statistics(instantiate_model(compose_model_config(name, 3, overrides)))
+    model = with_statistics(model_from_config(name, *overrides))
     path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
     report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
     assert report.passed, report.format()
@@ -177,7 +172,7 @@ def test_channels_last_gives_the_same_logits(name):
     """``trainer.channels_last`` on every model: channels-last weights and input give the
     logits of the contiguous model, to float rounding (other conv algorithms)."""
     torch.manual_seed(0)
-    model = with_statistics(build(name))
+    model = with_statistics(model_from_config(name))
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = model(x)["out"]
@@ -200,7 +195,7 @@ def test_bf16_compiled_and_two_ddp_steps(name, overrides, tmp_path):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.manual_seed(0)
-    model = with_statistics(build(name, *overrides))
+    model = with_statistics(model_from_config(name, *overrides))
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
         ref = model(x)["out"]

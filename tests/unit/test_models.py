@@ -15,26 +15,21 @@ from segkit.errors import ConfigError
 from segkit.losses.detail import DetailLoss
 from segkit.models import BiSeNetV1, BiSeNetV2, UNet
 from segkit.models.blocks import GroupedConv2d, StripPooling
-from segkit.run import compose_model_config, instantiate_model
-from tests.conftest import root_error
+from segkit.run import instantiate_model
+from tests.conftest import model_from_config, root_error
 
 NUM_CLASSES = 3
 
 
-def build(name: str, *overrides: str) -> nn.Module:
-    cfg = compose_model_config(name, NUM_CLASSES, ["model.pretrained=false", *overrides])
-    return instantiate_model(cfg)
-
-
 def test_aux_false_gives_no_aux():
-    model = build("bisenetv2", "model.aux=false").train()
+    model = model_from_config("bisenetv2", "model.aux=false").train()
     assert set(model(torch.randn(2, 3, 32, 32))) == {"out"}
 
 
 @pytest.mark.parametrize("stride, head_hw", [(4, (17, 24)), (2, (34, 47))])
 def test_stdc_skip_decoder_predicts_from_the_quarter_or_half_map(stride, head_hw):
     torch.manual_seed(0)
-    model = build("stdc1", f"model.decoder_stride={stride}")
+    model = model_from_config("stdc1", f"model.decoder_stride={stride}")
     sizes = {}
     model.head.register_forward_hook(lambda m, i, o: sizes.update(head=o.shape[-2:]))
     model.train()
@@ -48,7 +43,7 @@ def test_stdc_skip_decoder_predicts_from_the_quarter_or_half_map(stride, head_hw
     assert any(k.startswith("head.fine.") for k in names) == (stride == 2)
     assert {"head.high.conv.weight", "head.low.conv.weight", "head.classifier.weight"} <= names
     with pytest.raises(Exception) as excinfo:
-        build("stdc1", "model.decoder_stride=16")
+        model_from_config("stdc1", "model.decoder_stride=16")
     err = root_error(excinfo)
     assert isinstance(err, ConfigError) and "model.decoder_stride=16: choose 8, 4 or 2" in str(err)
 
@@ -73,19 +68,19 @@ def test_strip_pooling_sees_exactly_the_neighbouring_rows_and_columns():
 
 def test_stdc_strip_pool_gates_the_decoder_and_needs_a_skip_decoder():
     torch.manual_seed(0)
-    model = build("stdc1", "model.decoder_stride=4", "model.strip_pool=true").train()
+    model = model_from_config("stdc1", "model.decoder_stride=4", "model.strip_pool=true").train()
     out = model(torch.randn(2, 3, 67, 93))
     assert out["out"].shape == (2, NUM_CLASSES, 67, 93)
     out["out"].mean().backward()
     strip = [n for n, p in model.named_parameters() if n.startswith("head.strip.")]
     assert strip and all(dict(model.named_parameters())[n].grad is not None for n in strip)
     # without it the stride-4 names are unchanged, so older checkpoints still load
-    plain = build("stdc1", "model.decoder_stride=4")
+    plain = model_from_config("stdc1", "model.decoder_stride=4")
     assert set(plain.state_dict()) == {
         k for k in model.state_dict() if not k.startswith("head.strip.")
     }
     with pytest.raises(Exception) as excinfo:
-        build("stdc1", "model.strip_pool=true")
+        model_from_config("stdc1", "model.strip_pool=true")
     err = root_error(excinfo)
     assert isinstance(err, ConfigError) and "model.decoder_stride=4" in str(err)
 
@@ -110,7 +105,7 @@ def test_strided_grouped_conv_runs_in_float32_under_cpu_autocast():
     assert torch.equal(strided(x), reference(x))  # no autocast: exactly nn.Conv2d
     # the models use it where they have strided grouped convs
     for name in ("stdc1", "bisenetv2"):
-        model = build(name)
+        model = model_from_config(name)
         strided_groups = [
             m for m in model.modules()
             if isinstance(m, nn.Conv2d) and m.groups > 1 and m.stride != (1, 1)
