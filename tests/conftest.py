@@ -8,12 +8,14 @@ signals, DDP, torchrun, sweeps, submitit (marker ``e2e``). The markers follow th
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +58,14 @@ FIGURES = "trainer.figures=true"
 # on the meta device (names, shapes, sizes), results/models.md has their export parity.
 SIZE_VARIANTS = frozenset(f"segformer_b{i}" for i in range(1, 6))
 MODEL_NAMES = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in SIZE_VARIANTS)
+
+
+def load_script(name: str) -> types.ModuleType:
+    """Import ``scripts/<name>.py`` as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def model_from_config(name: str, *overrides: str, num_classes: int = 3) -> torch.nn.Module:

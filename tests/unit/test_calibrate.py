@@ -4,7 +4,6 @@ biases against hand-computed thresholds, the pixels collected, the wrapper, and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from segkit.evaluation.logit_bias import (
 )
 from segkit.io import checkpoint as ck
 from segkit.run import dataset_factory, train_rank
-from tests.conftest import CALIBRATED, REPO, TINY, compose_train
+from tests.conftest import CALIBRATED, TINY, compose_train, load_script
 
 
 # --------------------------------------------------------------------------- fitting
@@ -165,13 +164,6 @@ def test_the_sweep_table_shows_the_calibrated_score_only_when_a_job_has_one(tmp_
     assert lines[1].split(",")[4] == "" and lines[2].split(",")[4] == "0.5321"
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run):
     best_path = calibrated_run / "checkpoints" / "best.pt"
     best = ck.load(best_path)
@@ -203,7 +195,7 @@ def test_a_calibrated_run_stores_the_biases_everywhere_it_deploys(calibrated_run
     weights = calibrated_run / "checkpoints" / "best.safetensors"
     assert read_weights_file(weights)["logit_bias"] == biases
     # predict runs the mode it is asked for with that mode's biases (from either file)
-    predict = _load_script("predict")
+    predict = load_script("predict")
     for path in (best_path, weights):
         model, *_ = predict.load(str(path), "whole+flip")
         assert isinstance(model, LogitBias)
@@ -249,7 +241,7 @@ def test_calibrate_images_and_max_images_must_be_positive(capsys):
     with pytest.raises(ConfigError, match="calibrate.max_images"):
         check_train_config(compose_train(*TINY, "calibrate.max_images=0"))
     with pytest.raises(SystemExit) as exit_info:
-        _load_script("calibrate").parse_args(["a.pt", "b.pt", "--max-images", "0"])
+        load_script("calibrate").parse_args(["a.pt", "b.pt", "--max-images", "0"])
     assert exit_info.value.code == 2 and "--max-images must be >= 1" in capsys.readouterr().err
 
 
@@ -264,7 +256,7 @@ def test_calibrate_script_refuses_bad_arguments(args, message, capsys):
     """scripts/calibrate.py's argument errors: exit 2 and argparse's message (what the script
     runs first; the script itself: tests/e2e/test_calibrate_cli.py)."""
     with pytest.raises(SystemExit) as exit_info:
-        _load_script("calibrate").parse_args(args)
+        load_script("calibrate").parse_args(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 

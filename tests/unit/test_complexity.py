@@ -19,6 +19,7 @@ from segkit.reporting.complexity import (
     count_parameters,
     format_report,
 )
+from tests.conftest import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -133,11 +134,7 @@ def test_training_benchmark_compares_memory_formats_and_precisions(tmp_path, mon
 def test_saved_activations_count_what_autograd_keeps_by_hand():
     """conv(3->4) then ReLU on 1x3x8x8 float32: the conv keeps its input (3*64*4 = 768 B; its
     weight is a parameter, not counted), the ReLU its output (4*64*4 = 1024 B)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPTS / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU())
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
     with bench.SavedActivations(model.parameters()) as saved:

@@ -5,7 +5,6 @@ naming the problem and the fix on each broken variant."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from segkit.dist import DistInfo
 from segkit.errors import DataError, run_task
 from segkit.run import build_trainer, dataset_factory
 from tests import public_replicas as rep
-from tests.conftest import compose_train
+from tests.conftest import compose_train, load_script
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SHAPE = ["dataset.input_shape=[32,64]", "dataset.val_input_shape=[32,64]"]
@@ -39,13 +38,6 @@ CITYSCAPES_TRAIN = {
     25: ("rider", 12), 26: ("car", 13), 27: ("truck", 14), 28: ("bus", 15),
     31: ("train", 16), 32: ("motorcycle", 17), 33: ("bicycle", 18),
 }  # fmt: skip
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def compose_check(*overrides: str):

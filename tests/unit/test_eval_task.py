@@ -4,7 +4,6 @@ size, one-key dataset overrides. As a command: tests/e2e/test_eval_cli.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -19,15 +18,7 @@ from segkit.errors import ConfigError, DataError
 from segkit.io import checkpoint as ck
 from segkit.run.evaluation import eval_dataset_config, evaluate
 from segkit.run.models import checkpoint_window
-from tests.conftest import CONF, REPO
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import CONF, load_script
 
 
 def eval_config(*overrides: str):

@@ -4,7 +4,6 @@ pieces. Every model config at every size: tests/contracts/test_every_model.py.""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
 from segkit.io.checkpoint import save_atomic
 from segkit.models import UNet
 from segkit.run import compose_model_config, instantiate_model
+from tests.conftest import load_script
 from tests.onnx_parity import EXPORT_HW, LABELS, SIZES, demo_images, with_statistics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,14 +86,6 @@ def test_parity_fails_on_a_static_export(tmp_path):
     assert all("cannot run at this size" in r.error for r in report.rows[1:])
 
 
-def _load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_export_command_takes_the_input_channels_of_the_checkpoint(tmp_path):
     """A gray run (``dataset.in_channels=1``): ``scripts/export.py``'s ``export`` traces and
     checks at 1 channel; the parity images (colour files) are turned gray as in training."""
@@ -118,7 +110,7 @@ def test_export_command_takes_the_input_channels_of_the_checkpoint(tmp_path):
             [f"ckpt={tmp_path / 'gray.pt'}", f"out={out}", "exporter=legacy",
              f"parity.images={images}", "parity.sizes=[[32,32],[37,29]]"],
         )  # fmt: skip
-    assert _load_script("export").export(cfg) == 0
+    assert load_script("export").export(cfg) == 0
     exported = OnnxModel(out)
     assert exported.session.get_inputs()[0].shape[1] == 1
     assert exported.labels.in_channels == 1 and exported.window == (32, 32)  # slide default

@@ -3,7 +3,6 @@ functions in this process (as commands: tests/e2e/test_tools_cli.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,11 @@ import pytest
 from PIL import Image
 
 from segkit.data.folder import fraction_split
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 SHARED = REPO.parent / "shared" / "datasets"
-
-
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def gray(path: Path, values: np.ndarray) -> None:
