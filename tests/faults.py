@@ -102,6 +102,17 @@ class ConfigEditingLoss(CrossEntropyLoss):
             f.write(text)
 
 
+def launcher_pid() -> int:
+    """The process that started this rank of ``launch.devices=N``: the parent of its parent, the
+    rank server (segkit.engine.spawn) that forked it; else this process's parent."""
+    parent = os.getppid()
+    with open(f"/proc/{parent}/cmdline", "rb") as f:
+        if b"multiprocessing.forkserver" not in f.read():
+            return parent
+    with open(f"/proc/{parent}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("PPid:")))
+
+
 class SignalingCrossEntropy(CrossEntropyLoss):
     """Cross-entropy that sends a real ``SIGTERM`` on training call ``signal_at_step``: to its
     own process (``to_parent=False``) or to its parent (the launcher of ``launch.devices=N``,
@@ -126,7 +137,7 @@ class SignalingCrossEntropy(CrossEntropyLoss):
                     subprocess.run([sys.executable, "-c", kill])
                     time.sleep(0.5)  # the DataLoader workers would be dead by the next batch
                 else:
-                    os.kill(os.getppid() if self.to_parent else os.getpid(), signal.SIGTERM)
+                    os.kill(launcher_pid() if self.to_parent else os.getpid(), signal.SIGTERM)
         return super().forward(outputs, target)
 
 
@@ -158,7 +169,7 @@ class PreemptedCrossEntropy(CrossEntropyLoss):
             if self.calls == self.signal_at_step and first:
                 open(self.marker, "w").close()
                 for name in self.signals:
-                    pid = os.getppid() if self.to_parent else os.getpid()
+                    pid = launcher_pid() if self.to_parent else os.getpid()
                     os.kill(pid, getattr(signal, name))
         return super().forward(outputs, target)
 

@@ -7,5 +7,6 @@
 - ``activation_checkpointing``: recomputing the encoder's blocks in backward instead of storing;
 - ``signals``: SIGINT / SIGTERM / submitit's preemption signal -> a clean stop and requeue;
 - ``loader``: the DataLoader whose workers survive stop signals;
-- ``spawn``: starting the ranks of ``launch.devices=N``, worker logging, the job's run directory.
+- ``spawn``: starting the ranks of ``launch.devices=N``, worker logging, the job's run directory;
+- ``rank_server``: the first import of the process that forks those ranks (holds stop signals).
 """

@@ -25,9 +25,9 @@ class StopSafeLoader(DataLoader):
     submitit's). Ctrl-C, ``kill -- -PGID``, ``pkill -f train.py`` and SLURM's ``scancel`` reach
     every process of the job; a worker killed by one would fail the run (and look like an
     out-of-memory kill) instead of letting the main process finish its step, save and stop
-    (:class:`StopRequest`). Workers start with the signals blocked (a spawned worker, as in the
-    ranks of ``launch.devices=N``, imports torch for seconds before its ``worker_init_fn``
-    runs), ignore them from :func:`seed_worker` on, and are ended by the main process at exit
+    (:class:`StopRequest`). Workers start with the signals blocked (a worker started by spawn,
+    the default on macOS, imports torch for seconds before its ``worker_init_fn`` runs),
+    ignore them from :func:`seed_worker` on, and are ended by the main process at exit
     (:func:`end_worker_processes`); a worker whose main process was killed outright ends by
     itself (torch's watchdog, within 5 s). A signal sent while workers start reaches the main
     process when they have."""
@@ -36,17 +36,17 @@ class StopSafeLoader(DataLoader):
         super().__init__(*args, worker_init_fn=seed_worker, **kwargs)
 
     def __iter__(self) -> Any:
-        with _held(stop_signals()):  # starts the workers, or resets persistent ones
+        with held_signals(stop_signals()):  # starts the workers, or resets persistent ones
             return super().__iter__()
 
 
 @contextlib.contextmanager
-def _held(sigs: tuple[signal.Signals, ...]) -> Iterator[None]:
+def held_signals(sigs: tuple[signal.Signals, ...]) -> Iterator[set[signal.Signals]]:
     """Block ``sigs`` in this thread (and in processes it starts) for the block's duration; a
-    signal sent meanwhile is delivered when it ends."""
+    signal sent meanwhile is delivered when it ends. Yields the mask before the block."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
-        yield
+        yield previous
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
@@ -67,7 +67,7 @@ def end_worker_processes() -> None:
     """Kill the child processes still alive (DataLoader workers that a DataLoader still held,
     which ignore SIGTERM: :class:`StopSafeLoader`) and reap them. Runs at exit, before
     multiprocessing's own exit handler, whose terminate-then-join would wait for them forever,
-    and where a spawned rank skips that handler (``launch``)."""
+    and which a rank of ``launch.devices=N`` skips (it ends by ``os._exit``)."""
     children = multiprocessing.active_children()
     if not children:
         return

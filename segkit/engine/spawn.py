@@ -1,4 +1,4 @@
-"""Starting and ending processes: spawning the workers of ``launch.devices=N`` (passing the stop
+"""Starting and ending processes: starting the workers of ``launch.devices=N`` (passing the stop
 signals on to them) and reporting their errors, worker logging, the job's one run directory
 (torchrun, elastic restarts). Signals themselves are ``segkit.engine.signals``; ranks,
 collectives, samplers and devices are ``segkit.dist``."""
@@ -6,20 +6,23 @@ collectives, samplers and devices are ``segkit.dist``."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from segkit import errors as errs
 from segkit.dist import DistInfo, broadcast_object
-from segkit.engine.loader import end_worker_processes
+from segkit.engine.loader import end_worker_processes, held_signals
 from segkit.engine.signals import (
     note_preemption,
     preemption_signal,
@@ -39,21 +42,26 @@ def _free_port() -> int:
 def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Path, n: int) -> None:
     """Run ``fn(plain_cfg, run_dir)`` in ``n`` DDP processes on this machine.
 
-    ``fn`` must be a module-level function (it is pickled for the spawn). ``torch.multiprocessing``
-    joins the processes and, if one fails, stops the rest, so no rank is left waiting in a
-    collective. A user error in a rank comes back as that error (one message, "rank r: ..."),
-    a rank killed by a signal as a DistributedError with the likely cause.
+    ``fn`` must be a module-level function (it is pickled to the workers). The workers are
+    forks of one fresh interpreter that has imported ``fn``'s module (:func:`_start_rank_server`):
+    the imports are paid once per launching process, not once per rank and sweep job, and no
+    state of this process (CUDA, threads) reaches a rank. ``torch.multiprocessing`` joins the
+    processes and, if one fails, stops the rest, so no rank is left waiting in a collective. A
+    user error in a rank comes back as that error (one message, "rank r: ..."), a rank killed
+    by a signal as a DistributedError with the likely cause.
     """
     import torch.multiprocessing as mp
 
     port = _free_port()
-    errors = mp.get_context("spawn").SimpleQueue()
+    mask = _start_rank_server(fn.__module__)
+    errors = mp.get_context("forkserver").SimpleQueue()
     log.info("starting %d worker processes (DDP, master port %d)", n, port)
+    env = dict(os.environ)  # as now: the server's environment is that of its start
     context = mp.start_processes(
         _worker,
-        args=(fn, plain_cfg, str(run_dir), n, port, errors),
+        args=(fn, plain_cfg, str(run_dir), n, port, errors, env, mask),
         nprocs=n,
-        start_method="spawn",
+        start_method="forkserver",
         join=False,
     )
     received: list[str] = []  # the stop signals this process got
@@ -77,6 +85,43 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
         raise RuntimeError(f"rank {e.error_index} failed: {last}\n{e}") from None
     finally:
         forward()
+
+
+# Stop and user signals (SIGINT, SIGTERM, SIGHUP, SLURM's and submitit's SIGUSR1/2): a signal to
+# the whole process group (Ctrl-C, ``kill -- -PGID``, ``scancel``) must not end the rank server.
+SERVER_BLOCKED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _start_rank_server(module: str) -> set[signal.Signals]:
+    """Start this process's fork server (multiprocessing's ``forkserver``: a fresh interpreter
+    that imports ``module``, then forks a rank per request), once per process, and return this
+    thread's signal mask, which the ranks restore (:func:`_worker`).
+
+    A signal to the process group never ends the server: it is what reports the ranks' exit
+    statuses here, and a rank may still be saving. It starts with ``SERVER_BLOCKED`` ignored
+    and holds them from its first import on (``segkit.engine.rank_server``); its forks
+    inherit the hold, so a signal sent while a rank starts waits for the rank's handlers."""
+    from multiprocessing import forkserver
+
+    forkserver.set_forkserver_preload(["segkit.engine.rank_server", module])  # once running: no-op
+    with held_signals(SERVER_BLOCKED) as mask:  # a signal meanwhile reaches the handler restored
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in SERVER_BLOCKED}
+        try:
+            forkserver.ensure_running()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return mask
+
+
+def _default_signal_handling(mask: set[signal.Signals]) -> None:
+    """In a rank forked by the rank server: Python's own handlers, as in a fresh interpreter, and
+    then the launcher's signal mask (a signal held since the fork is delivered now)."""
+    for sig in SERVER_BLOCKED:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    if (sig := preemption_signal()) is not None:  # not fatal before training: StopRequest acts
+        signal.signal(sig, note_preemption)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _forward_signals(processes: list, received: list[str]) -> Callable[[], None]:
@@ -128,10 +173,19 @@ def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) ->
 
 
 def _worker(
-    local_rank: int, fn, plain_cfg: dict, run_dir: str, world: int, port: int, errors
+    local_rank: int,
+    fn,
+    plain_cfg: dict,
+    run_dir: str,
+    world: int,
+    port: int,
+    errors,
+    env: dict[str, str],
+    mask: set[signal.Signals],
 ) -> None:
-
+    os.environ.clear()
     os.environ.update(
+        env,
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(local_rank),
@@ -140,8 +194,12 @@ def _worker(
         LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    if (sig := preemption_signal()) is not None:  # not fatal before training: StopRequest acts
-        signal.signal(sig, note_preemption)
+    _default_signal_handling(mask)
+    # tqdm's default lock is a multiprocessing semaphore, which a rank (ended by os._exit) would
+    # leave registered: "resource_tracker: ... leaked semaphore objects" at the job's end
+    tqdm.set_lock(threading.RLock())
+    multiprocessing.set_start_method(None, force=True)  # loader workers: the platform's default,
+    # as in any other process (not the server's forkserver: one more interpreter per rank)
     setup_worker_logging(Path(run_dir), local_rank)
     try:
         fn(plain_cfg, Path(run_dir))

@@ -14,19 +14,18 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from segkit.data.transforms import letterbox_geometry
 from segkit.evaluation.metrics import format_table
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn (trainer.figures=false: never)
+    from matplotlib.figure import Figure
 
 IGNORE_COLOUR = (255, 255, 255)
 DPI = 100
@@ -116,6 +115,9 @@ def overlay(
 
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A pyplot-free figure on the Agg canvas (``width_in`` x ``height_in`` inches at DPI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width_in, height_in), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
@@ -130,6 +132,8 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 def class_legend(fig: Figure, class_names: Sequence[str], palette: list[list[int]]) -> None:
     """Class-colour swatches (and white = ignore) under the axes of ``fig``."""
+    from matplotlib.patches import Patch
+
     colours = [*(np.asarray(c) / 255.0 for c in palette), np.asarray(IGNORE_COLOUR) / 255.0]
     names = [*class_names, "ignore"]
     handles = [Patch(facecolor=c, edgecolor="black", label=n) for n, c in zip(names, colours)]
@@ -250,6 +254,8 @@ def curves_figure(rows: Sequence[dict]) -> Figure:
 
     def column(key: str) -> np.ndarray:
         return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+
+    from matplotlib.ticker import MaxNLocator
 
     epochs = column("epoch")
     fig = new_figure(13.0, 4.0)

@@ -1,4 +1,4 @@
-"""The train task: ``train(cfg)`` runs here or in ``launch.devices`` spawned workers; each rank
+"""The train task: ``train(cfg)`` runs here or in ``launch.devices`` worker processes; each rank
 runs :func:`train_rank`: seed -> data -> model -> Trainer.fit -> files."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> float:
 
 
 def _train_plain(plain: dict, run_dir: Path) -> float:
-    """Entry of a spawned worker (module level, so it pickles)."""
+    """Entry of a worker of ``launch.devices=N`` (module level, so it pickles)."""
     return train_rank(OmegaConf.create(plain), run_dir)
 
 

@@ -28,9 +28,13 @@ def one_run_dir(root: Path) -> Path:
 DDP_RUN = [*DDP_ARGS, "launch.devices=2", "trainer.log_every=1"]
 
 
+DDP_STDERR = "stderr.txt"  # in ddp_run's folder: what the launcher and its ranks printed
+
+
 def _train_ddp(root: Path) -> None:
     proc = run_cli("train.py", *DDP_RUN, cwd=root)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (root / DDP_STDERR).write_text(proc.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -5,18 +5,20 @@ stream, and its val metrics must equal a single-process evaluation of its checkp
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from segkit import dist
+from segkit.engine import spawn
 from segkit.evaluation.metrics import ConfusionMatrix, evaluate
 from segkit.io import checkpoint as ck
 from segkit.run import build_datasets, build_loaders, build_loss
 from segkit.run.models import load_model
 from tests.conftest import REPO, compose_train, run_cli
-from tests.e2e.conftest import DDP_ARGS, one_run_dir
+from tests.e2e.conftest import DDP_ARGS, DDP_STDERR, one_run_dir
 from tests.faults import failing
 
 pytestmark = pytest.mark.slow
@@ -48,7 +50,33 @@ def test_devices_2_on_cpu_spawns_ddp_with_one_run_dir(ddp_run):
     log = (run / "train.log").read_text()
     assert "starting 2 worker processes" in log and "world size 2, backend gloo" in log
     assert "rank -> device: 0: cpu, 1: cpu" in log
+    # the ranks end without interpreter finalization: nothing of theirs is left registered
+    assert "leaked" not in (ddp_run / DDP_STDERR).read_text()
     _assert_metrics_match_single_process(run)
+
+
+def _record_launch(plain: dict, run_dir: Path) -> None:
+    """A rank's work in the test below: note its launch's variable and its parent process."""
+    rank = os.environ["RANK"]
+    (run_dir / f"rank{rank}.txt").write_text(f"{os.environ['SEGKIT_TEST_LAUNCH']} {os.getppid()}")
+
+
+def test_a_second_launch_forks_its_ranks_from_the_same_server_with_its_environment(
+    tmp_path, monkeypatch
+):
+    """Two launches in one process (a sweep's jobs): every rank is a fork of one rank server,
+    which imported segkit once, and each sees the environment of its own launch (as a
+    spawned process would: hydra.job.env_set differs per job), not that of the server's start."""
+    parents = set()
+    for launch in ("first", "second"):
+        monkeypatch.setenv("SEGKIT_TEST_LAUNCH", launch)
+        run_dir = tmp_path / launch
+        run_dir.mkdir()
+        spawn.launch_workers(_record_launch, {}, run_dir, 2)
+        notes = [(run_dir / f"rank{r}.txt").read_text().split() for r in range(2)]
+        assert [name for name, _ in notes] == [launch, launch]
+        parents |= {int(parent) for _, parent in notes}
+    assert len(parents) == 1 and parents != {os.getpid()}, parents
 
 
 def test_torchrun_shares_rank0_run_dir(tmp_path):

@@ -100,8 +100,8 @@ def test_sigterm_to_every_process_with_loader_workers_then_resume(tiny_run, tmp_
 
 @pytest.mark.slow
 def test_sigterm_to_every_process_of_two_ranks_with_loader_workers(tmp_path):
-    """The same with ``launch.devices=2``, whose ranks start their workers by spawn and end
-    without atexit: an interrupt (143) with its checkpoint, no process left behind. No resume
+    """The same with ``launch.devices=2``, whose ranks (forks of the rank server) end without
+    atexit: an interrupt (143) with its checkpoint, no process left behind. No resume
     here, so the signal comes in epoch 1 (step 2 of 3): every spawn of the loader workers of a
     later epoch (and of validation) would only add time."""
     args = [*BASE, "loader.num_workers=2", "launch.devices=2", *_signal_at(2, to_group=True)]
