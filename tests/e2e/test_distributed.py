@@ -17,7 +17,7 @@ from segkit.evaluation.metrics import ConfusionMatrix, evaluate
 from segkit.io import checkpoint as ck
 from segkit.run import build_datasets, build_loaders, build_loss
 from segkit.run.models import load_model
-from tests.conftest import REPO, compose_train, run_cli
+from tests.conftest import compose_train, run_cli
 from tests.e2e.conftest import DDP_ARGS, DDP_STDERR, one_run_dir
 from tests.faults import failing
 
@@ -77,23 +77,6 @@ def test_a_second_launch_forks_its_ranks_from_the_same_server_with_its_environme
         assert [name for name, _ in notes] == [launch, launch]
         parents |= {int(parent) for _, parent in notes}
     assert len(parents) == 1 and parents != {os.getpid()}, parents
-
-
-def test_torchrun_shares_rank0_run_dir(tmp_path):
-    """Also with an EMA of the weights: its BatchNorm statistics (which differ per rank) come
-    from rank 0 at validation, so the metrics are those of the saved average."""
-    proc = run_cli(
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "train.py"),
-        *DDP_ARGS,
-        "trainer.ema_decay=0.9",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run = one_run_dir(tmp_path)
-    _assert_metrics_match_single_process(run)
 
 
 def test_a_failing_rank_stops_the_whole_job_with_its_error(tmp_path):

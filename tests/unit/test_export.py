@@ -22,8 +22,12 @@ from tests.onnx_parity import EXPORT_HW, LABELS, SIZES, demo_images, with_statis
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+
+@pytest.fixture(autouse=True)
+def _onnx_installed() -> None:
+    """Every test here needs the export extra (imported per test, not at collection)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
 
 
 class OldPadUNet(nn.Module):

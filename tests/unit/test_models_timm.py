@@ -13,12 +13,17 @@ import torch
 from segkit.errors import CheckpointError, ConfigError
 from segkit.models import DeepLabV3Plus, UNet
 
-timm = pytest.importorskip("timm", reason="the timm extra: pip install segkit[timm]")
+
+@pytest.fixture(autouse=True)
+def timm():
+    """Every test here needs the timm extra (imported per test, not at collection)."""
+    return pytest.importorskip("timm", reason="the timm extra: pip install segkit[timm]")
+
 
 NUM_CLASSES = 3
 
 
-def test_unet_runs_timms_own_features():
+def test_unet_runs_timms_own_features(timm):
     torch.manual_seed(0)
     model = UNet(NUM_CLASSES, backbone="tu-resnet18").eval()
     assert model.encoder.channels == [64, 64, 128, 256, 512]
@@ -42,6 +47,8 @@ def test_deeplabv3plus_uses_timms_dilation():
 
 def _cache_weights(root, repo: str) -> dict[str, torch.Tensor]:
     """A timm ImageNet file where timm's Hugging Face download would have put it."""
+    import timm
+
     torch.manual_seed(1)
     state = timm.create_model("resnet18").state_dict()  # classifier ``fc`` included
     snapshot = root / f"models--{repo.replace('/', '--')}" / "snapshots" / "0a1b2c"
@@ -50,7 +57,7 @@ def _cache_weights(root, repo: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_pretrained_weights_come_from_timms_cache_only(tmp_path, monkeypatch):
+def test_pretrained_weights_come_from_timms_cache_only(timm, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
     with pytest.raises(CheckpointError) as excinfo:
