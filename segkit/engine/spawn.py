@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def launch_workers(fn: Callable[[dict, Path], Any], plain_cfg: dict, run_dir: Pa
     received: list[str] = []  # the stop signals this process got
     forward = _forward_signals(context.processes, received)
     try:
-        while not context.join(timeout=1.0):
+        _wait_for_the_ranks(context.processes, received)
+        while not context.join(timeout=1.0):  # raises for a failed rank, ending the others
             pass
     except mp.ProcessExitedException as e:
         if e.signal_name in received:  # sent to the whole job, outside a rank's training loop
@@ -122,6 +124,29 @@ def _default_signal_handling(mask: set[signal.Signals]) -> None:
     if (sig := preemption_signal()) is not None:  # not fatal before training: StopRequest acts
         signal.signal(sig, note_preemption)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+STOP_GRACE_S = 120.0  # how long stopping ranks may take to save before the rest are ended
+INTERRUPTED = (130, 143)  # a rank's exit status after a stop signal (it saved first)
+
+
+def _wait_for_the_ranks(processes: list, received: list[str]) -> None:
+    """Return when every rank has ended, or when one failed. A rank that ends because of a stop
+    signal (``received`` here, or its own exit status) is not a failure of the others: they
+    stop at the same step and save, and torch's join would end them mid-write, so they get
+    ``STOP_GRACE_S`` to end by themselves."""
+    from multiprocessing.connection import wait
+
+    while alive := [p for p in processes if p.exitcode is None]:
+        wait([p.sentinel for p in alive], timeout=1.0)
+        codes = [p.exitcode for p in processes if p.exitcode is not None]
+        if any(code in INTERRUPTED for code in codes) or (received and codes):
+            deadline = time.monotonic() + STOP_GRACE_S
+            for p in processes:
+                p.join(max(0.0, deadline - time.monotonic()))
+            return
+        if any(code != 0 for code in codes):
+            return
 
 
 def _forward_signals(processes: list, received: list[str]) -> Callable[[], None]:
