@@ -23,6 +23,7 @@ from segkit.io import checkpoint as ckpt_io
 from segkit.io.weights_file import export_weights
 from segkit.reporting.complexity import log_complexity
 from segkit.reporting.run_files import (
+    RESULT_FILE,
     hparams_of,
     override_keys,
     read_result,
@@ -111,8 +112,15 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     Rank 0 alone writes the run's files (``out_dir`` is None on the other ranks)."""
     t0 = time.time()
     resume_from = load_resume(cfg, run_dir, info)
-    if resume_from is not None and run_finished(resume_from[1], cfg):  # leave every file as is
-        ckpt = resume_from[1]
+    if resume_from is not None and run_finished(resume_from[1], cfg):
+        if not (run_dir / RESULT_FILE).is_file():  # stopped while finishing: finish it now
+            log.warning(
+                "the run finished training (step %d) but not its finishing (calibration, "
+                "best.safetensors, plots, result.json): finishing it now",
+                resume_from[1]["step"],
+            )
+            return _train_and_finish(cfg, run_dir, out_dir, info, resume_from, t0)
+        ckpt = resume_from[1]  # leave every file as is
         log.info(
             "the run already finished (epoch %d, step %d); nothing to do",
             ckpt["epoch"],
@@ -123,6 +131,18 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
             state = TrainState.from_checkpoint(ckpt)
             write_status(out_dir, "finished", **finished_fields(state, out_dir))
         return ckpt["best_miou"]
+    return _train_and_finish(cfg, run_dir, out_dir, info, resume_from, t0)
+
+
+def _train_and_finish(
+    cfg: DictConfig,
+    run_dir: Path,
+    out_dir: Path | None,
+    info: dist.DistInfo,
+    resume_from: tuple | None,
+    t0: float,
+) -> float:
+    """The run from ``resume_from`` (or from the start) to its end, then its finishing."""
     seed_everything(cfg.seed)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     if out_dir is not None:
@@ -154,8 +174,9 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
 # what a stop after the loop says (segkit.engine.signals.StopRaises)
 FINISHING = (
     "after training, while finishing the run (calibrating best.pt, writing best.safetensors, "
-    "the plots and result.json): the trained checkpoints are intact ({best}); calibrate it "
-    "with `python scripts/calibrate.py {best} <out.pt>`, or evaluate it as it is with eval.py"
+    "the plots and result.json): the trained checkpoints are intact ({best}); run the command "
+    "again with resume=auto to finish the run (it trains nothing more), or calibrate the "
+    "checkpoint alone with `python scripts/calibrate.py {best} <out.pt>`"
 )
 
 

@@ -354,7 +354,8 @@ def test_iteration_schedule_with_accumulation_validates_every_n_steps(tmp_path):
 def test_a_sigterm_while_finishing_is_an_interrupt_that_names_what_is_intact(tmp_path, monkeypatch):
     """A real SIGTERM to this process after the loop (calibration, result files: no step to
     finish there) stops the run as interrupted, exit 143, with the trained checkpoints intact
-    and status.json saying so; the default handler is back afterwards."""
+    and status.json saying so; the default handler is back afterwards. ``resume=auto`` then
+    finishes the run."""
     import os
     import signal
 
@@ -378,3 +379,17 @@ def test_a_sigterm_while_finishing_is_an_interrupt_that_names_what_is_intact(tmp
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted" and "while finishing the run" in status["reason"]
     assert signal.getsignal(signal.SIGTERM) == before
+    assert not (run / "result.json").exists()
+
+    # resume=auto trains nothing more and does the finishing that the signal stopped
+    monkeypatch.undo()
+    trained = ck.load(run / "checkpoints" / "last.pt")
+    cfg = compose_train(*TINY, "trainer.max_epochs=1", "dataset.check=off", "resume=auto")
+    assert train_rank(cfg, run) == trained["best_miou"]
+    assert json.loads((run / "result.json").read_text())["best_miou"] == trained["best_miou"]
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    after = ck.load(run / "checkpoints" / "last.pt")
+    assert after["step"] == 6
+    for name, tensor in trained["model"].items():
+        assert torch.equal(tensor, after["model"][name]), name
