@@ -185,7 +185,7 @@ def _rank_error(rank: int, code: int | None, signal_name: str | None, errors) ->
         err = getattr(errs, kind, errs.DistributedError)(message)
         err.exit_code = exit_code
         return err
-    if code in (130, 143):
+    if code in INTERRUPTED:
         name = "SIGTERM" if code == 143 else "SIGINT"
         return errs.Interrupted(f"interrupted by {name}; resume with resume=auto", name)
     if signal_name:

@@ -251,11 +251,10 @@ def iou_bar_figure(
 def curves_figure(rows: Sequence[dict]) -> Figure:
     """Training curves over epochs from ``metrics.csv`` rows (values as numbers, strings or
     empty): train / val loss, val mIoU and pixel accuracy, learning rate."""
+    from matplotlib.ticker import MaxNLocator
 
     def column(key: str) -> np.ndarray:
         return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
-
-    from matplotlib.ticker import MaxNLocator
 
     epochs = column("epoch")
     fig = new_figure(13.0, 4.0)

@@ -113,25 +113,26 @@ def _train(cfg: DictConfig, run_dir: Path, out_dir: Path | None, info: dist.Dist
     t0 = time.time()
     resume_from = load_resume(cfg, run_dir, info)
     if resume_from is not None and run_finished(resume_from[1], cfg):
-        if not (run_dir / RESULT_FILE).is_file():  # stopped while finishing: finish it now
-            log.warning(
-                "the run finished training (step %d) but not its finishing (calibration, "
-                "best.safetensors, plots, result.json): finishing it now",
-                resume_from[1]["step"],
-            )
-            return _train_and_finish(cfg, run_dir, out_dir, info, resume_from, t0)
-        ckpt = resume_from[1]  # leave every file as is
-        log.info(
-            "the run already finished (epoch %d, step %d); nothing to do",
-            ckpt["epoch"],
-            ckpt["step"],
+        if (run_dir / RESULT_FILE).is_file():
+            return _already_finished(resume_from[1], out_dir)
+        log.warning(  # stopped while finishing: finish it now
+            "the run finished training (step %d) but not its finishing (calibration, "
+            "best.safetensors, plots, result.json): finishing it now",
+            resume_from[1]["step"],
         )
-        if out_dir is not None and (read_status(out_dir) or {}).get("status") != "finished":
-            # the directory's claim marked it running: it is the finished run it was
-            state = TrainState.from_checkpoint(ckpt)
-            write_status(out_dir, "finished", **finished_fields(state, out_dir))
-        return ckpt["best_miou"]
     return _train_and_finish(cfg, run_dir, out_dir, info, resume_from, t0)
+
+
+def _already_finished(ckpt: dict, out_dir: Path | None) -> float:
+    """A resume of a finished run: every file is left as it is (status.json says finished)."""
+    log.info(
+        "the run already finished (epoch %d, step %d); nothing to do", ckpt["epoch"], ckpt["step"]
+    )
+    if out_dir is not None and (read_status(out_dir) or {}).get("status") != "finished":
+        # the directory's claim marked it running: it is the finished run it was
+        state = TrainState.from_checkpoint(ckpt)
+        write_status(out_dir, "finished", **finished_fields(state, out_dir))
+    return ckpt["best_miou"]
 
 
 def _train_and_finish(
