@@ -25,7 +25,7 @@ from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from tests.warm_start import WarmStarter
+from tests.warm_start import WarmProcess, WarmStarter
 
 pytest_plugins = ["tests.crafted"]  # the crafted-checkpoint fixture of the safety tests
 
@@ -233,6 +233,26 @@ def _warm_starter() -> WarmStarter | None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     while _WARM:
         _WARM.pop().close()
+
+
+def start_cli(
+    script: str, *args: str, cwd: Path, output: Path, env: dict | None = None
+) -> subprocess.Popen | WarmProcess:
+    """Start ``python <script> args`` and return at once (``pid``, ``poll()``, ``wait()``,
+    ``kill()``, ``returncode``), its stdout and stderr going to the file ``output``; warm as
+    :func:`run_cli` where it can be."""
+    full_env = _cli_env(env)
+    argv = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
+    warm = _warm_starter()
+    with open(output, "wb") as out:
+        if warm is not None and warm.serves(full_env):
+            stdin = os.open(os.devnull, os.O_RDONLY)
+            fds = [stdin, os.dup(out.fileno()), os.dup(out.fileno())]
+            return warm.start([*argv, *args], cwd, full_env, False, fds)
+        return subprocess.Popen(
+            [sys.executable, *argv, *args], cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
 
 
 def run_cli(

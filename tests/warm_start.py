@@ -12,7 +12,8 @@ DDP ranks and torchrun behave as with a fresh interpreter.
 
 Forking is safe here because the server starts no thread and runs no torch op before forking
 (it checks its thread count). ``WarmStarter`` is the test side: ``run(...)`` returns a
-``subprocess.CompletedProcess`` like ``subprocess.run(capture_output=True, text=True)``.
+``subprocess.CompletedProcess`` like ``subprocess.run(capture_output=True, text=True)``, and
+``start(...)`` returns at once a ``WarmProcess``, the part of ``subprocess.Popen`` tests use.
 """
 
 from __future__ import annotations
@@ -172,38 +173,71 @@ class WarmStarter:
         keys = {k for k in {*env, *self.env} if k.startswith(AT_START)}
         return self.server.poll() is None and all(env.get(k) == self.env.get(k) for k in keys)
 
-    def run(
-        self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float, new_session: bool
-    ) -> subprocess.CompletedProcess:
+    def start(
+        self, argv: list[str], cwd: Path, env: dict[str, str], new_session: bool, fds: list[int]
+    ) -> WarmProcess:
+        """Fork ``python argv...`` with ``fds`` as its stdin, stdout and stderr (closed here once
+        sent); returns at once, with the child's pid."""
         request = {"argv": argv, "cwd": str(cwd), "env": env, "new_session": new_session}
         body = json.dumps(request).encode()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        stdin = os.open(os.devnull, os.O_RDONLY)
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.path)
         try:
-            socket.send_fds(conn, [HEADER.pack(len(body))], [stdin, out_w, err_w])
+            socket.send_fds(conn, [HEADER.pack(len(body))], fds)
             conn.sendall(body)
         finally:
-            for fd in (stdin, out_w, err_w):
+            for fd in fds:
                 os.close(fd)
-        pid = int(_read_line(conn, time.monotonic() + 30))
+        return WarmProcess([sys.executable, *argv], conn)
+
+    def run(
+        self, argv: list[str], cwd: Path, env: dict[str, str], timeout: float, new_session: bool
+    ) -> subprocess.CompletedProcess:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        proc = self.start(argv, cwd, env, new_session, [stdin, out_w, err_w])
         deadline = time.monotonic() + timeout
         try:
             out, err = _drain({out_r: [], err_r: []}, deadline)
-            code = int(_read_line(conn, deadline))
+            code = proc.wait(max(deadline - time.monotonic(), 0.001))
         except subprocess.TimeoutExpired:
-            _kill(pid)
-            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout) from None
-        finally:
-            conn.close()
-        return subprocess.CompletedProcess([sys.executable, *argv], code, out, err)
+            proc.kill()
+            raise subprocess.TimeoutExpired(proc.args, timeout) from None
+        return subprocess.CompletedProcess(proc.args, code, out, err)
 
     def close(self) -> None:
         self.server.terminate()
         self.server.wait()
         Path(self.path).unlink(missing_ok=True)
+
+
+class WarmProcess:
+    """A forked command as much of ``subprocess.Popen`` as the tests use: ``pid``, ``poll()``,
+    ``wait(timeout)``, ``kill()`` and ``returncode`` (the server sends the exit status)."""
+
+    def __init__(self, args: list[str], conn: socket.socket) -> None:
+        self.args, self.conn, self.returncode = args, conn, None
+        self.pid = int(_read_line(conn, time.monotonic() + 30))
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            deadline = time.monotonic() + (1e9 if timeout is None else timeout)
+            try:
+                self.returncode = int(_read_line(self.conn, deadline))
+            except subprocess.TimeoutExpired:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.conn.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self.conn], [], [], 0)[0]:
+            self.wait()
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            _kill(self.pid)
 
 
 def _kill(pid: int) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, start_cli
 from tests.e2e.conftest import DDP_ARGS, one_run_dir
 from tests.e2e.test_distributed import _assert_metrics_match_single_process
 
@@ -29,26 +26,24 @@ def test_two_node_torchrun_on_localhost_is_one_job(tmp_path):
     0 at validation, so the metrics are those of the saved average. (``--standalone`` torchrun:
     the restart test below.)"""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     procs = []
     for node in (0, 1):
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
-            "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-            f"--rdzv-id=job{port}", str(REPO / "train.py"), *DDP_ARGS, "trainer.ema_decay=0.9",
+        args = [
+            "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=job{port}", str(REPO / "train.py"),
+            *DDP_ARGS, "trainer.ema_decay=0.9",
         ]  # fmt: skip
         workdir = tmp_path / f"node{node}"
         workdir.mkdir()
-        out = subprocess.PIPE
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=workdir, env=env, text=True, stdout=out, stderr=subprocess.STDOUT
-            )
-        )
+        out = tmp_path / f"node{node}.out"
+        procs.append((start_cli("torch.distributed.run", *args, cwd=workdir, output=out), out))
         time.sleep(0.5)
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
+    try:
+        for proc, out in procs:
+            assert proc.wait(timeout=300) == 0, out.read_text()[-4000:]
+    finally:  # a node that failed leaves the other one waiting for it
+        for proc, _ in procs:
+            proc.kill()
     run = one_run_dir(tmp_path / "node0")  # global rank 0 writes the one run directory
     runs1 = tmp_path / "node1" / "outputs" / "train" / "runs"
     assert not runs1.exists() or not any(p.is_dir() for p in runs1.iterdir())  # node 1: none

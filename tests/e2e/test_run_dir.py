@@ -4,14 +4,11 @@ moved aside with overwrite=true), and a sweep checks every job before the first 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import TINY, run_cli, start_cli
 
 QUICK = [*TINY, "dataset.check=off", "trainer.limit_val_batches=1"]
 
@@ -26,25 +23,21 @@ def _files(folder: Path, skip: str = "") -> dict[str, bytes]:
     }
 
 
-def _start_held(run_dir: Path, gate: Path, cwd: Path) -> subprocess.Popen:
+def _start_held(run_dir: Path, gate: Path, cwd: Path):
     """``train.py`` into ``run_dir`` with overwrite=true, held live at training step 1 until
-    ``gate`` exists (tests.faults.GatedCrossEntropy)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ``gate`` exists (tests.faults.GatedCrossEntropy); what it prints goes to ``cwd/live.out``."""
     args = [
         *QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "loss._target_=tests.faults.GatedCrossEntropy", f"+loss.gate={gate}",
         f"hydra.run.dir={run_dir}", "overwrite=true",
     ]  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    return start_cli("train.py", *args, cwd=cwd, output=cwd / "live.out")
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+def _wait_for(path: Path, proc, output: Path, timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert proc.poll() is None, output.read_text()[-3000:]
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.2)
 
@@ -68,7 +61,7 @@ def test_a_run_dir_belongs_to_one_run(tiny_run, tmp_path):
     gate = tmp_path / "gate"
     live = _start_held(run_dir, gate, tmp_path)
     try:
-        _wait_for(Path(f"{gate}.reached"), live)
+        _wait_for(Path(f"{gate}.reached"), live, tmp_path / "live.out")
         # the live run's TensorBoard writer may flush on its own timer: its events are left out
         held = _files(run_dir, skip="tb")
         second = run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -80,7 +73,8 @@ def test_a_run_dir_belongs_to_one_run(tiny_run, tmp_path):
         assert _files(run_dir, skip="tb") == held  # not even Hydra's .hydra/ or train.log
     finally:
         gate.touch()
-        out = live.communicate(timeout=300)[0]
+        live.wait(timeout=300)
+    out = (tmp_path / "live.out").read_text()
     assert live.returncode == 0, out[-3000:]
     assert "the earlier run's files are now in" in out
     assert f"  {run_dir / 'checkpoints' / 'best.pt'}\n" in out  # the file list at the end...
