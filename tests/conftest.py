@@ -235,17 +235,24 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         _WARM.pop().close()
 
 
+def _command(script: str, env: dict | None, cold: bool) -> tuple[list, dict, WarmStarter | None]:
+    """``python <script>``'s argv (after the interpreter), its environment, and the warm
+    interpreter that can serve it (None: start a fresh ``python``)."""
+    full_env = _cli_env(env)
+    argv = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
+    warm = None if cold else _warm_starter()
+    return argv, full_env, warm if warm is not None and warm.serves(full_env) else None
+
+
 def start_cli(
     script: str, *args: str, cwd: Path, output: Path, env: dict | None = None
 ) -> subprocess.Popen | WarmProcess:
     """Start ``python <script> args`` and return at once (``pid``, ``poll()``, ``wait()``,
     ``kill()``, ``returncode``), its stdout and stderr going to the file ``output``; warm as
     :func:`run_cli` where it can be."""
-    full_env = _cli_env(env)
-    argv = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
-    warm = _warm_starter()
+    argv, full_env, warm = _command(script, env, cold=False)
     with open(output, "wb") as out:
-        if warm is not None and warm.serves(full_env):
+        if warm is not None:
             stdin = os.open(os.devnull, os.O_RDONLY)
             fds = [stdin, os.dup(out.fileno()), os.dup(out.fileno())]
             return warm.start([*argv, *args], cwd, full_env, False, fds)
@@ -270,10 +277,8 @@ def run_cli(
     The process is forked from a warm interpreter that has done the imports already
     (tests/warm_start.py); ``cold=True``, an ``env`` that changes what is read at interpreter
     start (``PYTHONPATH``...), or ``SEGKIT_TESTS_COLD=1`` start a fresh ``python`` instead."""
-    full_env = _cli_env(env)
-    argv = [str(REPO / script)] if script.endswith(".py") else ["-m", script]
-    warm = None if cold else _warm_starter()
-    if warm is not None and warm.serves(full_env):
+    argv, full_env, warm = _command(script, env, cold)
+    if warm is not None:
         return warm.run([*argv, *args], cwd, full_env, timeout, new_session)
     return subprocess.run(
         [sys.executable, *argv, *args],

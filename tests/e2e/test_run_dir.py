@@ -23,15 +23,15 @@ def _files(folder: Path, skip: str = "") -> dict[str, bytes]:
     }
 
 
-def _start_held(run_dir: Path, gate: Path, cwd: Path):
+def _start_held(run_dir: Path, gate: Path, cwd: Path, output: Path):
     """``train.py`` into ``run_dir`` with overwrite=true, held live at training step 1 until
-    ``gate`` exists (tests.faults.GatedCrossEntropy); what it prints goes to ``cwd/live.out``."""
+    ``gate`` exists (tests.faults.GatedCrossEntropy); what it prints goes to ``output``."""
     args = [
         *QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
         "loss._target_=tests.faults.GatedCrossEntropy", f"+loss.gate={gate}",
         f"hydra.run.dir={run_dir}", "overwrite=true",
     ]  # fmt: skip
-    return start_cli("train.py", *args, cwd=cwd, output=cwd / "live.out")
+    return start_cli("train.py", *args, cwd=cwd, output=output)
 
 
 def _wait_for(path: Path, proc, output: Path, timeout_s: float = 240) -> None:
@@ -58,10 +58,10 @@ def test_a_run_dir_belongs_to_one_run(tiny_run, tmp_path):
     assert again.stderr.count("segkit: error:") == 1 and "Traceback" not in again.stderr
     assert _files(run_dir) == finished  # best.pt, status.json, ... byte for byte
 
-    gate = tmp_path / "gate"
-    live = _start_held(run_dir, gate, tmp_path)
+    gate, output = tmp_path / "gate", tmp_path / "live.out"
+    live = _start_held(run_dir, gate, tmp_path, output)
     try:
-        _wait_for(Path(f"{gate}.reached"), live, tmp_path / "live.out")
+        _wait_for(Path(f"{gate}.reached"), live, output)
         # the live run's TensorBoard writer may flush on its own timer: its events are left out
         held = _files(run_dir, skip="tb")
         second = run_cli("train.py", *QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -74,7 +74,7 @@ def test_a_run_dir_belongs_to_one_run(tiny_run, tmp_path):
     finally:
         gate.touch()
         live.wait(timeout=300)
-    out = (tmp_path / "live.out").read_text()
+    out = output.read_text()
     assert live.returncode == 0, out[-3000:]
     assert "the earlier run's files are now in" in out
     assert f"  {run_dir / 'checkpoints' / 'best.pt'}\n" in out  # the file list at the end...

@@ -37,7 +37,7 @@ NODE = [
 # TINY: 2 epochs of 6 steps, the session's tiny_run straight through (the reference weights);
 # a job of `case=...` waits at step 8 (epoch 2, batch 2) of its first attempt for a signal
 # (tests.faults.SignalAwaitingCrossEntropy); with 2 tasks (3 steps per epoch) at step 5
-SHORT = [*TINY, "dataset.check=off", "loss._target_=tests.faults.SignalAwaitingCrossEntropy"]
+WAITING = [*TINY, "dataset.check=off", "loss._target_=tests.faults.SignalAwaitingCrossEntropy"]
 WAIT = "loss:\n  wait_at_step: {step}\n  marker: ${{hydra:runtime.output_dir}}/waiting\n"
 # test-only config group (hydra.searchpath): one job per case in one sweep
 CASES = {
@@ -83,7 +83,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 def _bad_demo_root(root: Path) -> Path:
-    """A demo cache of SHORT's demo set whose every train mask holds class 9 (of 5)."""
+    """A demo cache of TINY's demo set whose every train mask holds class 9 (of 5)."""
     from segkit.data.demo import make_demo_dataset
 
     voc = make_demo_dataset(root, num_train=24, num_val=7, size=(32, 32))
@@ -128,9 +128,9 @@ def slurm_sweeps(slurm_cluster, tmp_path_factory) -> dict[str, Sweep]:
     root = tmp_path_factory.mktemp("slurm")
     search = f"hydra.searchpath=[file://{_cases(root / 'conf', _bad_demo_root(root / 'bad'))}]"
     procs = {
-        "main": _start(slurm_cluster, root, "main", *SHORT, search,
+        "main": _start(slurm_cluster, root, "main", *WAITING, search,
                        "+case=preempt,requeue,bad_data"),
-        "time_limit": _start(slurm_cluster, root, "time_limit", *SHORT, search,
+        "time_limit": _start(slurm_cluster, root, "time_limit", *WAITING, search,
                              "+case=time_limit", "hydra.launcher.timeout_min=2",
                              "hydra.launcher.signal_delay_s=20"),
         "tasks": _start(slurm_cluster, root, "tasks", *DDP_RUN[:-2], "trainer.log_every=1",
