@@ -3,8 +3,11 @@ the tiny trained runs several test files read, and running the real entry points
 subprocesses.
 
 ``tests/unit``: in-process tests, seconds each (marker ``unit``: ``pytest tests/unit`` or
-``pytest -m unit``). ``tests/e2e``: the entry points as users run them, in subprocesses: real
-signals, DDP, torchrun, sweeps, submitit (marker ``e2e``). The markers follow the folder."""
+``pytest -m unit``). ``tests/integration``: in-process too, segkit with the heavy libraries
+it drives (torch.compile, torch.export, timm, the MLflow client, reference implementations) and
+the benchmark scripts. ``tests/contracts``: every shipped config. ``tests/e2e``: the entry
+points as users run them, in subprocesses: real signals, DDP, torchrun, sweeps, submitit
+(marker ``e2e``). The markers follow the folder."""
 
 from __future__ import annotations
 
@@ -18,14 +21,16 @@ import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 from filelock import FileLock
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from tests.warm_start import WarmProcess, WarmStarter
+
+if TYPE_CHECKING:  # imported where used: xdist's controller loads this file and runs no test
+    import torch
+    from omegaconf import DictConfig
 
 pytest_plugins = ["tests.crafted"]  # the crafted-checkpoint fixture of the safety tests
 
@@ -84,16 +89,23 @@ def root_error(excinfo: pytest.ExceptionInfo) -> BaseException:
     return err
 
 
-torch.set_num_threads(1)  # the box has 2 cores and tests often run beside other work
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> None:
+    """One torch thread per test process: the box has 2 cores and tests often run beside other
+    work (a session fixture, not an import-time call: see the imports above)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- markers, order
 def pytest_collection_modifyitems(config, items) -> None:
-    """Marker by folder (``unit`` / ``contract`` / ``e2e``); then the order: the e2e tests
-    marked ``slow`` (multi-process), the other e2e tests, the contracts, the unit tests. With
-    xdist the long tests start first and the short ones fill the workers' gaps at the end (a
-    stable sort: the collection order otherwise)."""
-    folders = {"unit": pytest.mark.unit, "contracts": pytest.mark.contract, "e2e": pytest.mark.e2e}
+    """Marker by folder (``unit`` / ``integration`` / ``contract`` / ``e2e``); then the order:
+    the e2e tests marked ``slow`` (multi-process), the other e2e tests, the integration tests and
+    the contracts, the unit tests. With xdist the long tests start first and the short ones fill
+    the workers' gaps at the end (a stable sort: the collection order otherwise)."""
+    folders = {"unit": pytest.mark.unit, "integration": pytest.mark.integration}
+    folders |= {"contracts": pytest.mark.contract, "e2e": pytest.mark.e2e}
     for item in items:
         parents = Path(str(item.path)).parents
         for folder, marker in folders.items():
@@ -102,7 +114,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
     def rank(item) -> int:
         if item.get_closest_marker("e2e") is None:
-            return 2 if item.get_closest_marker("contract") else 3
+            return 3 if item.get_closest_marker("unit") else 2
         return 0 if item.get_closest_marker("slow") else 1
 
     items.sort(key=rank)
@@ -144,6 +156,9 @@ def segkit_cache(tmp_path_factory) -> Path:
 
 def compose_train(*overrides: str) -> DictConfig:
     """The real ``conf/train.yaml`` with overrides (no Hydra run directory involved)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides))
     with open_dict(cfg):

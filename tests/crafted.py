@@ -9,10 +9,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from segkit.errors import CheckpointError
-from segkit.io import checkpoint as ck
 
 RISK = r"(?s)posix\.system.*arbitrary code.*convert_checkpoint\.py .*--trust"
 EXIT = getattr(CheckpointError, "exit_code", 1)  # what the CLI ends with on a refused file
@@ -31,6 +29,10 @@ class RunsShell:
 @pytest.fixture
 def crafted(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """``(a real segkit checkpoint plus one RunsShell object, the file it would create)``."""
+    import torch  # here, not at import: tests/conftest.py loads this plugin in xdist's controller
+
+    from segkit.io import checkpoint as ck
+
     ckpt = ck.load(tiny_run / "checkpoints" / "last.pt")
     marker = tmp_path / "marker"
     ckpt["metrics"]["note"] = RunsShell(marker)

@@ -5,6 +5,8 @@ group per parameter with its rate."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -27,6 +29,20 @@ def encoder_batchnorms(model) -> list[nn.modules.batchnorm._BatchNorm]:
     ]
 
 
+@pytest.fixture(scope="module", params=MODEL_NAMES)
+def built(request) -> tuple[str, nn.Module]:
+    """``(name, model)``: each model config built once (random init, seed 0) for the tests
+    below, which take a copy (:func:`fresh`). Module scope: pytest runs every test of one
+    model before building the next, so one model is held at a time."""
+    torch.manual_seed(0)
+    return request.param, model_from_config(request.param)
+
+
+def fresh(built: tuple[str, nn.Module]) -> nn.Module:
+    """A copy of the built model, for a test to change (copying costs less than building)."""
+    return copy.deepcopy(built[1])
+
+
 def test_every_model_config_is_tested():
     shipped = {"unet", "unet_vgg16", "unet_resnet50", "unet_resnet18", "unet_mobilenetv3"}
     shipped |= {"unet_efficientnet_b0", "unet_convnext_tiny", "unet_regnet"}
@@ -34,10 +50,9 @@ def test_every_model_config_is_tested():
     assert shipped | {"bisenetv1", "bisenetv2"} <= set(MODEL_NAMES)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_output_contract_and_backward(name):
+def test_output_contract_and_backward(built):
     torch.manual_seed(0)
-    model = model_from_config(name)
+    model = fresh(built)
     model.eval()
     with torch.no_grad():
         for h, w in ((67, 93), (64, 64)):
@@ -62,10 +77,9 @@ def test_output_contract_and_backward(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_freeze_encoder_keeps_bn_stats_and_grads(name):
+def test_freeze_encoder_keeps_bn_stats_and_grads(built):
     torch.manual_seed(0)
-    model = model_from_config(name)
+    model = fresh(built)
     enc_params = {id(p) for p in model.encoder_parameters()}
     assert 0 < len(enc_params) < len(list(model.parameters()))
     model.freeze_encoder(True)
@@ -107,13 +121,13 @@ def test_pretrained_offline_raises_helpful_error(name, tmp_path, monkeypatch):
         assert ".pth" in str(err) and "download.pytorch.org" in str(err)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_model_exports_right_at_every_size(name, tmp_path):
+def test_every_model_exports_right_at_every_size(built, tmp_path):
     """Every ``conf/model/*.yaml`` (of SegFormer the B0: B1-B5 add blocks, not operations).
     The legacy (tracing) exporter: fast, and just as prone to freezing Python shape tests as
-    torch.export."""
-    overrides = ["model.base_channels=4"] if name == "unet" else []
-    model = with_statistics(model_from_config(name, *overrides))
+    torch.export. The plain UNet at 4 base channels: its width changes no operation."""
+    name = built[0]
+    model = model_from_config(name, "model.base_channels=4") if name == "unet" else fresh(built)
+    model = with_statistics(model)
     path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW, exporter="legacy")
     report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS)
     assert report.passed, report.format()
@@ -167,12 +181,11 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.flatten().float(), b.flatten(), dim=0).item()
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_channels_last_gives_the_same_logits(name):
+def test_channels_last_gives_the_same_logits(built):
     """``trainer.channels_last`` on every model: channels-last weights and input give the
     logits of the contiguous model, to float rounding (other conv algorithms)."""
     torch.manual_seed(0)
-    model = with_statistics(model_from_config(name))
+    model = with_statistics(fresh(built))
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref = model(x)["out"]

@@ -114,11 +114,17 @@ def test_old_key_in_an_experiment_file_names_its_new_key(tmp_path: Path):
 
 
 def test_class_weight_methods_in_the_config_check():
+    cfg = compose_train(*TINY)  # each value as the string the command line would give
+
+    def check(method: str) -> None:
+        cfg.loss.class_weights = method
+        check_train_config(cfg)
+
     for ok in ("auto", "sqrt_median", "median**0.25", "median**2", "inverse"):
-        check_train_config(compose_train(*TINY, f"loss.class_weights={ok}"))
+        check(ok)
     for bad in ("median**0", "median**-1", "sqrt", "median^0.5"):
         with pytest.raises(ConfigError, match=r"expected null, .*median\*\*P \(P > 0\)"):
-            check_train_config(compose_train(*TINY, f"loss.class_weights='{bad}'"))
+            check(bad)
 
 
 def test_slurm_launcher_config_composes():

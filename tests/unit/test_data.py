@@ -372,7 +372,9 @@ def test_size_mismatch_names_both_files(tmp_path):
     assert "bad sample 0" in text
 
 
-def test_bad_sample_raise_skip_and_worker_message(tmp_path, caplog):
+def test_bad_sample_raise_skip_and_worker_message(tmp_path, caplog, monkeypatch):
+    # torch waits this long (5 s) for a worker that raised to stop: 0.1 s does here
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.1)
     voc = make_voc(tmp_path, ["a", "b", "c", "d"])
     (voc / "VOC2007/JPEGImages/b.png").write_bytes(b"garbage")
     ds = VOCDataset(voc, "train", **voc_kwargs())
@@ -381,7 +383,7 @@ def test_bad_sample_raise_skip_and_worker_message(tmp_path, caplog):
     batches = iter(DataLoader(ds, batch_size=4, num_workers=1))
     with pytest.raises(DataError, match=r"JPEGImages/b\.png"):  # the message leaves the worker
         next(batches)
-    del batches  # torch waits ~5 s for a worker that raised: pay it here, not in a later test
+    del batches  # stop the worker here (see above), not in a later test
     gc.collect()  # (the traceback kept the iterator alive in a reference cycle)
     skip = VOCDataset(voc, "train", **voc_kwargs(on_bad_sample="skip", max_bad_fraction=0.5))
     with caplog.at_level(logging.WARNING, logger="segkit.data"):

@@ -1,6 +1,7 @@
-"""ONNX export with a parity check: the check catches a broken export (static shapes, or a
-Python-level shape branch frozen at the export size); calibrated models, opsets, the CLI's
-pieces. Every model config at every size: tests/contracts/test_every_model.py."""
+"""ONNX export with a parity check: the check catches a static export; calibrated models,
+opsets, the CLI's pieces. A Python-level shape branch frozen by torch.export:
+tests/integration/test_onnx_export.py; every model config at every size:
+tests/contracts/test_every_model.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from torch import nn
 
 from segkit.evaluation.onnx import OnnxModel, export_onnx, parity_check
 from segkit.io.checkpoint import save_atomic
@@ -28,25 +27,6 @@ def _onnx_installed() -> None:
     """Every test here needs the export extra (imported per test, not at collection)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-
-
-class OldPadUNet(nn.Module):
-    """A small net with the bug the issue reported: it pads only when the size needs it, a
-    Python-level test of the shape that the exporter freezes at the export size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.head = nn.Conv2d(8, 3, 3, padding=1)
-
-    def forward(self, x):
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % 16, (-w) % 16
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        y = F.interpolate(self.head(torch.relu(self.down(x))), scale_factor=2.0, mode="bilinear")
-        return {"out": y[..., :h, :w]}
 
 
 def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):
@@ -66,19 +46,6 @@ def test_a_calibrated_model_exports_with_its_logit_biases(tmp_path):
     with torch.no_grad():
         shift = OnnxModel(path)(x)["out"] - raw(x)["out"]
     assert shift.mean((0, 2, 3)).tolist() == pytest.approx(bias, abs=1e-4)
-
-
-def test_parity_fails_on_a_python_shape_branch(tmp_path):
-    model = OldPadUNet().eval()
-    path = export_onnx(model, tmp_path / "m.onnx", EXPORT_HW)  # torch.export, dynamic shapes
-    report = parity_check(model, OnnxModel(path), demo_images(), SIZES, LABELS, export_hw=EXPORT_HW)
-    assert not report.passed
-    ok = {r.size: report.row_ok(r) for r in report.rows}
-    assert ok[EXPORT_HW] and ok[(96, 80)]  # multiples of 16: the frozen branch happens to fit
-    assert not ok[(50, 75)] and not ok[(37, 29)]
-    bad = report.rows[1]
-    assert bad.max_abs > 1e-2 and bad.argmax_share > 1e-3
-    assert "FAIL" in report.format() and "(export size)" in report.format()
 
 
 def test_parity_fails_on_a_static_export(tmp_path):

@@ -1,13 +1,12 @@
 """The ``logger`` group: composing one or several loggers, the install check before any work,
-the Tracker handing every record to every logger, an MLflow logger whose server is down
-(everything kept, one warning, the command that sends it), run ids in the checkpoint. The real
+the Tracker handing every record to every logger, unsent records, run ids in the checkpoint.
+The MLflow client with its server down: tests/integration/test_mlflow_offline.py; the real
 servers and runs: tests/e2e/test_loggers.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ import torch
 from segkit.data.base import LabelSpace
 from segkit.errors import ConfigError
 from segkit.io import checkpoint as ck
-from segkit.reporting.experiment_logger import RunContext
 from segkit.reporting.figures import SampleCollector
 from segkit.reporting.tracker import Tracker
 from segkit.reporting.unsent import read_unsent
@@ -136,59 +134,6 @@ def test_without_figures_the_tracker_draws_nothing_and_keeps_the_numbers(tmp_pat
 
 
 # --------------------------------------------------------------------------- MLflow, no server
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again: nothing listens there
-
-
-def test_mlflow_with_its_server_down_keeps_everything_and_warns_once(tmp_path, caplog, monkeypatch):
-    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-    from segkit.reporting.mlflow_logger import MLflowLogger
-
-    for var in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
-        monkeypatch.setenv(var, "")  # restored after the test (the logger sets them)
-    uri = f"http://127.0.0.1:{_closed_port()}"
-    with caplog.at_level(logging.INFO, logger="segkit"):
-        lg = MLflowLogger(RunContext(tmp_path, name="run-a"), tracking_uri=uri, request_retries=0)
-        lg.log_params({"optimizer.lr": 0.01, "model.base_channels": 4})
-        lg.log_scalars(5, {"train/loss": 1.25, "train/lr": 0.01})
-        lg.flush(5)
-        lg.log_image("val/image|label|pred", np.full((4, 6, 3), 200, np.uint8), 5)
-        lg.log_table("val/per_class_iou", ["class", "iou"], [["a", 0.5], ["b", None]], 5)
-        lg.log_scalars(10, {"train/loss": 1.0})
-        lines = lg.close(finished=True)
-    assert caplog.text.count("mlflow: could not open the run") == 1
-    assert caplog.text.count("WARNING") == 1  # one warning, however many records follow
-    assert lg.run_id is None  # the server never made one
-    records = read_unsent(tmp_path / "unsent" / "mlflow.jsonl")
-    assert [r["kind"] for r in records] == [
-        "run",
-        "params",
-        "metrics",
-        "file",
-        "table",
-        "metrics",
-        "end",
-    ]
-    assert records[0]["tracking_uri"] == uri and records[0]["run_name"] == "run-a"
-    assert records[1]["params"] == {"optimizer.lr": "0.01", "model.base_channels": "4"}
-    assert [m[:3] for m in records[2]["metrics"]] == [
-        ["train/loss", 1.25, 5],
-        ["train/lr", 0.01, 5],
-    ]
-    assert records[4]["data"] == {"class": ["a", "b"], "iou": [0.5, None]}
-    from PIL import Image
-
-    picture = np.asarray(Image.open(tmp_path / "unsent" / "mlflow" / records[3]["file"]))
-    assert picture.shape == (4, 6, 3) and (picture == 200).all()
-    assert records[6] == {"kind": "end", "status": "FINISHED"}
-    assert len(lines) == 1 and lines[0].startswith(f"not logged to {uri} (")
-    for kept in ("3 metric values", "2 params", "1 files", "1 table"):
-        assert kept in lines[0]
-    assert lines[0].endswith(f"send it with: python scripts/send_unsent.py {tmp_path}")
-
-
 def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path, caplog):
     path = tmp_path / "u.jsonl"
     path.write_text(json.dumps({"kind": "params", "params": {}}) + '\n{"kind": "metr')

@@ -1,6 +1,7 @@
 """Model details: aux heads, the STDC skip decoder and strip pooling, grouped convs under
 autocast, frozen BatchNorm, pretrained weights from the hub cache or a file, input errors, UNet
-padding and dynamic export; the STDC detail loss. The contract over every conf/model/*.yaml is
+padding; the STDC detail loss. Its torch.export with symbolic sizes:
+tests/integration/test_onnx_export.py; the contract over every conf/model/*.yaml:
 tests/contracts/test_every_model.py."""
 
 from __future__ import annotations
@@ -170,25 +171,6 @@ def test_unet_pads_to_multiple_and_crops_back():
     padded = torch.nn.functional.pad(x, (0, 15, 0, 15))
     with torch.no_grad():
         assert torch.allclose(model(x)["out"], model(padded)["out"][..., :17, :17], atol=1e-5)
-
-
-@pytest.mark.parametrize("backbone", ["resnet18"])  # the decoder is the same on every encoder
-def test_unet_exports_with_dynamic_height_and_width(backbone):
-    """torch.export at 67x93 with symbolic H and W: the program is right at other sizes too,
-    aligned (no padding) or not (the padding and crop are computed, not branched on)."""
-    from torch.export import Dim, export
-
-    torch.manual_seed(0)
-    model = UNet(NUM_CLASSES, backbone=backbone, base_channels=4).eval()
-    dims = {2: Dim("h", min=33, max=1024), 3: Dim("w", min=33, max=1024)}
-    program = export(model, (torch.randn(2, 3, 67, 93),), dynamic_shapes={"x": dims})
-    exported = program.module()
-    for h, w in ((64, 96), (45, 130)):
-        x = torch.randn(2, 3, h, w)
-        with torch.no_grad():
-            got, want = exported(x)["out"], model(x)["out"]
-        assert got.shape == (2, NUM_CLASSES, h, w)
-        assert torch.allclose(got, want, atol=1e-5), (h, w)
 
 
 # ---- STDC detail loss: boundary target and loss values computed by hand -------------------

@@ -1,6 +1,6 @@
 """DeepLabV3+ on torchvision encoders: dilation to output stride 16 / 8 for every family that
 allows it (shapes on the meta device), a clear refusal where it cannot, and the ASPP's image
-pooling branch. Numbers against SMP: test_models_reference.py."""
+pooling branch. Numbers against SMP: tests/integration/test_models_reference.py."""
 
 from __future__ import annotations
 

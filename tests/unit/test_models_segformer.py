@@ -1,6 +1,6 @@
 """SegFormer: every size B0-B5 composes from its config and has the published size (built on
 the meta device), the maps' sizes, the missing-weights message, and grey inputs. Numbers
-against transformers: test_models_reference.py."""
+against transformers: tests/integration/test_models_reference.py."""
 
 from __future__ import annotations
 

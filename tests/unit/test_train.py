@@ -238,6 +238,7 @@ VOC = [
     "loader.num_workers=0",
     "trainer.max_epochs=1",
     "trainer.progress_bar=false",
+    "trainer.figures=false",
     "launch.accelerator=cpu",
 ]
 
